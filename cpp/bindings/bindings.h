@@ -1,0 +1,8 @@
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace llmcore {
+void bind_block_allocator(pybind11::module_& m);
+void bind_scheduler(pybind11::module_& m);
+}  // namespace llmcore

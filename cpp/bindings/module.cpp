@@ -1,0 +1,7 @@
+#include "bindings.h"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "llmcore C++ core: paged KV block allocator and continuous-batching scheduler";
+  llmcore::bind_block_allocator(m);
+  llmcore::bind_scheduler(m);
+}

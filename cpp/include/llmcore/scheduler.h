@@ -1,0 +1,190 @@
+// Continuous-batching scheduler over a paged KV cache (BlockAllocator).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "llmcore/block_allocator.h"
+#include "llmcore/sequence.h"
+
+namespace llmcore {
+
+enum class PreemptionMode : uint8_t { kRecompute, kSwap };
+
+struct SchedulerConfig {
+  int block_size = 16;
+  int num_device_blocks = 0;
+  int num_cpu_blocks = 0;
+  int max_num_seqs = 256;
+  int max_num_batched_tokens = 2048;
+  int max_model_len = 2048;
+  bool enable_chunked_prefill = false;
+  bool enable_prefix_caching = false;
+  PreemptionMode preemption_mode = PreemptionMode::kRecompute;
+  double watermark = 0.01;
+
+  // Throws std::invalid_argument on a bad configuration.
+  void validate() const;
+};
+
+// One step's batch. Entries [0, num_prefill_seqs) are prefill chunks, the rest
+// decodes (num_tokens == 1). Pair arrays are flattened row-major ([k, 2]).
+struct SchedulerOutput {
+  int32_t num_seqs = 0;
+  int32_t num_prefill_seqs = 0;
+  int32_t num_batched_tokens = 0;
+  int32_t max_blocks = 0;  // columns of block_tables
+  std::vector<int64_t> seq_ids;
+  std::vector<int64_t> request_ids;
+  std::vector<int32_t> num_tokens;
+  std::vector<int32_t> context_lens;
+  std::vector<int32_t> seq_lens;
+  std::vector<uint8_t> do_sample;
+  std::vector<int32_t> query_start_loc;  // num_seqs + 1
+  std::vector<int32_t> input_ids;
+  std::vector<int32_t> positions;
+  std::vector<int64_t> slot_mapping;
+  std::vector<int32_t> block_tables;  // num_seqs * max_blocks, 0-padded
+  std::vector<int64_t> blocks_to_swap_in;   // (cpu, device)
+  std::vector<int64_t> blocks_to_swap_out;  // (device, cpu)
+  std::vector<int64_t> blocks_to_copy;      // (src, dst)
+  std::vector<int64_t> preempted_request_ids;
+
+  SchedulerOutput();
+  void clear();
+};
+
+class Scheduler {
+ public:
+  explicit Scheduler(const SchedulerConfig& config);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  const SchedulerConfig& config() const { return cfg_; }
+
+  // Errors -> std::invalid_argument.
+  void add_request(int64_t request_id, int64_t seq_id, const int32_t* prompt,
+                   size_t prompt_len, double arrival_time = 0.0, int32_t priority = 0,
+                   uint64_t extra_hash_key = 0, bool allow_prefix_cache = true);
+  void add_request(int64_t request_id, int64_t seq_id,
+                   const std::vector<int32_t>& prompt, double arrival_time = 0.0,
+                   int32_t priority = 0, uint64_t extra_hash_key = 0,
+                   bool allow_prefix_cache = true) {
+    add_request(request_id, seq_id, prompt.data(), prompt.size(), arrival_time,
+                priority, extra_hash_key, allow_prefix_cache);
+  }
+  void fork(int64_t parent_seq_id, int64_t child_seq_id);
+  // Appends token_ids[i] to seq_ids[i]. Validates all ids before changing anything.
+  void update(const int64_t* seq_ids, const int32_t* token_ids, size_t n);
+  void update(const std::vector<int64_t>& seq_ids, const std::vector<int32_t>& token_ids);
+  void finish_seq(int64_t seq_id);
+  std::vector<int64_t> abort_request(int64_t request_id);
+
+  // The returned object is recycled by a later schedule() once the caller
+  // dropped every reference to it.
+  std::shared_ptr<SchedulerOutput> schedule();
+
+  bool has_unfinished() const { return !requests_.empty(); }
+  int num_waiting() const { return static_cast<int>(waiting_.size()); }
+  int num_running() const { return static_cast<int>(running_.size()); }
+  int num_swapped() const { return static_cast<int>(swapped_.size()); }
+  int num_free_device_blocks() const { return alloc_.num_free_blocks(); }
+  int num_free_cpu_blocks() const { return alloc_.num_free_cpu_blocks(); }
+  int num_device_blocks() const { return alloc_.num_device_blocks(); }
+  int num_cpu_blocks() const { return alloc_.num_cpu_blocks(); }
+  double device_usage() const { return alloc_.usage(); }
+  double cpu_usage() const { return alloc_.cpu_usage(); }
+  double prefix_cache_hit_rate() const { return alloc_.hit_rate(); }
+  int64_t prefix_cache_queried_tokens() const { return alloc_.queried_tokens(); }
+  int64_t prefix_cache_hit_tokens() const { return alloc_.hit_tokens(); }
+  int64_t num_preemptions() const { return num_preemptions_; }
+
+  // Per-sequence queries; unknown ids -> std::invalid_argument.
+  const std::vector<int32_t>& block_table(int64_t seq_id) const;
+  const std::vector<int32_t>& cpu_block_table(int64_t seq_id) const;
+  int32_t seq_len(int64_t seq_id) const;
+  int32_t num_computed(int64_t seq_id) const;
+  const std::vector<int32_t>& token_ids(int64_t seq_id) const;
+  int64_t request_of(int64_t seq_id) const;
+  bool has_seq(int64_t seq_id) const { return seqs_.count(seq_id) != 0; }
+  bool has_request(int64_t request_id) const { return requests_.count(request_id) != 0; }
+  int32_t ref_count(int32_t block_id) const { return alloc_.ref_count(block_id); }
+
+  const BlockAllocator& allocator() const { return alloc_; }
+
+  // Throws std::runtime_error naming the first violated invariant.
+  void check_invariants() const;
+
+ private:
+  struct Planned {
+    Sequence* seq;
+    int32_t num_tokens;
+    int32_t num_hit_blocks;  // prefix-cache hits (admission only)
+  };
+  struct Scheduled {
+    Sequence* seq;
+    int32_t context_len;
+    int32_t num_tokens;
+  };
+  enum class RunResult { kScheduled, kSkipped, kSelfPreempted };
+
+  Sequence* find_seq(int64_t seq_id) const;
+  int blocks_for(int32_t num_tokens) const {
+    return (num_tokens + cfg_.block_size - 1) / cfg_.block_size;
+  }
+  bool caching_for(const Request* r) const {
+    return cfg_.enable_prefix_caching && r->allow_prefix_cache;
+  }
+  void ensure_hashes(Sequence* s, int32_t num_blocks);
+  void register_full_blocks(Sequence* s);
+
+  RunResult schedule_running(Request* r, bool allow_preempt);
+  bool try_swap_in(Request* r);
+  bool try_admit(Request* r);
+  void commit_tokens(Sequence* s, int32_t n);  // allocation (+CoW) done by caller
+  void preempt(Request* victim);
+  void preempt_recompute(Request* r);
+  void swap_out(Request* r);
+  void free_seq_blocks(Sequence* s);
+  void remove_from_queue(Request* r);
+  void insert_running(Request* r);
+  void build_output(SchedulerOutput& out);
+
+  SchedulerConfig cfg_;
+  BlockAllocator alloc_;
+  int watermark_blocks_ = 0;
+
+  std::unordered_map<int64_t, std::unique_ptr<Request>> requests_;
+  std::unordered_map<int64_t, std::unique_ptr<Sequence>> seqs_;
+  std::set<Request*, WaitOrder> waiting_;
+  std::vector<Request*> running_;  // sorted by RunOrder
+  std::set<Request*, RunOrder> swapped_;
+  int num_running_seqs_ = 0;
+  uint64_t next_seqno_ = 0;
+  int64_t num_preemptions_ = 0;
+
+  // Per-step state / scratch (kept to avoid per-step allocation).
+  SchedulerOutput* out_ = nullptr;
+  std::shared_ptr<SchedulerOutput> last_output_;
+  int token_budget_ = 0;
+  int seq_budget_ = 0;
+  bool preempted_this_step_ = false;
+  std::vector<Planned> plan_;
+  std::vector<Scheduled> prefills_;
+  std::vector<Scheduled> decodes_;
+  std::vector<int32_t> hit_scratch_;
+  std::vector<std::pair<int32_t, int32_t>> cow_scratch_;
+  std::vector<uint32_t> dev_stamp_;
+  std::vector<int32_t> dev_map_;
+  std::vector<uint32_t> cpu_stamp_;
+  std::vector<int32_t> cpu_map_;
+  uint32_t stamp_ = 0;
+  std::vector<Sequence*> update_scratch_;
+};
+
+}  // namespace llmcore
