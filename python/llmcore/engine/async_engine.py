@@ -1,0 +1,168 @@
+"""AsyncLLMEngine: one background thread runs LLMEngine.step() in a loop; many asyncio
+streams submit requests and receive RequestOutput snapshots.
+
+The model step runs in its own thread so the event loop (HTTP/gRPC I/O) stays
+responsive while torch computes (torch releases the GIL inside its ops). All calls
+into the C++ scheduler happen on that thread; other threads only enqueue commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import queue
+import threading
+import uuid
+from typing import AsyncIterator, Optional
+
+from llmcore.config import EngineArgs
+from llmcore.engine.llm_engine import LLMEngine
+from llmcore.engine.protocol import EngineStats, PromptType
+from llmcore.outputs import RequestOutput
+from llmcore.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+class _Stream:
+    __slots__ = ("loop", "queue", "finished")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.finished = False
+
+    def put(self, item) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine, start: bool = True):
+        self.engine = engine
+        self.model_info = engine.model_info
+        self.tokenizer = engine.tokenizer
+        self.chat_template = getattr(engine.tokenizer, "chat_template", None)
+        self.metrics = engine.metrics
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._stop = threading.Event()
+        self._dead: Optional[BaseException] = None
+        self._stats = engine.get_stats()
+        self._thread = threading.Thread(target=self._run, name="llmcore-engine", daemon=True)
+        if start:
+            self._thread.start()
+
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs, start_engine_loop: bool = True) -> "AsyncLLMEngine":
+        return cls(LLMEngine(engine_args), start=start_engine_loop)
+
+    # ------------------------------------------------------------ client side
+    def generate(self, prompt: PromptType, sampling_params: SamplingParams,
+                 request_id: Optional[str] = None) -> AsyncIterator[RequestOutput]:
+        """Validate now (ValueError on bad input), then stream cumulative outputs."""
+        if self._dead is not None:
+            raise EngineDeadError(f"engine loop is dead: {self._dead!r}")
+        request_id = request_id if request_id is not None else uuid.uuid4().hex
+        req = self.engine.make_request(request_id, prompt, sampling_params)
+        stream = _Stream(asyncio.get_running_loop())
+        with self._lock:
+            if request_id in self._streams:
+                raise ValueError(f"request_id {request_id!r} is already in use")
+            self._streams[request_id] = stream
+        self._commands.put(("add", req))
+        self._wakeup.set()
+        return self._iterate(request_id, stream)
+
+    async def _iterate(self, request_id: str, stream: _Stream) -> AsyncIterator[RequestOutput]:
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    stream.finished = True
+                    return
+        finally:
+            if not stream.finished:
+                # Consumer went away (disconnect, cancellation): free the KV blocks now.
+                self._abort_nowait(request_id)
+            with self._lock:
+                self._streams.pop(request_id, None)
+
+    def _abort_nowait(self, request_id: str) -> None:
+        self._commands.put(("abort", request_id))
+        self._wakeup.set()
+
+    async def abort(self, request_id: str) -> None:
+        self._abort_nowait(request_id)
+
+    def get_stats(self) -> EngineStats:
+        return copy.deepcopy(self._stats)
+
+    @property
+    def errored(self) -> bool:
+        return self._dead is not None or (self._thread.ident is not None and not self._thread.is_alive()
+                                           and not self._stop.is_set())
+
+    async def check_health(self) -> None:
+        if self.errored:
+            raise EngineDeadError(f"engine loop is dead: {self._dead!r}")
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._wakeup.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------ engine thread
+    def _run(self) -> None:
+        engine = self.engine
+        try:
+            while not self._stop.is_set():
+                self._drain_commands()
+                if not engine.has_unfinished_requests():
+                    self._stats = engine.get_stats()
+                    self._wakeup.wait(timeout=0.5)
+                    self._wakeup.clear()
+                    continue
+                outputs = engine.step()
+                self._stats = copy.copy(engine._stats)
+                if outputs:
+                    with self._lock:
+                        streams = [(self._streams.get(o.request_id), o) for o in outputs]
+                    for stream, out in streams:
+                        if stream is not None:
+                            stream.put(out)
+        except BaseException as e:  # noqa: BLE001 - the loop must report any death
+            logger.exception("engine loop died")
+            self._dead = e
+            with self._lock:
+                streams = list(self._streams.values())
+            for s in streams:
+                s.put(EngineDeadError(f"engine loop died: {e!r}"))
+
+    def _drain_commands(self) -> None:
+        engine = self.engine
+        while True:
+            try:
+                kind, arg = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                try:
+                    engine.add_processed_request(arg)
+                except ValueError as e:
+                    with self._lock:
+                        stream = self._streams.get(arg.request_id)
+                    if stream is not None:
+                        stream.put(e)
+            elif kind == "abort":
+                engine.abort_request(arg)

@@ -1,0 +1,114 @@
+"""Beam search over scheduler sequences (vLLM v0 semantics).
+
+Live beams are scheduler sequences sharing blocks copy-on-write: a beam chosen k times
+is forked k-1 times; beams not chosen are finished (their blocks freed). Finished
+hypotheses are kept here as token lists and scored with the length penalty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclass
+class Hypothesis:
+    token_ids: list
+    cumulative_logprob: float
+    finish_reason: str
+    score: float
+
+
+@dataclass
+class BeamState:
+    width: int
+    length_penalty: float
+    early_stopping: object               # True, False or "never"
+    finished: list = field(default_factory=list)   # Hypothesis
+    results: Optional[list] = None       # CompletionOutputs once done
+
+
+def beam_score(cum_logprob: float, seq_len: int, length_penalty: float) -> float:
+    return cum_logprob / (max(seq_len, 1) ** length_penalty)
+
+
+@dataclass
+class BeamDecision:
+    """What the engine must do to the scheduler for one request this step."""
+    # (parent_seq_state, token_id, new_cum_logprob, reuse_parent) for beams that continue
+    continue_beams: list
+    finished_parents: list               # SeqStates to finish (not chosen, or request done)
+    done: bool
+
+
+def step_beams(state: BeamState, beams: list, logprobs: torch.Tensor, eos_token_id: Optional[int],
+               ignore_eos: bool, max_tokens: int, at_max_len: Callable[[int], bool]) -> BeamDecision:
+    """beams: live SeqStates in row order of `logprobs` [len(beams), vocab] (log-softmaxed)."""
+    width = state.width
+    cum = torch.tensor([b.cumulative_logprob for b in beams], dtype=torch.float32)
+    scores = (logprobs.float() + cum[:, None]).flatten()
+    k = min(2 * width, scores.numel())
+    top_vals, top_idx = torch.topk(scores, k)
+    vocab = logprobs.shape[1]
+    chosen: list = []
+    for val, idx in zip(top_vals.tolist(), top_idx.tolist()):
+        parent, token = beams[idx // vocab], idx % vocab
+        new_len = len(parent.output_token_ids) + 1
+        if not ignore_eos and token == eos_token_id:
+            toks = parent.output_token_ids + [token]
+            state.finished.append(Hypothesis(toks, val, "stop",
+                                             beam_score(val, new_len, state.length_penalty)))
+            continue
+        if len(chosen) < width:
+            chosen.append((parent, token, val))
+        if len(chosen) >= width and len(state.finished) >= width:
+            break
+
+    # Beams that reached max_tokens or max_model_len become finished hypotheses.
+    still = []
+    for parent, token, val in chosen:
+        new_len = len(parent.output_token_ids) + 1
+        if new_len >= max_tokens or at_max_len(new_len):
+            state.finished.append(Hypothesis(parent.output_token_ids + [token], val, "length",
+                                             beam_score(val, new_len, state.length_penalty)))
+        else:
+            still.append((parent, token, val))
+
+    done = not still or _is_done(state, still)
+    used = set()
+    continue_beams = []
+    if not done:
+        for parent, token, val in still:
+            reuse = id(parent) not in used
+            used.add(id(parent))
+            continue_beams.append((parent, token, val, reuse))
+    finished_parents = [b for b in beams if id(b) not in used]
+    if done:
+        # Live beams join the candidates when the search ends early.
+        for parent, token, val in still:
+            new_len = len(parent.output_token_ids) + 1
+            state.finished.append(Hypothesis(parent.output_token_ids + [token], val, "length",
+                                             beam_score(val, new_len, state.length_penalty)))
+    return BeamDecision(continue_beams, finished_parents, done)
+
+
+def _is_done(state: BeamState, live: list) -> bool:
+    width = state.width
+    if len(state.finished) < width:
+        return False
+    if state.early_stopping is True:
+        return True
+    worst_kept = sorted((h.score for h in state.finished), reverse=True)[width - 1]
+    best_live_cum = max(v for _, _, v in live)
+    cur_len = max(len(p.output_token_ids) + 1 for p, _, _ in live)
+    if state.early_stopping == "never" and state.length_penalty > 0.0:
+        # Best case: the live beam keeps its score up to the longest length it could reach.
+        return False
+    best_live = beam_score(best_live_cum, cur_len, state.length_penalty)
+    return worst_kept >= best_live
+
+
+def best_hypotheses(state: BeamState, n: int) -> list:
+    return sorted(state.finished, key=lambda h: h.score, reverse=True)[:n]

@@ -1,0 +1,115 @@
+"""The offline API: `LLM(model=...).generate(prompts, SamplingParams(...))`, as in vLLM."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Optional, Sequence, Union
+
+from tqdm.auto import tqdm
+
+from llmcore.config import EngineArgs
+from llmcore.engine.llm_engine import LLMEngine
+from llmcore.outputs import RequestOutput
+from llmcore.sampling_params import SamplingParams
+
+
+class LLM:
+    """An engine for offline batched generation.
+
+    Accepts every engine argument of `EngineArgs` by name (the same names as the CLI
+    flags); unknown names raise TypeError.
+    """
+
+    def __init__(self, model: Optional[str] = None, **kwargs):
+        names = set(EngineArgs.field_names())
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"LLM() got unknown engine arguments: {', '.join(unknown)}")
+        if model is not None:
+            kwargs["model"] = model
+        self.engine_args = EngineArgs(**kwargs)
+        self.llm_engine = LLMEngine(self.engine_args)
+        self._counter = itertools.count()
+
+    def get_tokenizer(self):
+        return self.llm_engine.tokenizer
+
+    def generate(self, prompts=None, sampling_params: Union[SamplingParams, Sequence[SamplingParams],
+                                                           None] = None,
+                 use_tqdm: bool = True, prompt_token_ids: Optional[list] = None) -> list[RequestOutput]:
+        """Generate for one prompt or a list of prompts (str, token-id lists or dicts).
+
+        All prompts are validated before any is queued, so a bad one raises ValueError
+        and leaves the engine untouched.
+        """
+        if prompts is None and prompt_token_ids is not None:
+            prompts = [{"prompt_token_ids": ids} for ids in prompt_token_ids]
+        if prompts is None:
+            raise ValueError("prompts: nothing to generate")
+        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts
+                                                 and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            params = [sampling_params] * len(prompts)
+        else:
+            params = list(sampling_params)
+            if len(params) != len(prompts):
+                raise ValueError(f"sampling_params: {len(params)} given for {len(prompts)} prompts")
+        return self._run(prompts, params, use_tqdm)
+
+    def chat(self, messages, sampling_params=None, use_tqdm: bool = True,
+             chat_template: Optional[str] = None, add_generation_prompt: bool = True,
+             continue_final_message: bool = False) -> list[RequestOutput]:
+        """Generate replies for one conversation (list of messages) or a list of them."""
+        conversations = messages if messages and isinstance(messages[0], list) else [messages]
+        tok = self.get_tokenizer()
+        if tok is None:
+            raise ValueError("chat needs a tokenizer (skip_tokenizer_init is set)")
+        prompts = []
+        for conv in conversations:
+            ids = tok.apply_chat_template(conv, chat_template=chat_template, tokenize=True,
+                                          add_generation_prompt=add_generation_prompt and
+                                          not continue_final_message,
+                                          continue_final_message=continue_final_message)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            prompts.append({"prompt_token_ids": list(ids)})
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _run(self, prompts: list, params: list, use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.llm_engine
+        reqs = []
+        for prompt, p in zip(prompts, params):
+            req = engine.make_request(str(next(self._counter)), prompt, p)
+            req.stream_outputs = False
+            reqs.append(req)
+        order = {r.request_id: i for i, r in enumerate(reqs)}
+        try:
+            for r in reqs:
+                engine.add_processed_request(r)
+        except Exception:
+            engine.abort_request([r.request_id for r in reqs])
+            raise
+        results: list = [None] * len(reqs)
+        bar = tqdm(total=len(reqs), desc="Processed prompts", disable=not use_tqdm, dynamic_ncols=True)
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished and out.request_id in order:
+                        results[order[out.request_id]] = out
+                        bar.update(1)
+        except BaseException:
+            engine.abort_request([r.request_id for r in reqs])
+            raise
+        finally:
+            bar.close()
+        return results
+
+
+def engine_args_from_dict(d: dict) -> EngineArgs:
+    fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    return EngineArgs(**{k: v for k, v in d.items() if k in fields})
