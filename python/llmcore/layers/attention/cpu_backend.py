@@ -1,0 +1,148 @@
+"""Torch-ops attention backend (CPU; also a slow fallback on any device).
+
+- KV write: one index_copy_ per cache at slot_mapping.
+- Prefills with context_len 0: causal SDPA over the chunk's own k/v; runs of consecutive
+  equal-length prefills are batched into one SDPA call.
+- Prefills with a cached prefix (chunked prefill / prefix caching): the sequence's K/V
+  (prefix + chunk, already written) is gathered from its blocks; explicit mask.
+- Decodes: all decode sequences at once: their blocks are gathered into a padded
+  [num_decodes, max_len, kv_heads, head_size] tensor and one masked SDPA runs for the
+  whole batch (GQA through enable_gqa). The gather indices and the mask are built once
+  per step and shared by all layers through attn_metadata.extra.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from llmcore.layers.attention.backend import AttentionBackend
+from llmcore.layers.attention.metadata import AttentionMetadata
+
+_EXTRA_KEY = "cpu_attn"
+
+
+def _sdpa(q, k, v, *, scale, mask=None, causal=False):
+    # q [..., H, L, D], k/v [..., KV, S, D]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                          scale=scale, enable_gqa=q.shape[-3] != k.shape[-3])
+
+
+class CpuAttentionBackend(AttentionBackend):
+    name = "torch_sdpa"
+
+    # ------------------------------------------------------------------ per-step plan
+    def _plan(self, md: AttentionMetadata, sliding_window: Optional[int], device) -> dict:
+        if md.extra is None:
+            md.extra = {}
+        key = (_EXTRA_KEY, sliding_window)
+        plan = md.extra.get(key)
+        if plan is not None:
+            return plan
+        plan = {}
+        bs = md.block_size
+        # prefill runs: (kind, seq indices, token start, token end, extra)
+        runs = []
+        qsl = md.query_start_loc_host
+        ctx = md.context_lens_host
+        seq_lens = md.seq_lens_host
+        i = 0
+        while i < md.num_prefills:
+            s, e = int(qsl[i]), int(qsl[i + 1])
+            L = e - s
+            if int(ctx[i]) == 0:
+                j = i + 1
+                while (j < md.num_prefills and int(ctx[j]) == 0
+                       and int(qsl[j + 1]) - int(qsl[j]) == L):
+                    j += 1
+                mask = None
+                if sliding_window is not None and L > sliding_window:
+                    p = torch.arange(L, device=device)
+                    d = p[:, None] - p[None, :]
+                    mask = (d >= 0) & (d < sliding_window)
+                runs.append(("fresh", j - i, s, int(qsl[j]), L, mask))
+                i = j
+            else:
+                c, sl = int(ctx[i]), int(seq_lens[i])
+                nblk = -(-sl // bs)
+                qpos = torch.arange(c, sl, device=device)
+                kpos = torch.arange(sl, device=device)
+                d = qpos[:, None] - kpos[None, :]
+                mask = d >= 0
+                if sliding_window is not None:
+                    mask &= d < sliding_window
+                runs.append(("cached", i, s, e, (nblk, sl), mask))
+                i += 1
+        plan["prefill_runs"] = runs
+        nd = md.num_decodes
+        if nd > 0:
+            dec_lens_host = seq_lens[md.num_prefills:]
+            max_len = int(dec_lens_host.max())
+            nblk = -(-max_len // bs)
+            bt = md.block_tables[md.num_prefills:, :nblk]
+            L = nblk * bs
+            pos = torch.arange(L, device=device)
+            lens = md.seq_lens[md.num_prefills:].to(device=device, dtype=torch.int64)
+            valid = pos[None, :] < lens[:, None]
+            if sliding_window is not None:
+                valid &= pos[None, :] >= (lens[:, None] - sliding_window)
+            plan["decode"] = (bt.to(torch.int64), L, valid[:, None, None, :])
+        md.extra[key] = plan
+        return plan
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, q, k, v, key_cache, value_cache, attn_metadata, scale, sliding_window):
+        md = attn_metadata
+        T = q.shape[0]
+        H, KV, D = self.num_heads, self.num_kv_heads, self.head_size
+        q = q.view(T, H, D)
+        k = k.view(T, KV, D)
+        v = v.view(T, KV, D)
+        has_cache = key_cache.numel() > 0
+        if has_cache:
+            slots = md.slot_mapping
+            key_cache.view(-1, KV, D).index_copy_(0, slots, k)
+            value_cache.view(-1, KV, D).index_copy_(0, slots, v)
+        plan = self._plan(md, sliding_window, q.device)
+        out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
+
+        for kind, a, s, e, info, mask in plan["prefill_runs"]:
+            if kind == "fresh":
+                n, L = a, info
+                if n == 1:
+                    o = _sdpa(q[s:e].transpose(0, 1), k[s:e].transpose(0, 1),
+                              v[s:e].transpose(0, 1), scale=scale, mask=mask,
+                              causal=mask is None)
+                    out[s:e] = o.transpose(0, 1)
+                else:
+                    qb = q[s:e].view(n, L, H, D).transpose(1, 2)
+                    kb = k[s:e].view(n, L, KV, D).transpose(1, 2)
+                    vb = v[s:e].view(n, L, KV, D).transpose(1, 2)
+                    o = _sdpa(qb, kb, vb, scale=scale, mask=mask, causal=mask is None)
+                    out[s:e].view(n, L, H, D).copy_(o.transpose(1, 2))
+            else:
+                i = a
+                nblk, sl = info
+                if not has_cache:
+                    raise ValueError("a prefill with a cached prefix needs a KV cache")
+                blocks = md.block_tables[i, :nblk].to(torch.int64)
+                kc = key_cache.index_select(0, blocks).view(-1, KV, D)[:sl]
+                vc = value_cache.index_select(0, blocks).view(-1, KV, D)[:sl]
+                o = _sdpa(q[s:e].transpose(0, 1), kc.transpose(0, 1), vc.transpose(0, 1),
+                          scale=scale, mask=mask)
+                out[s:e] = o.transpose(0, 1)
+
+        if md.num_decode_tokens > 0:
+            s = md.num_prefill_tokens
+            nd = md.num_decode_tokens
+            if not has_cache:
+                raise ValueError("decode steps need a KV cache")
+            bt, L, valid = plan["decode"]
+            kd = key_cache[bt].view(nd, L, KV, D).transpose(1, 2)
+            vd = value_cache[bt].view(nd, L, KV, D).transpose(1, 2)
+            qd = q[s:s + nd].unsqueeze(2)  # [nd, H, 1, D]
+            o = _sdpa(qd, kd, vd, scale=scale, mask=valid)
+            out[s:s + nd] = o.squeeze(2)
+        return out.view(T, H * D)

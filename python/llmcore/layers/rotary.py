@@ -1,0 +1,152 @@
+"""Rotary position embeddings (RoPE) with a cos/sin cache indexed by arbitrary positions.
+
+Scaling variants follow transformers' definitions (modeling_rope_utils):
+- default: inv_freq = 1 / theta^(2i/d)
+- linear: inv_freq / factor (== positions / factor)
+- dynamic (NTK): static form as in vLLM: theta' = theta * (factor*L/max_pos - (factor-1))^(d/(d-2))
+  with L = max_pos*factor, the cache covering L positions (equals transformers' dynamic
+  rope once the sequence reaches L).
+- llama3: per-frequency smooth interpolation between inv_freq and inv_freq / factor.
+- yarn: as transformers `_compute_yarn_parameters` (attention factor folded into cos/sin).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+def _scaling_type(rope_scaling: Optional[dict]) -> str:
+    if not rope_scaling:
+        return "default"
+    t = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
+    return "linear" if t == "su" else t
+
+
+def compute_inv_freq(rotary_dim: int, base: float, rope_scaling: Optional[dict],
+                     max_position: int) -> tuple[torch.Tensor, float, int]:
+    """-> (inv_freq [rotary_dim/2] float32, attention scaling of cos/sin, cache length)."""
+    kind = _scaling_type(rope_scaling)
+    exps = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
+    inv_freq = 1.0 / (base ** exps)
+    mscale = 1.0
+    cache_len = max_position
+    if kind == "default":
+        pass
+    elif kind == "linear":
+        factor = float(rope_scaling["factor"])
+        inv_freq = inv_freq / factor
+        cache_len = int(max_position * factor)
+    elif kind == "dynamic":
+        factor = float(rope_scaling["factor"])
+        orig = int(rope_scaling.get("original_max_position_embeddings") or max_position)
+        seq_len = int(orig * factor)
+        base = base * ((factor * seq_len / orig) - (factor - 1)) ** (rotary_dim / (rotary_dim - 2))
+        inv_freq = 1.0 / (base ** exps)
+        cache_len = max(max_position, seq_len)
+    elif kind == "llama3":
+        factor = float(rope_scaling["factor"])
+        low = float(rope_scaling["low_freq_factor"])
+        high = float(rope_scaling["high_freq_factor"])
+        old = float(rope_scaling["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old / low, old / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv_freq = torch.where(is_medium, smoothed, scaled)
+    elif kind == "yarn":
+        factor = float(rope_scaling["factor"])
+        orig = int(rope_scaling.get("original_max_position_embeddings") or max_position)
+        beta_fast = float(rope_scaling.get("beta_fast") or 32)
+        beta_slow = float(rope_scaling.get("beta_slow") or 1)
+        attn_factor = rope_scaling.get("attention_factor")
+        mscale = float(attn_factor) if attn_factor is not None else (
+            0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+
+        def corr_dim(num_rot):
+            return (rotary_dim * math.log(orig / (num_rot * 2 * math.pi))) / (2 * math.log(base))
+
+        lo = math.floor(corr_dim(beta_fast))
+        hi = math.ceil(corr_dim(beta_slow))
+        if rope_scaling.get("truncate", True) is False:
+            lo, hi = corr_dim(beta_fast), corr_dim(beta_slow)
+        lo, hi = max(lo, 0), min(hi, rotary_dim - 1)
+        if lo == hi:
+            hi += 0.001
+        ramp = torch.clamp((torch.arange(rotary_dim // 2, dtype=torch.float32) - lo) / (hi - lo), 0, 1)
+        extrap_factor = 1 - ramp
+        inv_freq = (inv_freq / factor) * (1 - extrap_factor) + inv_freq * extrap_factor
+        cache_len = max(max_position, int(orig * factor))
+    else:
+        raise ValueError(f"rope_scaling type {kind!r} is not supported "
+                         "(supported: linear, dynamic, llama3, yarn)")
+    return inv_freq, mscale, cache_len
+
+
+class RotaryEmbedding(nn.Module):
+    """cos_sin_cache: [cache_len, rotary_dim] = [cos | sin] halves, float32 (kept in fp32
+    for accuracy; cos/sin are cast to the activation dtype after the gather)."""
+
+    def __init__(self, head_size: int, rotary_dim: int, max_position: int, base: float,
+                 rope_scaling: Optional[dict] = None, is_neox_style: bool = True,
+                 device=None, max_len: Optional[int] = None):
+        """max_position: the model's (original) max_position_embeddings; max_len: serve
+        positions up to this many (the cache grows to cover it)."""
+        super().__init__()
+        self.head_size = head_size
+        self.rotary_dim = rotary_dim
+        self.max_position = max_position
+        self.base = base
+        self.is_neox_style = is_neox_style
+        inv_freq, mscale, cache_len = compute_inv_freq(rotary_dim, base, rope_scaling, max_position)
+        cache_len = max(cache_len, max_len or 0)
+        t = torch.arange(cache_len, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)
+        cache = torch.cat([freqs.cos() * mscale, freqs.sin() * mscale], dim=-1)
+        self.register_buffer("cos_sin_cache", cache.to(device), persistent=False)
+
+    def get_cos_sin(self, positions: torch.Tensor, dtype: torch.dtype
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> cos, sin each [T, 1, rotary_dim/2] (broadcast over heads)."""
+        cs = self.cos_sin_cache.index_select(0, positions)
+        if cs.dtype != dtype:
+            cs = cs.to(dtype)
+        cos, sin = cs.unsqueeze(1).chunk(2, dim=-1)
+        return cos, sin
+
+    def apply_(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate x [T, heads*head_size] (may be a strided view, last dim contiguous) in place."""
+        T = x.shape[0]
+        x = x.view(T, -1, self.head_size)
+        rot = x[..., :self.rotary_dim]
+        half = self.rotary_dim // 2
+        if self.is_neox_style:
+            x1, x2 = rot[..., :half], rot[..., half:]
+        else:
+            x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        o1 = x1 * cos - x2 * sin
+        o2 = x2 * cos + x1 * sin
+        x1.copy_(o1)
+        x2.copy_(o2)
+        return x
+
+    def forward(self, positions: torch.Tensor, query: torch.Tensor,
+                key: Optional[torch.Tensor] = None):
+        """query [T, H*D], key [T, KV*D] (or None): rotated in place and returned."""
+        cos, sin = self.get_cos_sin(positions, query.dtype)
+        self.apply_(query, cos, sin)
+        if key is not None:
+            self.apply_(key, cos, sin)
+        return query, key
+
+
+def get_rope(head_size: int, rotary_dim: int, max_position: int, base: float,
+             rope_scaling: Optional[dict] = None, is_neox_style: bool = True,
+             device=None, max_len: Optional[int] = None) -> RotaryEmbedding:
+    return RotaryEmbedding(head_size, rotary_dim, max_position, base, rope_scaling,
+                           is_neox_style, device, max_len)

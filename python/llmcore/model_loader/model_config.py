@@ -1,0 +1,266 @@
+"""ModelConfig: everything the engine needs to know about the model, resolved from
+EngineArgs + the checkpoint's config (config.json or GGUF metadata)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from llmcore.model_loader.default_model import resolve_model_path
+
+_DTYPES = {"half": torch.float16, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float": torch.float32, "float32": torch.float32}
+
+# GGUF general.architecture / HF model_type -> HF architecture name
+_ARCH_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                       "qwen2": "Qwen2ForCausalLM"}
+
+_MAX_LEN_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
+                 "max_sequence_length", "model_max_length")
+
+
+@dataclass
+class ModelConfig:
+    model: str                      # the --model value as given
+    model_path: str                 # resolved local path (HF folder or .gguf file)
+    is_gguf: bool
+    hf_config: Any                  # transformers PretrainedConfig (LlamaConfig, Qwen2Config...)
+    architecture: str               # e.g. "LlamaForCausalLM"
+    dtype: torch.dtype
+    max_model_len: int
+    vocab_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    sliding_window: Optional[int]   # None when absent or disabled
+    served_model_names: list = field(default_factory=list)
+    tokenizer: Optional[str] = None  # resolved tokenizer path (folder or .gguf file)
+    tokenizer_mode: str = "auto"
+    skip_tokenizer_init: bool = False
+    trust_remote_code: bool = False
+    load_format: str = "auto"
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict] = None  # None = plain RoPE
+    disable_sliding_window: bool = False
+    eos_token_id: Any = None
+    bos_token_id: Any = None
+
+    @property
+    def gguf_file(self) -> Optional[str]:
+        return self.model_path if self.is_gguf else None
+
+    @property
+    def served_model_name(self) -> str:
+        return self.served_model_names[0]
+
+    def layer_sliding_windows(self) -> list[Optional[int]]:
+        """The sliding window of each layer (None = full attention)."""
+        if self.sliding_window is None:
+            return [None] * self.num_layers
+        types = getattr(self.hf_config, "layer_types", None)
+        if types:
+            return [self.sliding_window if t == "sliding_attention" else None for t in types]
+        return [self.sliding_window] * self.num_layers
+
+    def kv_cache_spec(self) -> tuple[int, int, int]:
+        return self.num_layers, self.num_kv_heads, self.head_dim
+
+    def get_kv_bytes_per_token(self, dtype: Optional[torch.dtype] = None) -> int:
+        elt = torch.empty((), dtype=dtype or self.dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elt
+
+
+# ---------------------------------------------------------------------- helpers
+def get_rope_params(hf_config) -> tuple[float, Optional[dict]]:
+    """(rope_theta, scaling dict or None) from a transformers 4.x or 5.x config."""
+    rp = getattr(hf_config, "rope_parameters", None)
+    if isinstance(rp, dict) and "rope_theta" in rp:
+        theta = float(rp["rope_theta"])
+        scaling = dict(rp) if rp.get("rope_type", rp.get("type", "default")) != "default" else None
+    else:
+        theta = float(getattr(hf_config, "rope_theta", None) or 10000.0)
+        scaling = getattr(hf_config, "rope_scaling", None)
+        scaling = dict(scaling) if scaling else None
+    if scaling is not None:
+        scaling.pop("rope_theta", None)
+        if "rope_type" not in scaling and "type" in scaling:
+            scaling["rope_type"] = scaling["type"]
+        if scaling.get("rope_type") == "default":
+            scaling = None
+    return theta, scaling
+
+
+def _set_rope_params(hf_config, theta: float, scaling: Optional[dict]) -> None:
+    if hasattr(hf_config, "rope_parameters"):
+        rp = {"rope_type": "default"} if scaling is None else dict(scaling)
+        rp.setdefault("rope_type", rp.get("type", "default"))
+        rp["rope_theta"] = theta
+        hf_config.rope_parameters = rp
+    else:
+        hf_config.rope_theta = theta
+        hf_config.rope_scaling = scaling
+
+
+def _load_gguf_config(path: str):
+    from transformers import AutoConfig
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    try:
+        parsed = load_gguf_checkpoint(path, return_tensors=False)
+    except Exception as e:  # noqa: BLE001 - transformers raises several types
+        raise ValueError(f"cannot read GGUF metadata from {path}: {e}") from e
+    cfg = dict(parsed["config"])
+    model_type = cfg.pop("model_type")
+    cfg.pop("_model_name_or_path", None)
+    if model_type not in _ARCH_BY_MODEL_TYPE:
+        raise ValueError(f"GGUF architecture {model_type!r} is not supported; supported: "
+                         f"{sorted(_ARCH_BY_MODEL_TYPE)}")
+    hf_config = AutoConfig.for_model(model_type, **cfg)
+    hf_config.architectures = [_ARCH_BY_MODEL_TYPE[model_type]]
+    return hf_config
+
+
+def _load_hf_config(path: str, trust_remote_code: bool):
+    from transformers import AutoConfig
+
+    try:
+        # Never run code from the folder: only built-in config classes.
+        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"cannot read the model config in {path}: {e}") from e
+
+
+def _resolve_dtype(dtype: str, hf_config, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in _DTYPES:
+        return _DTYPES[dtype]
+    if dtype != "auto":
+        raise ValueError(f"--dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+    if device.type == "cpu":
+        return torch.float32  # bf16/fp16 matmuls are far slower on CPU
+    cfg_dtype = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    if isinstance(cfg_dtype, str):
+        cfg_dtype = getattr(torch, cfg_dtype, None)
+    if cfg_dtype in (torch.float16, torch.bfloat16):
+        return cfg_dtype
+    return torch.bfloat16
+
+
+def _derive_max_len(hf_config, scaling: Optional[dict]) -> int:
+    derived = None
+    for key in _MAX_LEN_KEYS:
+        v = getattr(hf_config, key, None)
+        if isinstance(v, int) and v > 0:
+            derived = v if derived is None else min(derived, v)
+    if derived is None:
+        derived = 2048
+    if scaling is not None:
+        kind = scaling.get("rope_type", scaling.get("type"))
+        if kind not in ("su", "longrope", "llama3") and "factor" in scaling:
+            if kind == "yarn" and scaling.get("original_max_position_embeddings"):
+                derived = int(scaling["original_max_position_embeddings"])
+            derived = int(derived * float(scaling["factor"]))
+    return derived
+
+
+def load_model_config(engine_args, device="cpu") -> ModelConfig:
+    """Resolve the model and everything about it from EngineArgs (see llmcore.config)."""
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    model_path = resolve_model_path(engine_args.model, "model")
+    load_format = getattr(engine_args, "load_format", "auto") or "auto"
+    is_gguf = os.path.isfile(model_path) and (model_path.endswith(".gguf")
+                                              or load_format == "gguf")
+    if os.path.isfile(model_path) and not is_gguf:
+        raise ValueError(f"--model {engine_args.model!r} is a file but not a .gguf file; pass a HF "
+                         "model folder (with config.json) or a .gguf file")
+    if load_format == "gguf" and not is_gguf:
+        raise ValueError("--load-format gguf needs --model to be a .gguf file")
+    if is_gguf:
+        hf_config = _load_gguf_config(model_path)
+    else:
+        hf_config = _load_hf_config(model_path, engine_args.trust_remote_code)
+    hf_config = copy.deepcopy(hf_config)
+
+    archs = list(getattr(hf_config, "architectures", None) or [])
+    if not archs and getattr(hf_config, "model_type", None) in _ARCH_BY_MODEL_TYPE:
+        archs = [_ARCH_BY_MODEL_TYPE[hf_config.model_type]]
+    from llmcore.models.registry import ModelRegistry
+    _, architecture = ModelRegistry.resolve(archs)
+
+    # rope overrides
+    theta, scaling = get_rope_params(hf_config)
+    if engine_args.rope_theta is not None:
+        theta = float(engine_args.rope_theta)
+    flag_scaling = (engine_args.rope_scaling_dict() if hasattr(engine_args, "rope_scaling_dict")
+                    else engine_args.rope_scaling)
+    if flag_scaling is not None:
+        scaling = dict(flag_scaling)
+        if "rope_type" not in scaling and "type" in scaling:
+            scaling["rope_type"] = scaling["type"]
+        if scaling.get("rope_type") == "default":
+            scaling = None
+    if engine_args.rope_theta is not None or flag_scaling is not None:
+        _set_rope_params(hf_config, theta, scaling)
+
+    # sliding window
+    sliding_window = getattr(hf_config, "sliding_window", None)
+    if getattr(hf_config, "use_sliding_window", True) is False:
+        sliding_window = None
+    types = getattr(hf_config, "layer_types", None)
+    if sliding_window is not None and types and "sliding_attention" not in types:
+        sliding_window = None
+    if isinstance(sliding_window, list):  # per-layer list (rare): take the smallest
+        sliding_window = min(w for w in sliding_window if w) if any(sliding_window) else None
+    disable_sw = bool(getattr(engine_args, "disable_sliding_window", False))
+
+    # max_model_len
+    derived = _derive_max_len(hf_config, scaling)
+    if disable_sw and sliding_window is not None:
+        derived = min(derived, int(sliding_window))
+    max_model_len = engine_args.max_model_len
+    if max_model_len is None:
+        max_model_len = derived
+    elif max_model_len > derived:
+        if os.environ.get("LLMCORE_ALLOW_LONG_MAX_MODEL_LEN") != "1":
+            why = (" (capped at the sliding window because of --disable-sliding-window)"
+                   if disable_sw and sliding_window is not None else "")
+            raise ValueError(f"--max-model-len {max_model_len} is larger than the model's maximum "
+                             f"length {derived}{why}; pass a --rope-scaling that extends the "
+                             "context, or a smaller --max-model-len")
+    if disable_sw:
+        sliding_window = None
+
+    num_heads = int(hf_config.num_attention_heads)
+    num_kv_heads = int(getattr(hf_config, "num_key_value_heads", None) or num_heads)
+    hidden_size = int(hf_config.hidden_size)
+    head_dim = int(getattr(hf_config, "head_dim", None) or hidden_size // num_heads)
+
+    tok = getattr(engine_args, "tokenizer", None)
+    tokenizer_path = resolve_model_path(tok, "tokenizer") if tok else model_path
+    served = engine_args.served_model_name
+    if isinstance(served, str):
+        served = [served]
+    served = list(served) if served else [engine_args.model]
+
+    return ModelConfig(
+        model=engine_args.model, model_path=model_path, is_gguf=is_gguf, hf_config=hf_config,
+        architecture=architecture, dtype=_resolve_dtype(engine_args.dtype, hf_config, device),
+        max_model_len=int(max_model_len), vocab_size=int(hf_config.vocab_size),
+        num_layers=int(hf_config.num_hidden_layers), num_heads=num_heads,
+        num_kv_heads=num_kv_heads, head_dim=head_dim, hidden_size=hidden_size,
+        sliding_window=int(sliding_window) if sliding_window is not None else None,
+        served_model_names=served, tokenizer=tokenizer_path,
+        tokenizer_mode=getattr(engine_args, "tokenizer_mode", "auto"),
+        skip_tokenizer_init=bool(getattr(engine_args, "skip_tokenizer_init", False)),
+        trust_remote_code=bool(engine_args.trust_remote_code), load_format=load_format,
+        rope_theta=theta, rope_scaling=scaling, disable_sliding_window=disable_sw,
+        eos_token_id=getattr(hf_config, "eos_token_id", None),
+        bos_token_id=getattr(hf_config, "bos_token_id", None),
+    )

@@ -1,0 +1,230 @@
+"""Llama-family decoder: Llama 2/3, Mistral (sliding window), Qwen2 (qkv bias), SmolLM2.
+
+Runner interface:
+    model.forward(input_ids [T], positions [T], kv_caches [(key_cache, value_cache)] * L,
+                  attn_metadata) -> hidden_states [T, hidden] (after the final norm)
+    model.compute_logits(hidden_states [N, hidden]) -> float32 logits [N, vocab]
+    model.kv_cache_spec() -> (num_layers, num_kv_heads, head_dim)
+    model.load_weights(iterable of (hf_name, tensor))
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from llmcore.layers.activation import SiluAndMul
+from llmcore.layers.attention import Attention, AttentionMetadata
+from llmcore.layers.layernorm import RMSNorm
+from llmcore.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear,
+                                   RowParallelLinear)
+from llmcore.layers.rotary import RotaryEmbedding, get_rope
+from llmcore.layers.utils import default_weight_loader
+from llmcore.layers.vocab_embedding import (LogitsProcessor, ParallelLMHead,
+                                            VocabParallelEmbedding)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, act: str,
+                 dtype, device, prefix: str = ""):
+        super().__init__()
+        if act not in ("silu", "swish"):
+            raise ValueError(f"unsupported activation {act!r}: only silu is supported")
+        kw = dict(bias=bias, params_dtype=dtype, device=device)
+        self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2,
+                                                       prefix=f"{prefix}.gate_up_proj", **kw)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size,
+                                           prefix=f"{prefix}.down_proj", **kw)
+        self.act_fn = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config, layer_idx: int, *, rotary_emb: RotaryEmbedding, qkv_bias: bool,
+                 o_bias: bool, sliding_window: Optional[int], dtype, device, prefix: str = ""):
+        super().__init__()
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or self.hidden_size // self.num_heads
+        kw = dict(params_dtype=dtype, device=device)
+        self.qkv_proj = QKVParallelLinear(self.hidden_size, self.head_dim, self.num_heads,
+                                          self.num_kv_heads, bias=qkv_bias,
+                                          prefix=f"{prefix}.qkv_proj", **kw)
+        self.o_proj = RowParallelLinear(self.num_heads * self.head_dim, self.hidden_size,
+                                        bias=o_bias, prefix=f"{prefix}.o_proj", **kw)
+        self.q_size = self.qkv_proj.q_size
+        self.kv_size = self.qkv_proj.kv_size
+        self.rotary_emb = rotary_emb  # shared by all layers (not a submodule: no state dict)
+        self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
+                              num_kv_heads=self.num_kv_heads, sliding_window=sliding_window,
+                              device=device, prefix=f"{prefix}.attn")
+
+    def forward(self, cos_sin: tuple[torch.Tensor, torch.Tensor], hidden_states: torch.Tensor,
+                kv_cache, attn_metadata: AttentionMetadata) -> torch.Tensor:
+        qkv = self.qkv_proj(hidden_states)
+        qs, ks = self.q_size, self.kv_size
+        # q and k are adjacent in the fused output: rotate both with one pass, in place.
+        self.rotary_emb.apply_(qkv[:, :qs + ks], *cos_sin)
+        q = qkv[:, :qs]
+        k = qkv[:, qs:qs + ks]
+        v = qkv[:, qs + ks:]
+        attn_out = self.attn(q, k, v, kv_cache, attn_metadata)
+        return self.o_proj(attn_out)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config, layer_idx: int, *, rotary_emb, qkv_bias, o_bias, sliding_window,
+                 dtype, device, prefix: str = ""):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, layer_idx, rotary_emb=rotary_emb, qkv_bias=qkv_bias,
+                                        o_bias=o_bias, sliding_window=sliding_window, dtype=dtype,
+                                        device=device, prefix=f"{prefix}.self_attn")
+        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size,
+                            bias=bool(getattr(config, "mlp_bias", False)),
+                            act=getattr(config, "hidden_act", "silu"), dtype=dtype, device=device,
+                            prefix=f"{prefix}.mlp")
+        eps = config.rms_norm_eps
+        self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype=dtype, device=device)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype=dtype, device=device)
+
+    def forward(self, cos_sin, hidden_states, residual, kv_cache, attn_metadata):
+        if residual is None:
+            residual = hidden_states
+            hidden_states = self.input_layernorm(hidden_states)
+        else:
+            hidden_states, residual = self.input_layernorm(hidden_states, residual)
+        hidden_states = self.self_attn(cos_sin, hidden_states, kv_cache, attn_metadata)
+        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
+        return self.mlp(hidden_states), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config, *, rotary_emb, qkv_bias, o_bias, layer_windows, dtype, device):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
+                                                   params_dtype=dtype, device=device)
+        self.layers = nn.ModuleList([
+            LlamaDecoderLayer(config, i, rotary_emb=rotary_emb, qkv_bias=qkv_bias, o_bias=o_bias,
+                              sliding_window=layer_windows[i], dtype=dtype, device=device,
+                              prefix=f"model.layers.{i}")
+            for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
+
+    def forward(self, input_ids, cos_sin, kv_caches, attn_metadata):
+        hidden_states = self.embed_tokens(input_ids)
+        residual = None
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            hidden_states, residual = layer(cos_sin, hidden_states, residual, kv_cache,
+                                            attn_metadata)
+        hidden_states, _ = self.norm(hidden_states, residual)
+        return hidden_states
+
+
+class LlamaForCausalLM(nn.Module):
+    # checkpoint name piece -> (fused param piece, shard id)
+    stacked_params_mapping = [
+        ("qkv_proj", "q_proj", "q"),
+        ("qkv_proj", "k_proj", "k"),
+        ("qkv_proj", "v_proj", "v"),
+        ("gate_up_proj", "gate_proj", 0),
+        ("gate_up_proj", "up_proj", 1),
+    ]
+    default_qkv_bias = False
+
+    def __init__(self, model_config, device=None):
+        """model_config: llmcore.model_loader.ModelConfig (hf_config, dtype, max_model_len,
+        rope_theta, rope_scaling, sliding_window)."""
+        super().__init__()
+        config = model_config.hf_config
+        self.config = config
+        self.model_config = model_config
+        dtype = model_config.dtype
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        self.head_dim = model_config.head_dim
+        self.num_layers = model_config.num_layers
+        self.num_kv_heads = model_config.num_kv_heads
+        self.rotary_emb = get_rope(
+            self.head_dim, int(self.head_dim * getattr(config, "partial_rotary_factor", 1.0)),
+            max_position=config.max_position_embeddings, base=model_config.rope_theta,
+            rope_scaling=model_config.rope_scaling, is_neox_style=True, device=device,
+            max_len=model_config.max_model_len)
+        attention_bias = bool(getattr(config, "attention_bias", False))
+        qkv_bias = attention_bias or self.default_qkv_bias
+        self.model = LlamaModel(config, rotary_emb=self.rotary_emb, qkv_bias=qkv_bias,
+                                o_bias=attention_bias,
+                                layer_windows=model_config.layer_sliding_windows(),
+                                dtype=dtype, device=device)
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, params_dtype=dtype,
+                                      device=device)
+        if self.tie_word_embeddings:
+            self.lm_head.tie_weights(self.model.embed_tokens)
+        self.logits_processor = LogitsProcessor(config.vocab_size)
+
+    # ------------------------------------------------------------------ runner interface
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                attn_metadata: AttentionMetadata) -> torch.Tensor:
+        cos_sin = self.rotary_emb.get_cos_sin(positions, self.lm_head.weight.dtype)
+        return self.model(input_ids, cos_sin, kv_caches, attn_metadata)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.logits_processor(self.lm_head, hidden_states)
+
+    def kv_cache_spec(self) -> tuple[int, int, int]:
+        return self.num_layers, self.num_kv_heads, self.head_dim
+
+    # ------------------------------------------------------------------ weights
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name or "rotary_emb.cos_cached" in name:
+                continue
+            if self.tie_word_embeddings and name == "lm_head.weight":
+                continue
+            for param_piece, ckpt_piece, shard_id in self.stacked_params_mapping:
+                if f".{ckpt_piece}." not in name:
+                    continue
+                pname = name.replace(ckpt_piece, param_piece)
+                if pname not in params:
+                    raise ValueError(f"checkpoint tensor {name!r} has no matching parameter")
+                param = params[pname]
+                param.weight_loader(param, tensor, shard_id)
+                loaded.add(f"{pname}:{shard_id}")
+                break
+            else:
+                if name not in params:
+                    raise ValueError(f"checkpoint tensor {name!r} has no matching parameter "
+                                     f"in {type(self).__name__}")
+                param = params[name]
+                getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+                loaded.add(name)
+        self._check_all_loaded(params, loaded)
+        return loaded
+
+    def _check_all_loaded(self, params: dict, loaded: set[str]) -> None:
+        missing = []
+        for pname in params:
+            if pname in loaded:
+                continue
+            fused = [sid for p, _, sid in self.stacked_params_mapping if f".{p}." in pname]
+            if fused and all(f"{pname}:{sid}" in loaded for sid in fused):
+                continue
+            missing.append(pname)
+        if missing:
+            raise ValueError(f"checkpoint is missing {len(missing)} weights, e.g. {missing[:5]}")
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    pass
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    default_qkv_bias = True
