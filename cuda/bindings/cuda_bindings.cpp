@@ -1,0 +1,143 @@
+// llmcore._cuda (and llmcore._hip): thin pybind11 bindings of the kernel launchers.
+// Every tensor is passed as an integer device pointer (tensor.data_ptr(), 0 = null) and the
+// stream as an integer (torch.cuda.current_stream().cuda_stream). No torch headers here.
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "llmcore_cuda/activation.h"
+#include "llmcore_cuda/attention.h"
+#include "llmcore_cuda/cache.h"
+#include "llmcore_cuda/norm.h"
+#include "llmcore_cuda/rotary.h"
+#include "llmcore_cuda/sampling.h"
+
+namespace py = pybind11;
+using ptr_t = uintptr_t;
+
+namespace {
+template <typename P> P* P_(ptr_t p) { return reinterpret_cast<P*>(p); }
+cudaStream_t S_(ptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("llmcore.") + what + ": " + cudaGetErrorString(e));
+}
+}  // namespace
+
+#ifndef LLMCORE_MODULE_NAME
+#define LLMCORE_MODULE_NAME _cuda
+#endif
+
+PYBIND11_MODULE(LLMCORE_MODULE_NAME, m) {
+  m.doc() = "llmcore GPU kernels (raw-pointer launchers)";
+  m.attr("DTYPE_FLOAT32") = (int)llmcore::kFloat32;
+  m.attr("DTYPE_FLOAT16") = (int)llmcore::kFloat16;
+  m.attr("DTYPE_BFLOAT16") = (int)llmcore::kBFloat16;
+  m.attr("DTYPE_FP8_E4M3") = (int)llmcore::kFp8E4M3;
+  m.attr("DTYPE_FP8_E5M2") = (int)llmcore::kFp8E5M2;
+
+  m.def("reshape_and_cache",
+        [](ptr_t key, ptr_t value, ptr_t key_cache, ptr_t value_cache, ptr_t slot_mapping,
+           int num_tokens, int num_kv_heads, int head_dim, int block_size, int64_t key_stride,
+           int64_t value_stride, int dtype, int cache_dtype, ptr_t k_scale, ptr_t v_scale,
+           ptr_t stream) {
+          check(llmcore::reshape_and_cache(P_<const void>(key), P_<const void>(value),
+                                           P_<void>(key_cache), P_<void>(value_cache),
+                                           P_<const int64_t>(slot_mapping), num_tokens,
+                                           num_kv_heads, head_dim, block_size, key_stride,
+                                           value_stride, dtype, cache_dtype,
+                                           P_<const float>(k_scale), P_<const float>(v_scale),
+                                           S_(stream)),
+                "reshape_and_cache");
+        });
+
+  m.def("paged_attention",
+        [](ptr_t out, int64_t out_stride, ptr_t q, int64_t q_stride, ptr_t key_cache,
+           ptr_t value_cache, ptr_t block_tables, int max_blocks_per_seq, ptr_t seq_lens,
+           ptr_t query_start_loc, int num_rows, int num_seqs, int num_heads, int num_kv_heads,
+           int head_dim, int block_size, float scale, int sliding_window, int dtype,
+           int cache_dtype, ptr_t k_scale, ptr_t v_scale, int num_splits, int partition_size,
+           ptr_t tmp_out, ptr_t tmp_ml, ptr_t stream) {
+          check(llmcore::paged_attention(
+                    P_<void>(out), out_stride, P_<const void>(q), q_stride,
+                    P_<const void>(key_cache), P_<const void>(value_cache),
+                    P_<const int>(block_tables), max_blocks_per_seq, P_<const int>(seq_lens),
+                    P_<const int>(query_start_loc), num_rows, num_seqs, num_heads, num_kv_heads,
+                    head_dim, block_size, scale, sliding_window, dtype, cache_dtype,
+                    P_<const float>(k_scale), P_<const float>(v_scale), num_splits,
+                    partition_size, P_<float>(tmp_out), P_<float>(tmp_ml), S_(stream)),
+                "paged_attention");
+        });
+
+  m.def("prefill_attention",
+        [](ptr_t out, int64_t out_stride, ptr_t q, int64_t q_stride, ptr_t key_cache,
+           ptr_t value_cache, ptr_t block_tables, int max_blocks_per_seq, ptr_t seq_lens,
+           ptr_t query_start_loc, int num_tokens, int num_seqs, int max_query_len, int num_heads,
+           int num_kv_heads, int head_dim, int block_size, float scale, int sliding_window,
+           int dtype, int cache_dtype, ptr_t k_scale, ptr_t v_scale, int use_tensor_cores,
+           ptr_t stream) {
+          check(llmcore::prefill_attention(
+                    P_<void>(out), out_stride, P_<const void>(q), q_stride,
+                    P_<const void>(key_cache), P_<const void>(value_cache),
+                    P_<const int>(block_tables), max_blocks_per_seq, P_<const int>(seq_lens),
+                    P_<const int>(query_start_loc), num_tokens, num_seqs, max_query_len,
+                    num_heads, num_kv_heads, head_dim, block_size, scale, sliding_window, dtype,
+                    cache_dtype, P_<const float>(k_scale), P_<const float>(v_scale),
+                    use_tensor_cores, S_(stream)),
+                "prefill_attention");
+        });
+
+  m.def("rms_norm", [](ptr_t out, int64_t out_stride, ptr_t x, int64_t x_stride, ptr_t weight,
+                       float eps, int num_tokens, int hidden, int dtype, ptr_t stream) {
+    check(llmcore::rms_norm(P_<void>(out), out_stride, P_<const void>(x), x_stride,
+                            P_<const void>(weight), eps, num_tokens, hidden, dtype, S_(stream)),
+          "rms_norm");
+  });
+
+  m.def("fused_add_rms_norm",
+        [](ptr_t x, int64_t x_stride, ptr_t residual, int64_t residual_stride, ptr_t weight,
+           float eps, int num_tokens, int hidden, int dtype, ptr_t stream) {
+          check(llmcore::fused_add_rms_norm(P_<void>(x), x_stride, P_<void>(residual),
+                                            residual_stride, P_<const void>(weight), eps,
+                                            num_tokens, hidden, dtype, S_(stream)),
+                "fused_add_rms_norm");
+        });
+
+  m.def("rotary_embedding",
+        [](ptr_t positions, ptr_t query, int64_t query_stride, ptr_t key, int64_t key_stride,
+           ptr_t cos_sin_cache, int num_tokens, int num_heads, int num_kv_heads, int head_dim,
+           int rot_dim, int is_neox, int dtype, ptr_t stream) {
+          check(llmcore::rotary_embedding(P_<const int64_t>(positions), P_<void>(query),
+                                          query_stride, P_<void>(key), key_stride,
+                                          P_<const float>(cos_sin_cache), num_tokens, num_heads,
+                                          num_kv_heads, head_dim, rot_dim, is_neox, dtype,
+                                          S_(stream)),
+                "rotary_embedding");
+        });
+
+  m.def("silu_and_mul", [](ptr_t out, int64_t out_stride, ptr_t x, int64_t x_stride,
+                           int num_tokens, int d, int dtype, ptr_t stream) {
+    check(llmcore::silu_and_mul(P_<void>(out), out_stride, P_<const void>(x), x_stride,
+                                num_tokens, d, dtype, S_(stream)),
+          "silu_and_mul");
+  });
+
+  m.def("argmax", [](ptr_t out, ptr_t logits, int64_t logits_stride, int batch, int vocab,
+                     int dtype, ptr_t stream) {
+    check(llmcore::argmax(P_<int64_t>(out), P_<const void>(logits), logits_stride, batch, vocab,
+                          dtype, S_(stream)),
+          "argmax");
+  });
+
+  m.def("sample",
+        [](ptr_t out, ptr_t logits, int64_t logits_stride, int batch, int vocab, int dtype,
+           ptr_t temperature, ptr_t top_k, ptr_t top_p, ptr_t min_p, ptr_t uniform,
+           uint64_t seed, uint64_t offset, ptr_t stream) {
+          check(llmcore::sample(P_<int64_t>(out), P_<const void>(logits), logits_stride, batch,
+                                vocab, dtype, P_<const float>(temperature), P_<const int>(top_k),
+                                P_<const float>(top_p), P_<const float>(min_p),
+                                P_<const float>(uniform), seed, offset, S_(stream)),
+                "sample");
+        });
+}

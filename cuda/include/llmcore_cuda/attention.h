@@ -1,0 +1,34 @@
+#pragma once
+#include "llmcore_cuda/common.h"
+namespace llmcore {
+// Paged attention over "query rows". Decode: one row per sequence (query_start_loc == nullptr),
+// row i is the last token of seq i. Varlen (query_start_loc != nullptr): rows are packed query
+// tokens; seq s owns rows [qsl[s], qsl[s+1]) which are the last positions of its seq_lens[s] tokens.
+// q/out: [num_rows, num_heads, head_dim] (row stride q_stride / out_stride elements).
+// Caches: [num_blocks, block_size, num_kv_heads, head_dim]; fp8 caches are dequantised with
+// *k_scale / *v_scale. sliding_window > 0: key j is visible to query i iff i - j < window.
+// num_splits > 1 splits each row's keys into chunks of partition_size tokens (flash-decoding);
+// then tmp_out (float [num_rows*num_heads*num_splits*head_dim]) and tmp_ml (float
+// [num_rows*num_heads*num_splits*2]) are required workspaces.
+cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_t q_stride,
+                            const void* key_cache, const void* value_cache,
+                            const int* block_tables, int max_blocks_per_seq, const int* seq_lens,
+                            const int* query_start_loc, int num_rows, int num_seqs, int num_heads,
+                            int num_kv_heads, int head_dim, int block_size, float scale,
+                            int sliding_window, int dtype, int cache_dtype, const float* k_scale,
+                            const float* v_scale, int num_splits, int partition_size,
+                            float* tmp_out, float* tmp_ml, cudaStream_t stream);
+
+// Varlen causal prefill / chunked prefill with cached prefixes; all K/V are read from the paged
+// cache (this step's K/V must already be written). Layouts as above; max_query_len bounds
+// qsl[s+1]-qsl[s]. fp16/bf16 use tensor cores (mma.sync, sm_80+); fp32 or HIP, or
+// use_tensor_cores == 0, run paged_attention in varlen mode.
+cudaError_t prefill_attention(void* out, int64_t out_stride, const void* q, int64_t q_stride,
+                              const void* key_cache, const void* value_cache,
+                              const int* block_tables, int max_blocks_per_seq, const int* seq_lens,
+                              const int* query_start_loc, int num_tokens, int num_seqs,
+                              int max_query_len, int num_heads, int num_kv_heads, int head_dim,
+                              int block_size, float scale, int sliding_window, int dtype,
+                              int cache_dtype, const float* k_scale, const float* v_scale,
+                              int use_tensor_cores, cudaStream_t stream);
+}  // namespace llmcore

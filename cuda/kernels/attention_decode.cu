@@ -1,0 +1,266 @@
+// Paged attention decode (one query token per sequence), GQA-aware (one block serves up to
+// GC query heads of one KV head, so K/V are read once for the group), split-K over the sequence
+// with a flash-decoding style reduction for long contexts. Block sizes are a runtime parameter
+// (8/16/32 tested); head_dim 64/128. The same kernel also serves varlen query rows
+// (query_start_loc != nullptr), which is the non-tensor-core prefill path (fp32, HIP).
+#include "llmcore_cuda/attention.h"
+
+#include <type_traits>
+
+namespace llmcore {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kMaxWarps = kThreads / 32;
+
+template <typename T, int KIND, int HD, int GC>
+__global__ void __launch_bounds__(kThreads)
+paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restrict__ q,
+                       int64_t q_stride, const typename CacheTraits<T, KIND>::storage* __restrict__ kc,
+                       const typename CacheTraits<T, KIND>::storage* __restrict__ vc,
+                       const int* __restrict__ block_tables, int mbps, const int* __restrict__ seq_lens,
+                       const int* __restrict__ qsl, int num_seqs, int num_heads, int num_kv_heads,
+                       int block_size, float scale, int window, const float* k_scale,
+                       const float* v_scale, int num_splits, int partition_size,
+                       float* __restrict__ tmp_out, float* __restrict__ tmp_ml) {
+  using Tr = CacheTraits<T, KIND>;
+  using S = typename Tr::storage;
+  constexpr int V = HD / WARP_SIZE;
+  static_assert(V >= 1 && HD % WARP_SIZE == 0, "head_dim must be a multiple of WARP_SIZE");
+  __shared__ float s_m[kMaxWarps][GC], s_l[kMaxWarps][GC];
+  __shared__ float s_acc[kMaxWarps][GC][HD];
+
+  const int row = blockIdx.x;
+  const int split = blockIdx.z;
+  const int G = num_heads / num_kv_heads;
+  const int nchunks = (G + GC - 1) / GC;
+  const int kvh = blockIdx.y / nchunks;
+  const int h0 = kvh * G + (blockIdx.y % nchunks) * GC;
+  const int gcount = min(GC, kvh * G + G - h0);
+  const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+  const int nwarps = blockDim.x / WARP_SIZE;
+
+  int seq, L;
+  if (qsl != nullptr) {
+    int lo = 0, hi = num_seqs - 1;  // largest s with qsl[s] <= row
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) >> 1;
+      if (qsl[mid] <= row) lo = mid; else hi = mid - 1;
+    }
+    seq = lo;
+    L = seq_lens[seq] - (qsl[seq + 1] - row) + 1;
+  } else {
+    seq = row;
+    L = seq_lens[row];
+  }
+  const int kv_lo = window > 0 ? max(0, L - window) : 0;
+  int start = kv_lo, end = L;
+  if (num_splits > 1) {
+    start = kv_lo + split * partition_size;
+    end = min(L, start + partition_size);
+  }
+  const float ks = (KIND == kFp8E4M3 || KIND == kFp8E5M2) ? *k_scale : 1.f;
+  const float vs = (KIND == kFp8E4M3 || KIND == kFp8E5M2) ? *v_scale : 1.f;
+
+  float qr[GC][V], acc[GC][V], m[GC], l[GC];
+#pragma unroll
+  for (int g = 0; g < GC; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      acc[g][v] = 0.f;
+      qr[g][v] = 0.f;
+    }
+    if (g < gcount) {
+      const auto qv = load_vec<T, V>(q + (int64_t)row * q_stride + (int64_t)(h0 + g) * HD + lane * V);
+#pragma unroll
+      for (int v = 0; v < V; ++v) qr[g][v] = to_float<T>(qv.v[v]) * scale;
+    }
+  }
+
+  const int* bt = block_tables + (int64_t)seq * mbps;
+  for (int t = start + warp; t < end; t += nwarps) {
+    const int64_t page = bt[t / block_size];
+    const int64_t off = ((page * block_size + t % block_size) * num_kv_heads + kvh) * HD + lane * V;
+    const auto kr = load_vec<S, V>(kc + off);
+    const auto vr = load_vec<S, V>(vc + off);
+    float kf[V], vf[V];
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      kf[v] = Tr::load(&kr.v[v], ks);
+      vf[v] = Tr::load(&vr.v[v], vs);
+    }
+#pragma unroll
+    for (int g = 0; g < GC; ++g) {
+      if (g < gcount) {
+        float d = 0.f;
+#pragma unroll
+        for (int v = 0; v < V; ++v) d += qr[g][v] * kf[v];
+        d = warp_sum(d);
+        const float mn = fmaxf(m[g], d);
+        const float corr = __expf(m[g] - mn);
+        const float p = __expf(d - mn);
+        l[g] = l[g] * corr + p;
+#pragma unroll
+        for (int v = 0; v < V; ++v) acc[g][v] = acc[g][v] * corr + p * vf[v];
+        m[g] = mn;
+      }
+    }
+  }
+
+#pragma unroll
+  for (int g = 0; g < GC; ++g) {
+    if (lane == 0) {
+      s_m[warp][g] = m[g];
+      s_l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int v = 0; v < V; ++v) s_acc[warp][g][lane * V + v] = acc[g][v];
+  }
+  __syncthreads();
+
+  for (int idx = threadIdx.x; idx < gcount * HD; idx += blockDim.x) {
+    const int g = idx / HD, d = idx % HD;
+    float M = -INFINITY;
+    for (int w = 0; w < nwarps; ++w) M = fmaxf(M, s_m[w][g]);
+    float Ls = 0.f, A = 0.f;
+    if (M != -INFINITY) {
+      for (int w = 0; w < nwarps; ++w) {
+        const float f = __expf(s_m[w][g] - M);
+        Ls += s_l[w][g] * f;
+        A += s_acc[w][g][d] * f;
+      }
+    }
+    const float o = Ls > 0.f ? A / Ls : 0.f;
+    if (num_splits == 1) {
+      out[(int64_t)row * out_stride + (int64_t)(h0 + g) * HD + d] = from_float<T>(o);
+    } else {
+      const int64_t slot = ((int64_t)row * num_heads + h0 + g) * num_splits + split;
+      tmp_out[slot * HD + d] = o;
+      if (d == 0) {
+        tmp_ml[slot * 2] = M;
+        tmp_ml[slot * 2 + 1] = Ls;
+      }
+    }
+  }
+}
+
+// Combine split partials: grid (num_rows, num_heads), blockDim >= head_dim.
+template <typename T>
+__global__ void paged_attention_reduce_kernel(T* __restrict__ out, int64_t out_stride,
+                                              const float* __restrict__ tmp_out,
+                                              const float* __restrict__ tmp_ml, int num_heads,
+                                              int num_splits, int head_dim) {
+  const int row = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+  const int64_t base = ((int64_t)row * num_heads + h) * num_splits;
+  float M = -INFINITY;
+  for (int s = 0; s < num_splits; ++s)
+    if (tmp_ml[(base + s) * 2 + 1] > 0.f) M = fmaxf(M, tmp_ml[(base + s) * 2]);
+  if (d >= head_dim) return;
+  float W = 0.f, A = 0.f;
+  if (M != -INFINITY) {
+    for (int s = 0; s < num_splits; ++s) {
+      const float ls = tmp_ml[(base + s) * 2 + 1];
+      if (ls > 0.f) {
+        const float w = ls * __expf(tmp_ml[(base + s) * 2] - M);
+        W += w;
+        A += w * tmp_out[(base + s) * head_dim + d];
+      }
+    }
+  }
+  out[(int64_t)row * out_stride + (int64_t)h * head_dim + d] = from_float<T>(W > 0.f ? A / W : 0.f);
+}
+
+template <typename T, int KIND, int HD>
+cudaError_t launch_typed(T* out, int64_t out_stride, const T* q, int64_t q_stride, const void* kc,
+                         const void* vc, const int* bt, int mbps, const int* seq_lens,
+                         const int* qsl, int num_rows, int num_seqs, int num_heads,
+                         int num_kv_heads, int block_size, float scale, int window,
+                         const float* k_scale, const float* v_scale, int num_splits,
+                         int partition_size, float* tmp_out, float* tmp_ml, cudaStream_t stream) {
+  using S = typename CacheTraits<T, KIND>::storage;
+  const int G = num_heads / num_kv_heads;
+  if (G == 1) {
+    const dim3 grid(num_rows, num_kv_heads, num_splits);
+    paged_attention_kernel<T, KIND, HD, 1><<<grid, kThreads, 0, stream>>>(
+        out, out_stride, q, q_stride, (const S*)kc, (const S*)vc, bt, mbps, seq_lens, qsl,
+        num_seqs, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale,
+        num_splits, partition_size, tmp_out, tmp_ml);
+  } else {
+    constexpr int GC = 8;
+    const dim3 grid(num_rows, num_kv_heads * ((G + GC - 1) / GC), num_splits);
+    paged_attention_kernel<T, KIND, HD, GC><<<grid, kThreads, 0, stream>>>(
+        out, out_stride, q, q_stride, (const S*)kc, (const S*)vc, bt, mbps, seq_lens, qsl,
+        num_seqs, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale,
+        num_splits, partition_size, tmp_out, tmp_ml);
+  }
+  if (num_splits > 1) {
+    const dim3 grid(num_rows, num_heads);
+    paged_attention_reduce_kernel<T><<<grid, HD, 0, stream>>>(out, out_stride, tmp_out, tmp_ml,
+                                                             num_heads, num_splits, HD);
+  }
+  return cudaGetLastError();
+}
+
+template <typename T, int KIND>
+cudaError_t launch_hd(int head_dim, T* out, int64_t out_stride, const T* q, int64_t q_stride,
+                      const void* kc, const void* vc, const int* bt, int mbps, const int* seq_lens,
+                      const int* qsl, int num_rows, int num_seqs, int num_heads, int num_kv_heads,
+                      int block_size, float scale, int window, const float* k_scale,
+                      const float* v_scale, int num_splits, int partition_size, float* tmp_out,
+                      float* tmp_ml, cudaStream_t stream) {
+  switch (head_dim) {
+    case 64:
+      return launch_typed<T, KIND, 64>(out, out_stride, q, q_stride, kc, vc, bt, mbps, seq_lens,
+                                       qsl, num_rows, num_seqs, num_heads, num_kv_heads,
+                                       block_size, scale, window, k_scale, v_scale, num_splits,
+                                       partition_size, tmp_out, tmp_ml, stream);
+    case 128:
+      return launch_typed<T, KIND, 128>(out, out_stride, q, q_stride, kc, vc, bt, mbps, seq_lens,
+                                        qsl, num_rows, num_seqs, num_heads, num_kv_heads,
+                                        block_size, scale, window, k_scale, v_scale, num_splits,
+                                        partition_size, tmp_out, tmp_ml, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_t q_stride,
+                            const void* key_cache, const void* value_cache,
+                            const int* block_tables, int max_blocks_per_seq, const int* seq_lens,
+                            const int* query_start_loc, int num_rows, int num_seqs, int num_heads,
+                            int num_kv_heads, int head_dim, int block_size, float scale,
+                            int sliding_window, int dtype, int cache_dtype, const float* k_scale,
+                            const float* v_scale, int num_splits, int partition_size,
+                            float* tmp_out, float* tmp_ml, cudaStream_t stream) {
+  if (num_rows <= 0) return cudaSuccess;
+  if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || block_size <= 0)
+    return cudaErrorInvalidValue;
+  if (num_splits < 1) num_splits = 1;
+  if (num_splits > 1 && (tmp_out == nullptr || tmp_ml == nullptr || partition_size <= 0))
+    return cudaErrorInvalidValue;
+  if (num_splits > 65535) return cudaErrorInvalidValue;
+#define LLMCORE_PA_ARGS                                                                       \
+  head_dim, (scalar_t*)out, out_stride, (const scalar_t*)q, q_stride, key_cache, value_cache, \
+      block_tables, max_blocks_per_seq, seq_lens, query_start_loc, num_rows, num_seqs,         \
+      num_heads, num_kv_heads, block_size, scale, sliding_window, k_scale, v_scale,            \
+      num_splits, partition_size, tmp_out, tmp_ml, stream
+  LLMCORE_DISPATCH_FLOAT(dtype, {
+    if (cache_dtype == dtype) return launch_hd<scalar_t, -1>(LLMCORE_PA_ARGS);
+    if constexpr (std::is_same<scalar_t, float>::value) {
+      return cudaErrorInvalidValue;  // fp8 caches need fp16/bf16 queries
+    } else {
+      if (k_scale == nullptr || v_scale == nullptr) return cudaErrorInvalidValue;
+      if (cache_dtype == kFp8E4M3) return launch_hd<scalar_t, kFp8E4M3>(LLMCORE_PA_ARGS);
+      if (cache_dtype == kFp8E5M2) return launch_hd<scalar_t, kFp8E5M2>(LLMCORE_PA_ARGS);
+      return cudaErrorInvalidValue;
+    }
+  });
+#undef LLMCORE_PA_ARGS
+  return cudaSuccess;
+}
+
+}  // namespace llmcore

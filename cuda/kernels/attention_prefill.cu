@@ -1,0 +1,335 @@
+// Varlen packed prefill / chunked-prefill attention over the paged KV cache. Each sequence's
+// queries are the last query_len of its seq_len positions; all K/V (cached prefix and this
+// step's new tokens) are read from the paged cache. Causal, GQA (the query heads of one KV head
+// are packed into the tile's rows so K/V tiles are shared), optional sliding window.
+// fp16/bf16 use tensor cores via mma.sync.m16n8k16 (sm_80+, FlashAttention-2 style online
+// softmax). fp32, HIP, and use_tensor_cores == 0 use the paged_attention varlen kernel.
+// TODO(perf): cp.async double buffering, ldmatrix, and a wgmma path for sm_90a.
+#include "llmcore_cuda/attention.h"
+
+#include <type_traits>
+
+namespace llmcore {
+
+#if !(defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__))
+namespace {
+
+constexpr int BM = 64;   // query rows per block (4 warps x 16)
+constexpr int BN = 64;   // keys per tile
+constexpr int kPrefillThreads = 128;
+
+template <typename T> struct MmaOp;
+template <> struct MmaOp<half_t> {
+  static __device__ __forceinline__ void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+template <> struct MmaOp<bf16_t> {
+  static __device__ __forceinline__ void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+
+// Load 8 consecutive cache elements as T (dequantising fp8).
+template <typename T, int KIND>
+__device__ __forceinline__ void load8(const typename CacheTraits<T, KIND>::storage* p, float s,
+                                      T* dst) {
+  using Tr = CacheTraits<T, KIND>;
+  using S = typename Tr::storage;
+  if constexpr (std::is_same<S, T>::value) {
+    const auto r = load_vec<T, 8>(p);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) dst[i] = r.v[i];
+  } else {
+    const auto r = load_vec<S, 8>(p);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) dst[i] = from_float<T>(Tr::load(&r.v[i], s));
+  }
+}
+
+template <typename T, int KIND, int HD>
+__global__ void __launch_bounds__(kPrefillThreads)
+prefill_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* __restrict__ q,
+                             int64_t q_stride,
+                             const typename CacheTraits<T, KIND>::storage* __restrict__ kc,
+                             const typename CacheTraits<T, KIND>::storage* __restrict__ vc,
+                             const int* __restrict__ block_tables, int mbps,
+                             const int* __restrict__ seq_lens, const int* __restrict__ qsl,
+                             int num_heads, int num_kv_heads, int block_size, float scale,
+                             int window, const float* k_scale, const float* v_scale) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using Mma = MmaOp<T>;
+  constexpr int KP = HD + 8;  // padded row of Ks
+  constexpr int VP = BN + 8;  // padded row of Vt
+  __shared__ __align__(16) T Ks[BN * KP];
+  __shared__ __align__(16) T Vt[HD * VP];
+
+  const int seq = blockIdx.y, kvh = blockIdx.z;
+  const int G = num_heads / num_kv_heads;
+  const int q0 = qsl[seq];
+  const int qlen = qsl[seq + 1] - q0;
+  const int nrows = qlen * G;
+  const int tile_r0 = blockIdx.x * BM;
+  if (tile_r0 >= nrows) return;
+  const int seq_len = seq_lens[seq];
+  const int ctx = seq_len - qlen;  // cached prefix length
+  const float ks = (KIND == kFp8E4M3 || KIND == kFp8E5M2) ? *k_scale : 1.f;
+  const float vs = (KIND == kFp8E4M3 || KIND == kFp8E5M2) ? *v_scale : 1.f;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int gid = lane >> 2, tq = lane & 3;
+  const int ra = tile_r0 + warp * 16 + gid, rb = ra + 8;
+  const bool va = ra < nrows, vb = rb < nrows;
+  const int qpa = ctx + ra / G, qpb = ctx + rb / G;
+
+  // Q fragments (A operand, row-major 16 x HD per warp), straight from global memory.
+  uint32_t qa[HD / 16][4];
+  {
+    const T* pa = q + (int64_t)(q0 + ra / G) * q_stride + (int64_t)(kvh * G + ra % G) * HD;
+    const T* pb = q + (int64_t)(q0 + rb / G) * q_stride + (int64_t)(kvh * G + rb % G) * HD;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      const int c = kk * 16 + tq * 2;
+      qa[kk][0] = va ? *reinterpret_cast<const uint32_t*>(pa + c) : 0u;
+      qa[kk][1] = vb ? *reinterpret_cast<const uint32_t*>(pb + c) : 0u;
+      qa[kk][2] = va ? *reinterpret_cast<const uint32_t*>(pa + c + 8) : 0u;
+      qa[kk][3] = vb ? *reinterpret_cast<const uint32_t*>(pb + c + 8) : 0u;
+    }
+  }
+
+  float o[HD / 8][4];
+#pragma unroll
+  for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
+  const float sl2 = scale * 1.4426950408889634f;
+
+  const int last_row = min(nrows, tile_r0 + BM) - 1;
+  const int qpos_min = ctx + tile_r0 / G, qpos_max = ctx + last_row / G;
+  int kv_begin = window > 0 ? max(0, qpos_min - window + 1) : 0;
+  kv_begin = (kv_begin / BN) * BN;
+  const int kv_end = qpos_max + 1;
+  const int* bt = block_tables + (int64_t)seq * mbps;
+
+  for (int n0 = kv_begin; n0 < kv_end; n0 += BN) {
+    __syncthreads();
+    for (int idx = tid; idx < BN * (HD / 8); idx += kPrefillThreads) {
+      const int key = idx / (HD / 8), c = (idx % (HD / 8)) * 8;
+      const int kpos = n0 + key;
+      alignas(16) T kv8[8];
+      alignas(16) T vv8[8];
+      if (kpos < kv_end) {
+        const int64_t page = bt[kpos / block_size];
+        const int64_t off = ((page * block_size + kpos % block_size) * num_kv_heads + kvh) * HD + c;
+        load8<T, KIND>(kc + off, ks, kv8);
+        load8<T, KIND>(vc + off, vs, vv8);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) kv8[i] = vv8[i] = from_float<T>(0.f);
+      }
+      *reinterpret_cast<uint4*>(&Ks[key * KP + c]) = *reinterpret_cast<const uint4*>(kv8);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) Vt[(c + i) * VP + key] = vv8[i];
+    }
+    __syncthreads();
+
+    float s[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; ++kk) {
+        const T* kr = &Ks[(nt * 8 + gid) * KP + kk * 16 + tq * 2];
+        Mma::run(s[nt], qa[kk], *reinterpret_cast<const uint32_t*>(kr),
+                 *reinterpret_cast<const uint32_t*>(kr + 8));
+      }
+    }
+    // Scale, mask, row max.
+    float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = n0 + nt * 8 + tq * 2 + (e & 1);
+        const bool top = e < 2;
+        const int qp = top ? qpa : qpb;
+        bool ok = (top ? va : vb) && key <= qp;
+        if (window > 0) ok = ok && (qp - key < window);
+        const float x = ok ? s[nt][e] * sl2 : -INFINITY;
+        s[nt][e] = x;
+        if (top) mx_a = fmaxf(mx_a, x); else mx_b = fmaxf(mx_b, x);
+      }
+    }
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+    const float base_a = mn_a == -INFINITY ? 0.f : mn_a;
+    const float base_b = mn_b == -INFINITY ? 0.f : mn_b;
+    const float corr_a = exp2f(m_a - base_a), corr_b = exp2f(m_b - base_b);
+    m_a = mn_a;
+    m_b = mn_b;
+    float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      s[nt][0] = exp2f(s[nt][0] - base_a);
+      s[nt][1] = exp2f(s[nt][1] - base_a);
+      s[nt][2] = exp2f(s[nt][2] - base_b);
+      s[nt][3] = exp2f(s[nt][3] - base_b);
+      sum_a += s[nt][0] + s[nt][1];
+      sum_b += s[nt][2] + s[nt][3];
+    }
+    l_a = l_a * corr_a + sum_a;
+    l_b = l_b * corr_b + sum_b;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; ++dt) {
+      o[dt][0] *= corr_a;
+      o[dt][1] *= corr_a;
+      o[dt][2] *= corr_b;
+      o[dt][3] *= corr_b;
+    }
+    // O += P V
+#pragma unroll
+    for (int kc2 = 0; kc2 < BN / 16; ++kc2) {
+      uint32_t pa[4];
+      pa[0] = Mma::pack(s[2 * kc2][0], s[2 * kc2][1]);
+      pa[1] = Mma::pack(s[2 * kc2][2], s[2 * kc2][3]);
+      pa[2] = Mma::pack(s[2 * kc2 + 1][0], s[2 * kc2 + 1][1]);
+      pa[3] = Mma::pack(s[2 * kc2 + 1][2], s[2 * kc2 + 1][3]);
+#pragma unroll
+      for (int dt = 0; dt < HD / 8; ++dt) {
+        const T* vr = &Vt[(dt * 8 + gid) * VP + kc2 * 16 + tq * 2];
+        Mma::run(o[dt], pa, *reinterpret_cast<const uint32_t*>(vr),
+                 *reinterpret_cast<const uint32_t*>(vr + 8));
+      }
+    }
+  }
+
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+  l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+  l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+  const float ia = l_a > 0.f ? 1.f / l_a : 0.f, ib = l_b > 0.f ? 1.f / l_b : 0.f;
+  T* oa = out + (int64_t)(q0 + ra / G) * out_stride + (int64_t)(kvh * G + ra % G) * HD;
+  T* ob = out + (int64_t)(q0 + rb / G) * out_stride + (int64_t)(kvh * G + rb % G) * HD;
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; ++dt) {
+    const int c = dt * 8 + tq * 2;
+    if (va) *reinterpret_cast<uint32_t*>(oa + c) = Mma::pack(o[dt][0] * ia, o[dt][1] * ia);
+    if (vb) *reinterpret_cast<uint32_t*>(ob + c) = Mma::pack(o[dt][2] * ib, o[dt][3] * ib);
+  }
+#endif
+}
+
+template <typename T, int KIND>
+cudaError_t launch_mma(int head_dim, void* out, int64_t out_stride, const void* q,
+                       int64_t q_stride, const void* kc, const void* vc, const int* bt, int mbps,
+                       const int* seq_lens, const int* qsl, int num_seqs, int max_query_len,
+                       int num_heads, int num_kv_heads, int block_size, float scale, int window,
+                       const float* k_scale, const float* v_scale, cudaStream_t stream) {
+  using S = typename CacheTraits<T, KIND>::storage;
+  const int G = num_heads / num_kv_heads;
+  const int64_t tiles = ((int64_t)max_query_len * G + BM - 1) / BM;
+  if (num_seqs > 65535 || num_kv_heads > 65535) return cudaErrorInvalidValue;
+  const dim3 grid((unsigned)tiles, num_seqs, num_kv_heads);
+  switch (head_dim) {
+    case 64:
+      prefill_attention_mma_kernel<T, KIND, 64><<<grid, kPrefillThreads, 0, stream>>>(
+          (T*)out, out_stride, (const T*)q, q_stride, (const S*)kc, (const S*)vc, bt, mbps,
+          seq_lens, qsl, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale);
+      break;
+    case 128:
+      prefill_attention_mma_kernel<T, KIND, 128><<<grid, kPrefillThreads, 0, stream>>>(
+          (T*)out, out_stride, (const T*)q, q_stride, (const S*)kc, (const S*)vc, bt, mbps,
+          seq_lens, qsl, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale);
+      break;
+    default:
+      return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t dispatch_mma(int cache_dtype, int dtype, int head_dim, void* out, int64_t out_stride,
+                         const void* q, int64_t q_stride, const void* kc, const void* vc,
+                         const int* bt, int mbps, const int* seq_lens, const int* qsl,
+                         int num_seqs, int max_query_len, int num_heads, int num_kv_heads,
+                         int block_size, float scale, int window, const float* k_scale,
+                         const float* v_scale, cudaStream_t stream) {
+#define LLMCORE_MMA_ARGS                                                                  \
+  head_dim, out, out_stride, q, q_stride, kc, vc, bt, mbps, seq_lens, qsl, num_seqs,      \
+      max_query_len, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale, \
+      stream
+  if (cache_dtype == dtype) return launch_mma<T, -1>(LLMCORE_MMA_ARGS);
+  if (k_scale == nullptr || v_scale == nullptr) return cudaErrorInvalidValue;
+  if (cache_dtype == kFp8E4M3) return launch_mma<T, kFp8E4M3>(LLMCORE_MMA_ARGS);
+  if (cache_dtype == kFp8E5M2) return launch_mma<T, kFp8E5M2>(LLMCORE_MMA_ARGS);
+#undef LLMCORE_MMA_ARGS
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+#endif  // !HIP
+
+cudaError_t prefill_attention(void* out, int64_t out_stride, const void* q, int64_t q_stride,
+                              const void* key_cache, const void* value_cache,
+                              const int* block_tables, int max_blocks_per_seq, const int* seq_lens,
+                              const int* query_start_loc, int num_tokens, int num_seqs,
+                              int max_query_len, int num_heads, int num_kv_heads, int head_dim,
+                              int block_size, float scale, int sliding_window, int dtype,
+                              int cache_dtype, const float* k_scale, const float* v_scale,
+                              int use_tensor_cores, cudaStream_t stream) {
+  if (num_tokens <= 0 || num_seqs <= 0) return cudaSuccess;
+  if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || block_size <= 0)
+    return cudaErrorInvalidValue;
+#if !(defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__))
+  if (use_tensor_cores && (dtype == kFloat16 || dtype == kBFloat16) && max_query_len > 0) {
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (major >= 8) {
+      if (dtype == kFloat16)
+        return dispatch_mma<half_t>(cache_dtype, dtype, head_dim, out, out_stride, q, q_stride,
+                                    key_cache, value_cache, block_tables, max_blocks_per_seq,
+                                    seq_lens, query_start_loc, num_seqs, max_query_len,
+                                    num_heads, num_kv_heads, block_size, scale, sliding_window,
+                                    k_scale, v_scale, stream);
+      return dispatch_mma<bf16_t>(cache_dtype, dtype, head_dim, out, out_stride, q, q_stride,
+                                  key_cache, value_cache, block_tables, max_blocks_per_seq,
+                                  seq_lens, query_start_loc, num_seqs, max_query_len, num_heads,
+                                  num_kv_heads, block_size, scale, sliding_window, k_scale,
+                                  v_scale, stream);
+    }
+  }
+#else
+  (void)use_tensor_cores;
+  (void)max_query_len;
+#endif
+  // Non-tensor-core path: one query row per token, no split.
+  return paged_attention(out, out_stride, q, q_stride, key_cache, value_cache, block_tables,
+                         max_blocks_per_seq, seq_lens, query_start_loc, num_tokens, num_seqs,
+                         num_heads, num_kv_heads, head_dim, block_size, scale, sliding_window,
+                         dtype, cache_dtype, k_scale, v_scale, 1, 0, nullptr, nullptr, stream);
+}
+
+}  // namespace llmcore
