@@ -1,0 +1,707 @@
+"""The gRPC front end: llmcore.v1.Generation (proto/llmcore/v1/llmcore.proto) on grpc.aio.
+
+`serve_grpc(engine, args, api_key)` starts a server on an EngineClient (the same engine
+the HTTP server uses, when both run) and returns it listening; the caller awaits
+`server.wait_for_termination()` and `server.stop(grace)`.
+
+Standalone:  python -m llmcore.entrypoints.grpc.server [--model PATH] --grpc-port 50051
+(the same flags as llmcore-server; --grpc-port defaults to 50051 here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import signal
+import sys
+import uuid
+from typing import Any, Optional
+
+import grpc
+from grpc_health.v1 import health as _health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmcore.entrypoints.grpc._stubs import pb2, pb2_grpc
+
+logger = logging.getLogger("llmcore.grpc")
+
+SERVICE_NAME = "llmcore.v1.Generation"
+DEFAULT_GRPC_PORT = 50051
+# Methods that answer without an API key (probes carry no secrets).
+_NO_AUTH_METHODS = ("/grpc.health.v1.Health/", f"/{SERVICE_NAME}/Health")
+
+_FINISH = {
+    None: pb2.FINISH_REASON_UNSPECIFIED,
+    "stop": pb2.FINISH_REASON_STOP,
+    "length": pb2.FINISH_REASON_LENGTH,
+    "abort": pb2.FINISH_REASON_ABORT,
+}
+
+# SamplingParams fields carried as proto3 `optional` scalars: set = given, unset = default.
+_OPTIONAL_FIELDS = (
+    "n", "best_of", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature",
+    "top_p", "top_k", "min_p", "seed", "use_beam_search", "length_penalty",
+    "include_stop_str_in_output", "ignore_eos", "max_tokens", "min_tokens", "logprobs",
+    "prompt_logprobs", "detokenize", "skip_special_tokens", "spaces_between_special_tokens",
+    "truncate_prompt_tokens",
+)
+_FLOAT_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature",
+                 "top_p", "min_p", "length_penalty")
+
+
+class RpcError(Exception):
+    """Raised inside a handler; turned into context.abort(code, message)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> RpcError:
+    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _is_unavailable_error(e: BaseException) -> bool:
+    name = type(e).__name__.lower()
+    return isinstance(e, asyncio.QueueFull) or any(
+        w in name for w in ("dead", "overload", "unavailable", "shutdown", "closed"))
+
+
+# ---------------------------------------------------------------------------------------------
+# conversions
+
+def _f32(v: float) -> float:
+    """A float32 proto value back to the decimal the client wrote (0.7, not 0.699999988)."""
+    return float(f"{v:.7g}")
+
+
+def sampling_params_from_proto(msg: Any, *, has_msg: bool = True):
+    """pb2.SamplingParams -> llmcore.SamplingParams. Raises RpcError(INVALID_ARGUMENT)."""
+    from llmcore.sampling_params import SamplingParams
+
+    kwargs: dict[str, Any] = {}
+    if has_msg:
+        for name in _OPTIONAL_FIELDS:
+            if msg.HasField(name):
+                v = getattr(msg, name)
+                kwargs[name] = _f32(v) if name in _FLOAT_FIELDS else v
+        if msg.HasField("early_stopping"):
+            es = msg.early_stopping.strip().lower()
+            if es not in ("true", "false", "never"):
+                raise _invalid("sampling_params.early_stopping: must be 'true', 'false' or 'never', "
+                               f"got {msg.early_stopping!r}")
+            kwargs["early_stopping"] = {"true": True, "false": False}.get(es, "never")
+        if len(msg.stop):
+            kwargs["stop"] = list(msg.stop)
+        if len(msg.stop_token_ids):
+            kwargs["stop_token_ids"] = list(msg.stop_token_ids)
+        if len(msg.logit_bias):
+            kwargs["logit_bias"] = {int(k): _f32(v) for k, v in msg.logit_bias.items()}
+    try:
+        return SamplingParams(**kwargs)
+    except TypeError as e:  # a field this SamplingParams does not take
+        raise _invalid(f"sampling_params: {e}") from None
+    except ValueError as e:  # the message starts with the field's name
+        raise _invalid(f"sampling_params.{e}") from None
+
+
+def _token_logprob(token_id: int, lp: Any) -> Any:
+    m = pb2.TokenLogprob(token_id=int(token_id), logprob=float(lp.logprob))
+    if getattr(lp, "rank", None) is not None:
+        m.rank = int(lp.rank)
+    if getattr(lp, "decoded_token", None):
+        m.decoded_token = lp.decoded_token
+    return m
+
+
+def _position_logprobs(chosen: int, entry: Optional[dict], k: int) -> Any:
+    pos = pb2.PositionLogprobs()
+    if not entry:
+        return pos
+    if chosen in entry:
+        pos.token.CopyFrom(_token_logprob(chosen, entry[chosen]))
+    if k > 0:
+        top = sorted(entry.items(), key=lambda kv: kv[1].logprob, reverse=True)[:k]
+        pos.top_logprobs.extend(_token_logprob(t, lp) for t, lp in top)
+    return pos
+
+
+class _StreamState:
+    """Turns cumulative RequestOutput snapshots into deltas, per output index."""
+
+    def __init__(self, request_id: str, model: str, params: Any):
+        self.request_id = request_id
+        self.model = model
+        self.k = int(getattr(params, "logprobs", None) or 0)
+        self.prompt_k = getattr(params, "prompt_logprobs", None)
+        self.sent: dict[int, list] = {}    # index -> [text_len, tokens_len, logprobs_len, finished]
+        self.first = True
+
+    def delta(self, out: Any) -> Optional[Any]:
+        msg = pb2.GenerateResponse(request_id=self.request_id, model=self.model,
+                                   finished=bool(out.finished))
+        news = False
+        for c in out.outputs:
+            st = self.sent.setdefault(c.index, [0, 0, 0, False])
+            chunk = pb2.CompletionChunk(index=c.index)
+            text = c.text or ""
+            if len(text) > st[0]:
+                chunk.text = text[st[0]:]
+                st[0] = len(text)
+            ids = list(c.token_ids)
+            if len(ids) > st[1]:
+                chunk.token_ids.extend(int(t) for t in ids[st[1]:])
+                if c.logprobs is not None:
+                    lps = c.logprobs
+                    chunk.logprobs.extend(_position_logprobs(int(ids[j]), lps[j], self.k)
+                                          for j in range(st[2], min(len(ids), len(lps))))
+                    st[2] = min(len(ids), len(lps))
+                st[1] = len(ids)
+            if c.finish_reason is not None and not st[3]:
+                st[3] = True
+                _set_finish(chunk, c)
+            if getattr(c, "cumulative_logprob", None) is not None and (chunk.token_ids or st[3]):
+                chunk.cumulative_logprob = float(c.cumulative_logprob)
+            if chunk.text or chunk.token_ids or chunk.finish_reason:
+                msg.outputs.append(chunk)
+                news = True
+        if self.first:
+            self.first = False
+            _set_prompt(msg, out, self.prompt_k)
+            news = True
+        if out.finished:
+            _set_usage(msg, out)
+        return msg if (news or out.finished) else None
+
+
+def _set_finish(chunk: Any, c: Any) -> None:
+    chunk.finish_reason = _FINISH.get(c.finish_reason, pb2.FINISH_REASON_UNSPECIFIED)
+    sr = getattr(c, "stop_reason", None)
+    if isinstance(sr, str):
+        chunk.stop_str = sr
+    elif isinstance(sr, int) and not isinstance(sr, bool):
+        chunk.stop_token_id = sr
+
+
+def _set_prompt(msg: Any, out: Any, k: Optional[int]) -> None:
+    ids = list(out.prompt_token_ids or [])
+    msg.prompt_token_ids.extend(int(t) for t in ids)
+    plp = getattr(out, "prompt_logprobs", None)
+    if plp:
+        msg.prompt_logprobs.extend(_position_logprobs(int(ids[j]) if j < len(ids) else -1, e, k or 0)
+                                   for j, e in enumerate(plp))
+
+
+def _set_usage(msg: Any, out: Any) -> None:
+    p = len(out.prompt_token_ids or [])
+    c = sum(len(o.token_ids) for o in out.outputs)
+    msg.usage.CopyFrom(pb2.Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c))
+
+
+def _full_response(out: Any, request_id: str, model: str, params: Any) -> Any:
+    st = _StreamState(request_id, model, params)
+    return st.delta(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the service
+
+class GenerationServicer(pb2_grpc.GenerationServicer):
+    def __init__(self, engine: Any, args: Any, max_inflight: Optional[int] = None):
+        self.engine = engine
+        self.args = args
+        info = engine.model_info
+        self.model_names = list(info.served_model_names) or [info.model_path]
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        self._chat_template: Optional[str] = None
+        if getattr(args, "chat_template", None):
+            self._chat_template = _load_template(args.chat_template)
+
+    # -- helpers
+    def _check_model(self, model: str) -> str:
+        if model and model not in self.model_names:
+            raise RpcError(grpc.StatusCode.NOT_FOUND,
+                           f"model: {model!r} not found; this server serves {self.model_names}")
+        return self.model_names[0]
+
+    def _check_alive(self) -> None:
+        if self.engine.errored:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, "engine is dead; the server must be restarted")
+
+    def _vocab_limit(self) -> int:
+        tok = self.engine.tokenizer
+        n = int(self.engine.model_info.vocab_size or 0)
+        if tok is not None:
+            with contextlib.suppress(Exception):
+                n = max(n, len(tok))
+        return n
+
+    def _check_ids(self, ids: list, field: str) -> None:
+        limit = self._vocab_limit()
+        for i, t in enumerate(ids):
+            if limit and t >= limit:
+                raise _invalid(f"{field}[{i}]: token id {t} is out of the vocabulary (size {limit})")
+
+    def _prompt(self, request: Any) -> Any:
+        kind = request.WhichOneof("prompt")
+        if kind == "text":
+            return request.text
+        if kind == "token_ids":
+            ids = list(request.token_ids.ids)
+            if not ids:
+                raise _invalid("token_ids: must not be empty")
+            self._check_ids(ids, "token_ids.ids")
+            return {"prompt_token_ids": ids}
+        raise _invalid("prompt: set one of text or token_ids")
+
+    def _params(self, request: Any, streaming: bool):
+        params = sampling_params_from_proto(request.sampling_params,
+                                            has_msg=request.HasField("sampling_params"))
+        if streaming:
+            n = getattr(params, "n", 1)
+            best_of = getattr(params, "best_of", None) or n
+            if best_of != n:
+                raise _invalid("sampling_params.best_of: must equal n in a streaming RPC; "
+                               "use GenerateUnary")
+            if getattr(params, "use_beam_search", False):
+                raise _invalid("sampling_params.use_beam_search: not supported in a streaming RPC; "
+                               "use GenerateUnary")
+        return params
+
+    async def _abort(self, context: Any, e: RpcError):
+        await context.abort(e.code, e.message)
+
+    async def _run(self, prompt: Any, params: Any, request_id: str):
+        """Yield the engine's RequestOutputs; map engine errors to RpcError; abort on exit."""
+        if self.max_inflight is not None and self.inflight >= self.max_inflight:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE,
+                           f"server overloaded: {self.inflight} requests in flight "
+                           f"(limit {self.max_inflight}); retry later")
+        self._check_alive()
+        self.inflight += 1
+        finished = False
+        got_output = False
+        try:
+            try:
+                gen = self.engine.generate(prompt, params, request_id)
+            except ValueError as e:  # validated synchronously, nothing queued
+                raise _invalid(str(e)) from None
+            async with contextlib.aclosing(gen):
+                try:
+                    async for out in gen:
+                        got_output = True
+                        finished = bool(out.finished)
+                        yield out
+                except RpcError:
+                    raise
+                except (ValueError, TypeError) as e:
+                    if got_output:
+                        raise
+                    raise _invalid(str(e)) from None
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except RpcError:
+            raise
+        except Exception as e:
+            if self.engine.errored or _is_unavailable_error(e):
+                raise RpcError(grpc.StatusCode.UNAVAILABLE, f"engine unavailable: {e}") from None
+            logger.exception("request %s failed", request_id)
+            raise RpcError(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}") from None
+        finally:
+            self.inflight -= 1
+            if not finished:
+                # Client cancelled, deadline passed, or an error: free the KV blocks now.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.engine.abort(request_id))
+
+    @staticmethod
+    def _request_id(given: str) -> str:
+        return given or f"grpc-{uuid.uuid4().hex}"
+
+    async def _stream(self, prompt: Any, params: Any, request_id: str, model: str, context: Any):
+        state = _StreamState(request_id, model, params)
+        async for out in self._run(prompt, params, request_id):
+            msg = state.delta(out)
+            if msg is not None:
+                yield msg
+
+    # -- RPCs
+    async def Generate(self, request, context):
+        try:
+            model = self._check_model(request.model)
+            prompt = self._prompt(request)
+            params = self._params(request, streaming=True)
+            rid = self._request_id(request.request_id)
+            async for msg in self._stream(prompt, params, rid, model, context):
+                yield msg
+        except RpcError as e:
+            await self._abort(context, e)
+
+    async def GenerateUnary(self, request, context):
+        try:
+            model = self._check_model(request.model)
+            prompt = self._prompt(request)
+            params = self._params(request, streaming=False)
+            rid = self._request_id(request.request_id)
+            last = None
+            async for out in self._run(prompt, params, rid):
+                last = out
+            if last is None:
+                raise RpcError(grpc.StatusCode.INTERNAL, "the engine returned no output")
+            return _full_response(last, rid, model, params)
+        except RpcError as e:
+            await self._abort(context, e)
+
+    async def Chat(self, request, context):
+        try:
+            model = self._check_model(request.model)
+            prompt = self._chat_prompt(request)
+            params = self._params(request, streaming=True)
+            rid = self._request_id(request.request_id)
+            async for msg in self._stream(prompt, params, rid, model, context):
+                yield msg
+        except RpcError as e:
+            await self._abort(context, e)
+
+    def _chat_prompt(self, request: Any) -> Any:
+        if not request.messages:
+            raise _invalid("messages: must not be empty")
+        messages = []
+        for i, m in enumerate(request.messages):
+            if not m.role:
+                raise _invalid(f"messages[{i}].role: must not be empty")
+            messages.append({"role": m.role, "content": m.content})
+        template = self._chat_template or self.engine.chat_template
+        if request.HasField("chat_template"):
+            if not getattr(self.args, "trust_request_chat_template", False):
+                raise _invalid("chat_template: request chat templates are not allowed on this server "
+                               "(--trust-request-chat-template is off)")
+            template = request.chat_template
+        add_gen = request.add_generation_prompt if request.HasField("add_generation_prompt") else True
+        tok = self.engine.tokenizer
+        if tok is None:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, "the server has no tokenizer")
+        if template is None:
+            raise _invalid("chat_template: the model has no chat template and the server was "
+                           "started without --chat-template")
+        try:
+            text = _render_chat(tok, template, messages, add_gen)
+        except Exception as e:
+            raise _invalid(f"chat_template: {e}") from None
+        # The template writes the special tokens (BOS ...) itself.
+        ids = tok.encode(text, add_special_tokens=False)
+        return {"prompt_token_ids": list(ids)}
+
+    async def Tokenize(self, request, context):
+        try:
+            self._check_model(request.model)
+            tok = self._tokenizer()
+            add = request.add_special_tokens if request.HasField("add_special_tokens") else True
+            ids = [int(t) for t in tok.encode(request.text, add_special_tokens=add)]
+            tokens = [str(t) for t in tok.convert_ids_to_tokens(ids)]
+            return pb2.TokenizeResponse(token_ids=ids, tokens=tokens, count=len(ids),
+                                        max_model_len=int(self.engine.model_info.max_model_len))
+        except RpcError as e:
+            await self._abort(context, e)
+
+    async def Detokenize(self, request, context):
+        try:
+            self._check_model(request.model)
+            tok = self._tokenizer()
+            ids = list(request.token_ids)
+            self._check_ids(ids, "token_ids")
+            skip = request.skip_special_tokens if request.HasField("skip_special_tokens") else True
+            return pb2.DetokenizeResponse(text=tok.decode(ids, skip_special_tokens=skip))
+        except RpcError as e:
+            await self._abort(context, e)
+
+    def _tokenizer(self):
+        tok = self.engine.tokenizer
+        if tok is None:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION,
+                           "the server was started with --skip-tokenizer-init: no tokenizer")
+        return tok
+
+    async def ListModels(self, request, context):
+        info = self.engine.model_info
+        return pb2.ListModelsResponse(models=[
+            pb2.ModelCard(id=name, root=str(info.model_path), owned_by="llmcore",
+                          max_model_len=int(info.max_model_len))
+            for name in self.model_names])
+
+    async def health_status(self) -> tuple[bool, str]:
+        if self.engine.errored:
+            return False, "engine is dead"
+        try:
+            await asyncio.wait_for(self.engine.check_health(), timeout=5)
+        except Exception as e:
+            return False, f"engine health check failed: {type(e).__name__}: {e}"
+        return True, ""
+
+    async def Health(self, request, context):
+        ok, why = await self.health_status()
+        return pb2.HealthResponse(
+            status=pb2.HealthResponse.SERVING if ok else pb2.HealthResponse.NOT_SERVING, message=why)
+
+    async def GetServerInfo(self, request, context):
+        import llmcore
+        info = self.engine.model_info
+        s = self.engine.get_stats()
+        return pb2.ServerInfo(
+            version=llmcore.__version__, model=self.model_names[0],
+            served_model_names=self.model_names, model_path=str(info.model_path),
+            max_model_len=int(info.max_model_len), vocab_size=int(info.vocab_size),
+            dtype=str(info.dtype), block_size=int(info.block_size),
+            max_logprobs=int(info.max_logprobs), num_total_blocks=int(s.num_total_blocks),
+            num_free_blocks=int(s.num_free_blocks), kv_cache_usage=float(s.kv_cache_usage),
+            num_running=int(s.num_running), num_waiting=int(s.num_waiting),
+            num_swapped=int(s.num_swapped), prefix_cache_hit_rate=float(s.prefix_cache_hit_rate))
+
+
+def _load_template(value: str) -> str:
+    try:
+        from llmcore.entrypoints.chat_template import load_chat_template
+        return load_chat_template(value)
+    except ImportError:
+        if os.path.isfile(value):
+            with open(value, encoding="utf-8") as f:
+                return f.read()
+        return value
+
+
+def _render_chat(tok: Any, template: str, messages: list, add_generation_prompt: bool) -> str:
+    try:
+        from llmcore.entrypoints.chat_template import render_chat
+    except ImportError:
+        render_chat = None
+    if render_chat is not None:
+        return render_chat(template, messages, add_generation_prompt=add_generation_prompt,
+                           bos_token=getattr(tok, "bos_token", None) or "",
+                           eos_token=getattr(tok, "eos_token", None) or "")
+    return tok.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                   add_generation_prompt=add_generation_prompt)
+
+
+# ---------------------------------------------------------------------------------------------
+# health, auth
+
+class _HealthServicer(_health.aio.HealthServicer):
+    """grpc.health.v1, reflecting the engine: NOT_SERVING once it is dead."""
+
+    def __init__(self, gen: GenerationServicer):
+        super().__init__()
+        self._gen = gen
+
+    async def refresh(self) -> None:
+        ok, _ = await self._gen.health_status()
+        status = (health_pb2.HealthCheckResponse.SERVING if ok
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", SERVICE_NAME):
+            await self.set(name, status)
+
+    async def Check(self, request, context):
+        await self.refresh()
+        return await super().Check(request, context)
+
+
+def _deny_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str):
+    async def deny(request, context):
+        await context.abort(code, message)
+
+    kw = dict(request_deserializer=handler.request_deserializer,
+              response_serializer=handler.response_serializer)
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(deny, **kw)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(deny, **kw)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(deny, **kw)
+    return grpc.stream_stream_rpc_method_handler(deny, **kw)
+
+
+class _ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Requires metadata `authorization: Bearer <api key>` (health checks excepted)."""
+
+    def __init__(self, api_key: str):
+        self._expected = f"Bearer {api_key}".encode()
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method or ""
+        if method.startswith(_NO_AUTH_METHODS[0]) or method == _NO_AUTH_METHODS[1]:
+            return await continuation(handler_call_details)
+        got = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key.lower() == "authorization":
+                got = value
+                break
+        if got is not None:
+            got_b = got.encode() if isinstance(got, str) else bytes(got)
+            if hmac.compare_digest(got_b, self._expected):
+                return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        msg = ("missing API key: send metadata 'authorization: Bearer <key>'" if got is None
+               else "invalid API key")
+        return _deny_handler(handler, grpc.StatusCode.UNAUTHENTICATED, msg)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _server_credentials(args: Any) -> Optional[grpc.ServerCredentials]:
+    if not getattr(args, "ssl_certfile", None):
+        return None
+    if not getattr(args, "ssl_keyfile", None):
+        raise ValueError("--ssl-keyfile and --ssl-certfile must be given together")
+    ca = _read(args.ssl_ca_certs) if getattr(args, "ssl_ca_certs", None) else None
+    # ssl.CERT_REQUIRED (2): clients must present a certificate signed by --ssl-ca-certs.
+    # gRPC has no "optional" client certificates: CERT_OPTIONAL (1) does not ask for one.
+    require = int(getattr(args, "ssl_cert_reqs", 0) or 0) == 2
+    if require and ca is None:
+        raise ValueError("--ssl-cert-reqs 2 needs --ssl-ca-certs")
+    return grpc.ssl_server_credentials([(_read(args.ssl_keyfile), _read(args.ssl_certfile))],
+                                       root_certificates=ca, require_client_auth=require)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+
+async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
+                     max_inflight: Optional[int] = None) -> grpc.aio.Server:
+    """Start the gRPC server on `engine` at args.host:args.grpc_port and return it, listening.
+
+    args: FrontendArgs (grpc_port, host, grpc_max_message_size, ssl_*, chat_template,
+    trust_request_chat_template). api_key: required as `authorization: Bearer <key>` when set.
+    max_inflight: refuse new generations with UNAVAILABLE beyond this many (default: no limit).
+    With grpc_port 0 a free port is chosen: it is in `server.llmcore_port`.
+    """
+    max_size = int(getattr(args, "grpc_max_message_size", 16 * 1024 * 1024))
+    options = [
+        ("grpc.max_receive_message_length", max_size),
+        ("grpc.max_send_message_length", max_size),
+        ("grpc.so_reuseport", 0),  # a port in use is an error, not silently shared
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+    interceptors = [_ApiKeyInterceptor(api_key)] if api_key else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    servicer = GenerationServicer(engine, args, max_inflight=max_inflight)
+    pb2_grpc.add_GenerationServicer_to_server(servicer, server)
+    health = _HealthServicer(servicer)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+
+    host = getattr(args, "host", None) or "[::]"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    port = args.grpc_port if args.grpc_port is not None else DEFAULT_GRPC_PORT
+    address = f"{host}:{port}"
+    creds = _server_credentials(args)
+    try:
+        bound = (server.add_secure_port(address, creds) if creds is not None
+                 else server.add_insecure_port(address))
+    except RuntimeError as e:
+        raise OSError(f"gRPC: cannot listen on {address}: {e}") from None
+    if not bound:
+        raise OSError(f"gRPC: cannot listen on {address}")
+    await server.start()
+    await health.refresh()
+
+    async def watch_health():
+        while True:
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):
+                await health.refresh()
+
+    watcher = asyncio.get_running_loop().create_task(watch_health())
+    orig_stop = server.stop
+
+    async def stop(grace: Optional[float]):
+        watcher.cancel()
+        return await orig_stop(grace)
+
+    server.stop = stop  # type: ignore[method-assign]
+    server.llmcore_port = bound  # type: ignore[attr-defined]
+    server.llmcore_servicer = servicer  # type: ignore[attr-defined]
+    logger.info("gRPC server (%s) listening on %s:%d%s", SERVICE_NAME, host, bound,
+                " with TLS" if creds is not None else "")
+    return server
+
+
+def _parse(argv):
+    try:
+        from llmcore.entrypoints.arg_parser import parse_args, validate_args
+    except ImportError:
+        parse_args = validate_args = None
+    if parse_args is not None:
+        engine_args, fe = parse_args(argv)
+        if fe.grpc_port is None:
+            fe.grpc_port = DEFAULT_GRPC_PORT
+        validate_args(engine_args, fe)
+        return engine_args, fe
+    import argparse
+    import dataclasses
+
+    from llmcore.config import EngineArgs, FrontendArgs, flag_name
+    p = argparse.ArgumentParser(prog="python -m llmcore.entrypoints.grpc.server")
+    for cls in (FrontendArgs, EngineArgs):
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if isinstance(default, bool):
+                p.add_argument("--" + flag_name(f.name), dest=f.name, action="store_true")
+            elif f.name in ("grpc_port", "port", "grpc_max_message_size", "ssl_cert_reqs",
+                            "max_model_len", "max_num_seqs", "seed", "block_size",
+                            "num_gpu_blocks_override", "max_logprobs"):
+                p.add_argument("--" + flag_name(f.name), dest=f.name, type=int, default=default)
+            else:
+                p.add_argument("--" + flag_name(f.name), dest=f.name, default=default)
+    ns = vars(p.parse_args(argv))
+    ea = EngineArgs(**{f.name: ns[f.name] for f in dataclasses.fields(EngineArgs)})
+    fe = FrontendArgs(**{f.name: ns[f.name] for f in dataclasses.fields(FrontendArgs)})
+    if fe.grpc_port is None:
+        fe.grpc_port = DEFAULT_GRPC_PORT
+    ea.validate()
+    return ea, fe
+
+
+async def _serve_standalone(engine_args, fe) -> None:
+    from llmcore.engine.async_engine import AsyncLLMEngine
+
+    engine = AsyncLLMEngine.from_engine_args(engine_args)
+    api_key = fe.api_key or os.environ.get("LLMCORE_API_KEY") or None
+    server = await serve_grpc(engine, fe, api_key)
+    print(f"llmcore gRPC server listening on port {server.llmcore_port}", flush=True)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stopping.set)
+    waiter = loop.create_task(server.wait_for_termination())
+    stopper = loop.create_task(stopping.wait())
+    await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+    await server.stop(5)
+    stopper.cancel()
+    with contextlib.suppress(Exception):
+        engine.shutdown()
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        engine_args, fe = _parse(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    asyncio.run(_serve_standalone(engine_args, fe))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
