@@ -7,7 +7,7 @@ import time
 from typing import Optional
 
 from llmcore.engine.request import RequestState, SeqState
-from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
+from llmcore.outputs import CompletionOutput, RequestOutput, make_position_logprobs
 
 
 class OutputProcessor:
@@ -35,24 +35,28 @@ class OutputProcessor:
         self._check_stop(req, seq, token_id, len(new_text))
 
     def _logprob_dict(self, token_id: int, logprob: float, top: Optional[tuple], k: int) -> dict:
-        out = {}
-        if top is not None:
-            ids, lps, rank = top
-            for r, (tid, lp) in enumerate(zip(ids[:k], lps[:k])):
-                out[int(tid)] = Logprob(float(lp), rank=r + 1, decoded_token=self._decode_one(tid))
-            if token_id not in out:
-                out[token_id] = Logprob(logprob, rank=int(rank), decoded_token=self._decode_one(token_id))
-            else:
-                out[token_id] = Logprob(logprob, rank=out[token_id].rank,
-                                        decoded_token=out[token_id].decoded_token)
+        if top is None:
+            d = make_position_logprobs(token_id, logprob, None)
         else:
-            out[token_id] = Logprob(logprob, rank=None, decoded_token=self._decode_one(token_id))
-        return out
+            ids, lps, rank = top
+            d = make_position_logprobs(token_id, logprob, rank, ids, lps, k)
+        return self._with_text(d)
 
-    def _decode_one(self, token_id) -> Optional[str]:
-        if self.tokenizer is None:
-            return None
-        return self.tokenizer.convert_ids_to_tokens(int(token_id))
+    def _with_text(self, d: dict) -> dict:
+        if self.tokenizer is not None:
+            for tid, lp in d.items():
+                lp.decoded_token = self.tokenizer.decode([tid])
+        return d
+
+    def prompt_logprob_dicts(self, res, targets, k: int) -> list:
+        """Per-position dicts for prompt tokens from compute_prompt_logprobs' result."""
+        lps, top_ids, top_lps, ranks = (x.tolist() if x is not None else None for x in res)
+        out = []
+        for i, tid in enumerate(targets.tolist()):
+            d = make_position_logprobs(tid, lps[i], ranks[i], top_ids[i] if top_ids else None,
+                                       top_lps[i] if top_lps else None, k)
+            out.append(self._with_text(d))
+        return out
 
     def _check_stop(self, req: RequestState, seq: SeqState, token_id: int, new_text_len: int) -> None:
         params = req.params

@@ -1,0 +1,183 @@
+"""Offline throughput, vLLM's `benchmark_throughput` flags, with HF transformers as the
+baseline in the same run.
+
+    python benchmarks/throughput.py --input-len 128 --output-len 128 --num-prompts 64
+    python benchmarks/throughput.py --model benchmarks/configs/llama3-8b --load-format dummy \
+        --dtype bfloat16 --input-len 1000 --output-len 1000 --num-prompts 1000
+
+Prints a table and writes JSON (--output-json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def random_prompts(num: int, input_len: int, vocab: int, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    # Stay clear of the low ids where tokenizers keep their special tokens.
+    return [rng.integers(100, vocab - 1, size=input_len).tolist() for _ in range(num)]
+
+
+def run_llmcore(args, prompts) -> dict:
+    from llmcore import LLM, SamplingParams
+    kwargs = dict(model=args.model, load_format=args.load_format, dtype=args.dtype, seed=args.seed,
+                  max_num_seqs=args.max_num_seqs, enforce_eager=args.enforce_eager, device=args.device,
+                  enable_prefix_caching=args.enable_prefix_caching,
+                  enable_chunked_prefill=args.enable_chunked_prefill)
+    if args.max_model_len:
+        kwargs["max_model_len"] = args.max_model_len
+    if args.max_num_batched_tokens:
+        kwargs["max_num_batched_tokens"] = args.max_num_batched_tokens
+    if args.num_gpu_blocks_override:
+        kwargs["num_gpu_blocks_override"] = args.num_gpu_blocks_override
+    llm = LLM(**kwargs)
+    params = SamplingParams(n=args.n, temperature=1.0, top_p=1.0, ignore_eos=True,
+                            max_tokens=args.output_len)
+    # Warm-up (allocator, kernels) outside the timed region.
+    llm.generate([{"prompt_token_ids": prompts[0]}], SamplingParams(max_tokens=4, ignore_eos=True),
+                 use_tqdm=False)
+    start = time.perf_counter()
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    out_tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    info = {"vocab_size": llm.llm_engine.model_info.vocab_size,
+            "kv_blocks": llm.llm_engine.num_device_blocks}
+    del llm
+    gc.collect()
+    return dict(elapsed_s=elapsed, output_tokens=out_tokens, **info)
+
+
+def load_hf_model(args):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    dtype = {"auto": torch.float32 if args.device_resolved == "cpu" else torch.bfloat16,
+             "float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+             "float16": torch.float16, "half": torch.float16}[args.dtype]
+    if args.load_format == "dummy":
+        config = AutoConfig.from_pretrained(args.model)
+        with torch.device(args.device_resolved):
+            model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+    else:
+        from llmcore.model_loader.default_model import resolve_model_path
+        path = resolve_model_path(args.model)
+        if path.endswith(".gguf"):
+            model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
+                                                         gguf_file=os.path.basename(path),
+                                                         torch_dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+        model.to(args.device_resolved)
+    return model.eval()
+
+
+@torch.inference_mode()
+def run_hf(args, prompts) -> dict:
+    model = load_hf_model(args)
+    bs = args.hf_max_batch_size or len(prompts)
+    dev = args.device_resolved
+    gen_kwargs = dict(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=args.output_len,
+                      min_new_tokens=args.output_len, use_cache=True, pad_token_id=0)
+    model.generate(torch.tensor([prompts[0]], device=dev), max_new_tokens=4, **{
+        k: v for k, v in gen_kwargs.items() if k not in ("max_new_tokens", "min_new_tokens")})
+    start = time.perf_counter()
+    out_tokens = 0
+    for i in range(0, len(prompts), bs):
+        batch = torch.tensor(prompts[i:i + bs], device=dev)
+        out = model.generate(batch, attention_mask=torch.ones_like(batch), **gen_kwargs)
+        out_tokens += (out.shape[1] - batch.shape[1]) * out.shape[0] * 1
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    del model
+    gc.collect()
+    return dict(elapsed_s=elapsed, output_tokens=out_tokens)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="SmolLM2-135M-Instruct")
+    p.add_argument("--load-format", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--input-len", type=int, default=128)
+    p.add_argument("--output-len", type=int, default=128)
+    p.add_argument("--num-prompts", type=int, default=64)
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--num-gpu-blocks-override", type=int, default=None)
+    p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--enable-prefix-caching", action="store_true")
+    p.add_argument("--enable-chunked-prefill", action="store_true")
+    p.add_argument("--hf-max-batch-size", type=int, default=None)
+    p.add_argument("--skip-hf", action="store_true", help="Skip the HF transformers baseline.")
+    p.add_argument("--output-json", default="benchmarks/results/throughput.json")
+    args = p.parse_args(argv)
+    args.device_resolved = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else args.device
+
+    from llmcore.model_loader import load_model_config
+    from llmcore.config import EngineArgs
+    mc = load_model_config(EngineArgs(model=args.model, load_format=args.load_format, dtype=args.dtype),
+                           torch.device(args.device_resolved))
+    prompts = random_prompts(args.num_prompts, args.input_len, mc.vocab_size, args.seed)
+    total_in = args.num_prompts * args.input_len
+
+    results = {}
+    ours = run_llmcore(args, prompts)
+    results["llmcore"] = ours
+    if not args.skip_hf:
+        results["hf_transformers"] = run_hf(args, prompts)
+
+    rows = []
+    for name, r in results.items():
+        r["requests_per_s"] = args.num_prompts / r["elapsed_s"]
+        r["output_tokens_per_s"] = r["output_tokens"] / r["elapsed_s"]
+        r["total_tokens_per_s"] = (total_in + r["output_tokens"]) / r["elapsed_s"]
+        rows.append((name, r))
+    if "hf_transformers" in results:
+        results["ratio_output_tokens_per_s"] = (ours["output_tokens_per_s"]
+                                                / results["hf_transformers"]["output_tokens_per_s"])
+    device_name = torch.cuda.get_device_name() if args.device_resolved == "cuda" else \
+        f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
+    print(f"\nthroughput: {args.num_prompts} prompts x {args.input_len} in / {args.output_len} out, "
+          f"model={args.model} dtype={args.dtype} device={device_name}")
+    print(f"{'engine':<18}{'elapsed s':>11}{'req/s':>9}{'total tok/s':>13}{'output tok/s':>14}")
+    for name, r in rows:
+        print(f"{name:<18}{r['elapsed_s']:>11.2f}{r['requests_per_s']:>9.2f}{r['total_tokens_per_s']:>13.1f}"
+              f"{r['output_tokens_per_s']:>14.1f}")
+    if "ratio_output_tokens_per_s" in results:
+        print(f"llmcore / HF output tokens/s: {results['ratio_output_tokens_per_s']:.2f}x")
+    record = dict(benchmark="throughput", date=time.strftime("%Y-%m-%d %H:%M:%S"), commit=git_commit(),
+                  device=device_name, args={k: v for k, v in vars(args).items()}, results=results,
+                  command=" ".join([os.path.basename(sys.executable)] + sys.argv))
+    os.makedirs(os.path.dirname(args.output_json) or ".", exist_ok=True)
+    with open(args.output_json, "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"wrote {args.output_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
