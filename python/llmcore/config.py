@@ -338,6 +338,9 @@ class FrontendArgs:
                                             help="LoRA modules as name=path.")
     chat_template: Optional[str] = arg(None, group=GROUP_SERVER,
                                        help="Chat template file path, or the template inline.")
+    trust_request_chat_template: bool = arg(False, group=GROUP_SERVER,
+                                            help="Allow requests to supply their own chat_template "
+                                                 "(rendered in a sandbox). Off: such requests get 400.")
     response_role: str = arg("assistant", group=GROUP_SERVER,
                              help="Role name returned when add_generation_prompt=true.")
     ssl_keyfile: Optional[str] = arg(None, group=GROUP_SERVER, help="SSL key file.")

@@ -1,0 +1,120 @@
+"""Chat templates: loading (`--chat-template` file or inline) and sandboxed rendering.
+
+Templates are Jinja, rendered in `jinja2.sandbox.ImmutableSandboxedEnvironment` with the
+helpers Hugging Face templates expect (`raise_exception`, `strftime_now`, a `tojson`
+that keeps non-ASCII text). A template can therefore read the messages but cannot reach
+Python internals or mutate its inputs.
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime
+import functools
+import json
+import os
+from typing import Any, Optional
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+
+class ChatTemplateError(ValueError):
+    """The template is missing, malformed, or raised while rendering."""
+
+
+def load_chat_template(value: Optional[str]) -> Optional[str]:
+    """`--chat-template`: a path to a file, or the template itself (vLLM semantics).
+
+    Raises ChatTemplateError when the value looks like a path that does not exist.
+    """
+    if value is None:
+        return None
+    if os.path.isfile(value):
+        try:
+            with open(value, encoding="utf-8") as f:
+                return f.read()
+        except OSError as e:
+            raise ChatTemplateError(f"--chat-template: cannot read {value!r}: {e}") from None
+    if not any(c in value for c in "{}") :
+        raise ChatTemplateError(f"--chat-template: {value!r} is neither a readable file nor a "
+                                "Jinja template")
+    # Inline templates may be written with escapes ("\n") on the command line.
+    try:
+        return codecs.decode(value, "unicode_escape")
+    except UnicodeDecodeError:
+        return value
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.datetime.now().strftime(fmt)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
+            sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=64)
+def _compile(template: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(template)
+    except jinja2.exceptions.TemplateError as e:
+        raise ChatTemplateError(f"chat template does not compile: {e}") from None
+
+
+def check_template(template: str) -> None:
+    """Compile once (raises ChatTemplateError) - used at start-up for --chat-template."""
+    _compile(template)
+
+
+def render_chat(template: str, messages: list[dict], *, add_generation_prompt: bool = True,
+                continue_final_message: bool = False, bos_token: str = "", eos_token: str = "",
+                **kwargs: Any) -> str:
+    """Render `messages` with `template` in the sandbox.
+
+    continue_final_message: the result ends with the last message's content (open for the
+    model to continue it), as in transformers' apply_chat_template.
+    """
+    if add_generation_prompt and continue_final_message:
+        raise ChatTemplateError("add_generation_prompt and continue_final_message cannot both be "
+                                "true")
+    compiled = _compile(template)
+    try:
+        rendered = compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                   bos_token=bos_token, eos_token=eos_token, **kwargs)
+    except jinja2.exceptions.SecurityError as e:
+        raise ChatTemplateError(f"chat template tried an unsafe operation: {e}") from None
+    except jinja2.exceptions.TemplateError as e:
+        raise ChatTemplateError(f"chat template error: {e}") from None
+    except RecursionError:
+        raise ChatTemplateError("chat template error: recursion too deep") from None
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError, ZeroDivisionError,
+            OverflowError) as e:
+        raise ChatTemplateError(f"chat template error: {type(e).__name__}: {e}") from None
+    if continue_final_message:
+        if not messages:
+            raise ChatTemplateError("continue_final_message needs at least one message")
+        final = messages[-1].get("content")
+        if not isinstance(final, str):
+            raise ChatTemplateError("continue_final_message needs the final message's content as "
+                                    "text")
+        stripped = final.strip()
+        if final and final in rendered:
+            rendered = rendered[: rendered.rindex(final) + len(final)]
+        elif stripped and stripped in rendered:
+            rendered = rendered[: rendered.rindex(stripped) + len(stripped)]
+        else:
+            raise ChatTemplateError("continue_final_message: the final message does not appear in "
+                                    "the rendered chat")
+    return rendered
