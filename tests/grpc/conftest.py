@@ -9,13 +9,10 @@ tests that compare with LLM.generate are skipped then).
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import os
 import sys
-import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
@@ -25,42 +22,19 @@ try:
 except ImportError:  # a source checkout that was not installed
     sys.path.insert(0, str(ROOT / "python"))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpc  # noqa: E402
 
-from llmcore.config import FrontendArgs  # noqa: E402
-
-FAKE = os.environ.get("LLMCORE_GRPC_FAKE_ENGINE") == "1"
-PROTO = ROOT / "proto" / "llmcore" / "v1" / "llmcore.proto"
+from grpc_testlib import FAKE, ServerThread  # noqa: E402
 
 
-class ServerThread:
-    """serve_grpc(engine, args, api_key) on its own event loop thread."""
-
-    def __init__(self, engine: Any, api_key: Optional[str] = None, max_inflight: Optional[int] = None,
-                 **frontend: Any):
-        from llmcore.entrypoints.grpc.server import serve_grpc
-
-        frontend.setdefault("host", "127.0.0.1")
-        frontend.setdefault("grpc_port", 0)
-        self.args = FrontendArgs(**frontend)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-test-server",
-                                       daemon=True)
-        self.thread.start()
-        self.server = self.run(serve_grpc(engine, self.args, api_key, max_inflight=max_inflight))
-        self.port = self.server.llmcore_port
-        self.target = f"127.0.0.1:{self.port}"
-
-    def run(self, coro, timeout: float = 60):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        try:
-            self.run(self.server.stop(0))
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-            self.loop.close()
+@pytest.fixture(scope="session", autouse=True)
+def _no_env_api_key():
+    """serve_grpc falls back to $LLMCORE_API_KEY; the tests choose their keys themselves."""
+    saved = os.environ.pop("LLMCORE_API_KEY", None)
+    yield
+    if saved is not None:
+        os.environ["LLMCORE_API_KEY"] = saved
 
 
 @pytest.fixture(scope="session")
@@ -138,21 +112,3 @@ def greedy_reference():
 
     yield ref
     del llm
-
-
-def wait_kv_free(client, pb2, timeout: float = 20.0):
-    """Poll GetServerInfo until no request runs and no KV block is used; return the info."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    info = None
-    while time.monotonic() < deadline:
-        info = client.GetServerInfo(pb2.GetServerInfoRequest())
-        if info.num_running == 0 and info.num_waiting == 0 and info.kv_cache_usage == 0.0:
-            return info
-        time.sleep(0.05)
-    return info
-
-
-def replace_args(args: FrontendArgs, **kw) -> FrontendArgs:
-    return dataclasses.replace(args, **kw)

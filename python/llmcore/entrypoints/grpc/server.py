@@ -579,7 +579,8 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
     """Start the gRPC server on `engine` at args.host:args.grpc_port and return it, listening.
 
     args: FrontendArgs (grpc_port, host, grpc_max_message_size, ssl_*, chat_template,
-    trust_request_chat_template). api_key: required as `authorization: Bearer <key>` when set.
+    trust_request_chat_template). api_key: required as `authorization: Bearer <key>`; when
+    None, args.api_key or $LLMCORE_API_KEY (the same key as the HTTP server's --api-key).
     max_inflight: refuse new generations with UNAVAILABLE beyond this many (default: no limit).
     With grpc_port 0 a free port is chosen: it is in `server.llmcore_port`.
     """
@@ -591,6 +592,7 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
+    api_key = api_key or getattr(args, "api_key", None) or os.environ.get("LLMCORE_API_KEY") or None
     interceptors = [_ApiKeyInterceptor(api_key)] if api_key else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     servicer = GenerationServicer(engine, args, max_inflight=max_inflight)
