@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("vocab", [1, 100, 32000, 152064])
+def test_argmax(ops, dtype, vocab):
+    logits = torch.randn(9, vocab, device="cuda").to(dtype)
+    out = ops.argmax(logits)
+    vals = logits.float().gather(1, out.view(-1, 1)).view(-1)
+    assert torch.equal(vals, logits.float().max(-1).values)
+    assert torch.equal(out, torch.argmax(logits.float(), -1))
+
+
+def test_argmax_ties_lowest_index(ops):
+    logits = torch.zeros(3, 5000, device="cuda")
+    logits[0, [7, 4000]] = 5.0
+    logits[1, [4999, 100]] = 5.0
+    assert ops.argmax(logits).tolist() == [7, 100, 0]
+
+
+def _params(B, vocab, device):
+    g = torch.Generator(device="cpu").manual_seed(B)
+    t = torch.rand(B, generator=g) * 1.5 + 0.2
+    t[0] = 0.0  # greedy row
+    k = torch.randint(0, 60, (B,), generator=g).to(torch.int32)
+    k[1] = 0
+    p = torch.rand(B, generator=g) * 0.6 + 0.4
+    p[2] = 1.0
+    m = torch.rand(B, generator=g) * 0.2
+    m[3] = 0.0
+    return t.to(device), k.to(device), p.to(device), m.to(device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("vocab", [50, 4096, 128256])
+@pytest.mark.parametrize("filters", ["all", "top_k", "top_p", "min_p", "none"])
+def test_sample_matches_reference(ops, dtype, vocab, filters):
+    from llmcore.ops import reference as ref
+
+    B = 16
+    logits = (torch.randn(B, vocab, device="cuda") * 3).to(dtype)
+    t, k, p, m = _params(B, vocab, "cuda")
+    kw = dict(temperature=t,
+              top_k=k if filters in ("all", "top_k") else None,
+              top_p=p if filters in ("all", "top_p") else None,
+              min_p=m if filters in ("all", "min_p") else None)
+    kept = ref.sampling_kept_probs(logits, **kw) > 0
+    agree, total = 0, 0
+    for trial in range(8):
+        u = torch.rand(B, device="cuda")
+        got = ops.sample(logits, **kw, uniform=u)
+        exp = ref.sample(logits, **kw, uniform=u)
+        assert kept.gather(1, got.view(-1, 1)).all(), "sampled a filtered token"
+        agree += (got == exp).sum().item()
+        total += B
+    assert agree >= 0.97 * total
+
+
+def test_sample_distribution(ops):
+    from llmcore.ops import reference as ref
+
+    V, N = 40, 200000
+    logits = torch.randn(1, V, device="cuda") * 2
+    kw = dict(temperature=0.8, top_k=20, top_p=0.9, min_p=0.02)
+    probs = ref.sampling_kept_probs(logits, **kw)[0]
+    probs = probs / probs.sum()
+    toks = ops.sample(logits.expand(N, V), **{k: v for k, v in kw.items()}, uniform=torch.rand(N, device="cuda"))
+    freq = torch.bincount(toks, minlength=V).float() / N
+    assert (freq[probs == 0] == 0).all()
+    assert (freq - probs).abs().sum() < 0.02
+
+
+def test_sample_seeded_reproducible(ops):
+    from llmcore.ops import reference as ref
+
+    logits = torch.randn(8, 1000, device="cuda")
+    a = ops.sample(logits, 1.0, seed=42, offset=3)
+    b = ops.sample(logits, 1.0, seed=42, offset=3)
+    assert torch.equal(a, b)
+    u = ref.seeded_uniform(42, 3, 8).cuda()
+    assert torch.equal(a, ops.sample(logits, 1.0, uniform=u))
+    c = torch.stack([ops.sample(logits, 1.0, seed=42, offset=o) for o in range(20)])
+    assert (c != a).any()
+
+
+def test_sample_top_k_one_is_greedy(ops):
+    logits = torch.randn(32, 5000, device="cuda")
+    assert torch.equal(ops.sample(logits, 1.3, top_k=1), ops.argmax(logits))
+    assert torch.equal(ops.sample(logits, 0.0), ops.argmax(logits))
