@@ -27,6 +27,9 @@ import grpc  # noqa: E402
 
 from grpc_testlib import FAKE, ServerThread  # noqa: E402
 
+# The default model (SmolLM2-135M-Instruct); a small KV cache keeps start-up fast on CPU.
+ENGINE_KW = dict(max_model_len=1024, cpu_kv_cache_space=0.25)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _no_env_api_key():
@@ -47,7 +50,7 @@ def engine():
     from llmcore.config import EngineArgs
     from llmcore.engine.async_engine import AsyncLLMEngine
 
-    eng = AsyncLLMEngine.from_engine_args(EngineArgs())
+    eng = AsyncLLMEngine.from_engine_args(EngineArgs(**ENGINE_KW))
     yield eng
     eng.shutdown()
 
@@ -100,7 +103,7 @@ def greedy_reference():
     from llmcore import LLM
     from llmcore.sampling_params import SamplingParams
 
-    llm = LLM()
+    llm = LLM(**ENGINE_KW)
     cache: dict = {}
 
     def ref(prompt: str, max_tokens: int):
