@@ -1,0 +1,55 @@
+"""Tokenizer loading: HF folders through AutoTokenizer, GGUF files through transformers'
+GGUF tokenizer support. Nothing is cached globally."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+
+def _read_gguf_chat_template(path: str) -> Optional[str]:
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    field = reader.fields.get("tokenizer.chat_template")
+    return field.contents() if field is not None else None
+
+
+def load_tokenizer(model_config, tokenizer_mode: Optional[str] = None) -> Any:
+    """A transformers tokenizer for model_config.tokenizer (a HF folder or a .gguf file).
+
+    tokenizer_mode: "auto" (fast when available) or "slow". The chat template comes from
+    the tokenizer config or the GGUF metadata (`tokenizer.chat_template`); it is on
+    `tokenizer.chat_template` (None when the model has none)."""
+    from transformers import AutoTokenizer
+
+    mode = tokenizer_mode or getattr(model_config, "tokenizer_mode", "auto") or "auto"
+    if mode not in ("auto", "slow"):
+        raise ValueError(f"--tokenizer-mode {mode!r} is not one of auto, slow")
+    path = getattr(model_config, "tokenizer", None) or model_config.model_path
+    if not os.path.exists(path):
+        raise ValueError(f"tokenizer path {path!r} does not exist")
+    use_fast = mode == "auto"
+    try:
+        if os.path.isfile(path) and path.endswith(".gguf"):
+            tok = AutoTokenizer.from_pretrained(os.path.dirname(path),
+                                                gguf_file=os.path.basename(path),
+                                                use_fast=use_fast, trust_remote_code=False)
+            if getattr(tok, "chat_template", None) is None:
+                tok.chat_template = _read_gguf_chat_template(path)
+        else:
+            tok = AutoTokenizer.from_pretrained(path, use_fast=use_fast, trust_remote_code=False)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers raises many types here
+        raise ValueError(f"cannot load the tokenizer from {path}: {e}") from e
+    if getattr(tok, "chat_template", None) is None:
+        tok.chat_template = None
+    return tok
+
+
+def get_chat_template(tokenizer) -> Optional[str]:
+    tmpl = getattr(tokenizer, "chat_template", None)
+    if isinstance(tmpl, dict):  # several named templates: the default one
+        tmpl = tmpl.get("default") or next(iter(tmpl.values()), None)
+    return tmpl
