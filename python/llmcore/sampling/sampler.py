@@ -78,6 +78,47 @@ class Sampler:
             logits = logits.float()
         slots = as_long_tensor(slots, logits.device)
         raw = logits
+        x, is_rand = self._process(logits, slots, state)
+        if is_rand is None:
+            token_ids = x.argmax(dim=-1)
+        else:
+            token_ids = self._sample_random(x, slots, is_rand, state)
+
+        # ---- logprobs
+        ranks = topk_ids = topk_logprobs = token_logprobs = None
+        max_k = -1
+        if state._logprob_slots:
+            max_k = int(state.num_logprobs[slots].max())
+        if max_k < 0 and not self.always_compute_logprobs:
+            return SamplerOutput(token_ids=token_ids, logprobs=None)
+        lp_src = raw if self.logprobs_mode == "raw" else x
+        lse = torch.logsumexp(lp_src, dim=-1)
+        tok_logit = lp_src.gather(1, token_ids.unsqueeze(1)).squeeze(1)
+        token_logprobs = tok_logit - lse
+        if max_k >= 0:
+            if is_rand is None and lp_src is x:
+                # argmax of the same tensor: nothing is strictly larger.
+                ranks = torch.ones(N, dtype=torch.long, device=x.device)
+            else:
+                ranks = (lp_src > tok_logit.unsqueeze(1)).sum(dim=-1) + 1
+        if max_k > 0:
+            k = min(max_k, V)
+            tv, ti = lp_src.topk(k, dim=-1)
+            topk_ids = ti
+            topk_logprobs = tv - lse.unsqueeze(1)
+        return SamplerOutput(token_ids=token_ids, logprobs=token_logprobs,
+                             topk_ids=topk_ids, topk_logprobs=topk_logprobs, ranks=ranks)
+
+    @torch.inference_mode()
+    def process_logits(self, logits: torch.Tensor, slots: IndexLike,
+                       state: SamplingBatchState) -> torch.Tensor:
+        """Stages 1-6 only: the logits the sampler draws from (greedy rows are not
+        temperature-scaled / masked). Masked tokens are -inf. For tests/debugging."""
+        x, _ = self._process(logits.float(), as_long_tensor(slots, logits.device), state)
+        return x
+
+    def _process(self, logits: torch.Tensor, slots: torch.Tensor, state: SamplingBatchState):
+        N = logits.shape[0]
         x = logits
         copied = False
 
@@ -133,9 +174,7 @@ class Sampler:
             if not bool(is_rand.any()):
                 is_rand = None
 
-        if is_rand is None:
-            token_ids = x.argmax(dim=-1)
-        else:
+        if is_rand is not None:
             # ---- 4: temperature (greedy rows hold 1.0)
             if state._temp_slots:
                 writable().div_(state.temperature[slots].unsqueeze(1))
@@ -150,37 +189,16 @@ class Sampler:
                     xw = writable()
                     thr = xw.amax(dim=-1) + torch.log(mp)
                     xw.masked_fill_(xw < thr.unsqueeze(1), _NEG_INF)
-            # ---- 7: sample
-            token_ids = self._sample_random(x, slots, is_rand, state)
+        return x, is_rand
 
-        # ---- logprobs
-        ranks = topk_ids = topk_logprobs = token_logprobs = None
-        max_k = -1
-        if state._logprob_slots:
-            max_k = int(state.num_logprobs[slots].max())
-        if max_k < 0 and not self.always_compute_logprobs:
-            return SamplerOutput(token_ids=token_ids, logprobs=None)
-        lp_src = raw if self.logprobs_mode == "raw" else x
-        lse = torch.logsumexp(lp_src, dim=-1)
-        tok_logit = lp_src.gather(1, token_ids.unsqueeze(1)).squeeze(1)
-        token_logprobs = tok_logit - lse
-        if max_k >= 0:
-            if is_rand is None and lp_src is x:
-                # argmax of the same tensor: nothing is strictly larger.
-                ranks = torch.ones(N, dtype=torch.long, device=x.device)
-            else:
-                ranks = (lp_src > tok_logit.unsqueeze(1)).sum(dim=-1) + 1
-        if max_k > 0:
-            k = min(max_k, V)
-            tv, ti = lp_src.topk(k, dim=-1)
-            topk_ids = ti
-            topk_logprobs = tv - lse.unsqueeze(1)
-        return SamplerOutput(token_ids=token_ids, logprobs=token_logprobs,
-                             topk_ids=topk_ids, topk_logprobs=topk_logprobs, ranks=ranks)
 
     # ------------------------------------------------------------------ stages
-    @staticmethod
-    def _apply_top_k_top_p(writable, x, slots, state) -> None:
+    # top-p rows without top-k first look at this many candidates; the full sort is
+    # only done for rows whose top-p mass is not reached within them.
+    TOP_P_CANDIDATES = 256
+
+    @classmethod
+    def _apply_top_k_top_p(cls, writable, x, slots, state) -> None:
         V = x.shape[1]
         k = state.top_k[slots]
         p = state.top_p[slots]
@@ -193,24 +211,7 @@ class Sampler:
         k_s = k if all_rows else k[rows]
         p_s = p if all_rows else p[rows]
         xs = x if all_rows else x[rows]
-        has_p = p_s < 1.0
-        any_p = bool(has_p.any())
-        if any_p and bool((has_p & (k_s >= V)).any()):
-            K = V
-            vals = xs.sort(dim=-1, descending=True).values
-        else:
-            K = int(k_s.max())
-            vals = xs.topk(K, dim=-1, sorted=True).values
-        pos = torch.arange(K, device=x.device)
-        keep = pos.unsqueeze(0) < k_s.unsqueeze(1)               # top-k
-        if any_p:
-            masked = vals.masked_fill(~keep, _NEG_INF)
-            probs = masked.softmax(dim=-1)
-            excl = probs.cumsum(dim=-1) - probs                    # mass strictly above
-            keep &= excl < p_s.unsqueeze(1)
-            keep[:, 0] = True
-        count = keep.sum(dim=-1)
-        thr = vals.gather(1, (count - 1).unsqueeze(1))            # smallest kept logit
+        thr = cls._thresholds(xs, k_s, p_s, V)
         xw = writable()
         if all_rows:
             xw.masked_fill_(xw < thr, _NEG_INF)
@@ -218,6 +219,42 @@ class Sampler:
             full_thr = torch.full((x.shape[0], 1), _NEG_INF, device=x.device)
             full_thr[rows] = thr
             xw.masked_fill_(xw < full_thr, _NEG_INF)
+
+    @classmethod
+    def _thresholds(cls, xs, k_s, p_s, V, force_sort=False):
+        """Per-row smallest kept logit [n, 1] for top-k then top-p (vLLM v0 semantics:
+        top-p mass is measured on the softmax of the top-k survivors)."""
+        has_p = p_s < 1.0
+        any_p = bool(has_p.any())
+        p_only = has_p & (k_s >= V)
+        any_p_only = any_p and bool(p_only.any())
+        K = int(k_s[k_s < V].max()) if bool((k_s < V).any()) else 0
+        if any_p_only:
+            K = max(K, cls.TOP_P_CANDIDATES)
+        if force_sort or K * 4 >= V:
+            K = V
+            vals = xs.sort(dim=-1, descending=True).values
+        else:
+            vals = xs.topk(K, dim=-1, sorted=True).values
+        pos = torch.arange(K, device=xs.device)
+        keep = pos.unsqueeze(0) < k_s.unsqueeze(1)                # top-k
+        if any_p:
+            masked = vals.masked_fill(~keep, _NEG_INF)
+            norm = masked.logsumexp(dim=-1)
+            if any_p_only and K < V:
+                norm = torch.where(p_only, xs.logsumexp(dim=-1), norm)
+            probs = (masked - norm.unsqueeze(1)).exp_()
+            cum = probs.cumsum(dim=-1)
+            keep &= (cum - probs) < p_s.unsqueeze(1)              # mass strictly above < p
+            keep[:, 0] = True
+        count = keep.sum(dim=-1)
+        thr = vals.gather(1, (count - 1).unsqueeze(1))
+        if any_p_only and K < V:
+            # p-only rows whose candidates hold less than p of the mass: full sort.
+            bad = (p_only & (cum[:, -1] < p_s)).nonzero().squeeze(1)
+            if bad.numel():
+                thr[bad] = cls._thresholds(xs[bad], k_s[bad], p_s[bad], V, force_sort=True)
+        return thr
 
     @staticmethod
     def _sample_random(x: torch.Tensor, slots: torch.Tensor, is_rand: torch.Tensor,
