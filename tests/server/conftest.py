@@ -21,6 +21,8 @@ from typing import Iterator, Optional
 import httpx
 import pytest
 
+from server_helpers import API_KEY, MAX_MODEL_LEN, SESSION_FLAGS
+
 HOST = "127.0.0.1"
 START_TIMEOUT = float(os.environ.get("LLMCORE_TEST_SERVER_START_TIMEOUT", "240"))
 
@@ -91,11 +93,30 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def server() -> Iterator[ServerProcess]:
-    """The default model, served once for the whole session."""
-    srv = ServerProcess(["--max-model-len", "512"]).wait_ready()
+def _server_proc() -> Iterator[ServerProcess]:
+    srv = ServerProcess(SESSION_FLAGS)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(_server_proc) -> ServerProcess:
+    """The default model (real engine), served once for the whole session, with an API key,
+    a root path and a CORS origin list (all from the command line)."""
+    return _server_proc.wait_ready()
+
+
+@pytest.fixture(scope="session")
+def auth() -> dict:
+    return {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="session")
+def llm(_server_proc):
+    """The offline LLM on the same model (loaded while the server process starts)."""
+    from llmcore import LLM
+
+    return LLM(max_model_len=MAX_MODEL_LEN, cpu_kv_cache_space=0.25, swap_space=0)
 
 
 @pytest.fixture

@@ -1,0 +1,14 @@
+"""Constants shared by the server tests (the session server's command line)."""
+
+API_KEY = "test-key-123"
+ROOT_PATH = "/proxy"
+ALLOWED_ORIGIN = "http://allowed.example"
+SERVED_NAMES = ["smol", "smol-alias"]
+MAX_MODEL_LEN = 512
+# Small KV cache so that start-up does not zero 4 GiB (--cpu-kv-cache-space default).
+SMALL_KV = ["--cpu-kv-cache-space", "0.5", "--swap-space", "0"]
+SESSION_FLAGS = ["--max-model-len", str(MAX_MODEL_LEN), *SMALL_KV,
+                 "--served-model-name", *SERVED_NAMES, "--api-key", API_KEY,
+                 "--root-path", ROOT_PATH, "--allowed-origins", f'["{ALLOWED_ORIGIN}"]',
+                 "--allowed-methods", '["GET", "POST"]', "--allowed-headers",
+                 '["Authorization", "Content-Type"]']
