@@ -25,10 +25,8 @@ except ImportError:  # a source checkout that was not installed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpc  # noqa: E402
 
-from grpc_testlib import FAKE, ServerThread  # noqa: E402
-
-# The default model (SmolLM2-135M-Instruct); a small KV cache keeps start-up fast on CPU.
-ENGINE_KW = dict(max_model_len=1024, cpu_kv_cache_space=0.25)
+from grpc_testlib import (ENGINE_KW, FAKE, OfflineReference, ServerThread,  # noqa: E402
+                          StandaloneServer)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -38,6 +36,24 @@ def _no_env_api_key():
     yield
     if saved is not None:
         os.environ["LLMCORE_API_KEY"] = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _children(_no_env_api_key):
+    """Started first, so that their model loads overlap the engine's: the offline
+    reference (LLM.generate) and the standalone server (python -m ...grpc.server)."""
+    if FAKE:
+        yield None, None
+        return
+    ref, standalone = OfflineReference(), StandaloneServer()
+    yield ref, standalone
+    ref.close()
+    standalone.stop()
+
+
+@pytest.fixture(scope="session")
+def standalone_server(_children):
+    return _children[1]
 
 
 @pytest.fixture(scope="session")
@@ -96,22 +112,8 @@ def client(channel, stubs):
 
 
 @pytest.fixture(scope="session")
-def greedy_reference():
-    """texts/token ids of llmcore.LLM().generate(..., temperature=0) - the offline API."""
+def greedy_reference(_children):
+    """(text, token ids) of llmcore.LLM().generate(..., temperature=0) - the offline API."""
     if FAKE:
         pytest.skip("the fake engine has no offline reference")
-    from llmcore import LLM
-    from llmcore.sampling_params import SamplingParams
-
-    llm = LLM(**ENGINE_KW)
-    cache: dict = {}
-
-    def ref(prompt: str, max_tokens: int):
-        key = (prompt, max_tokens)
-        if key not in cache:
-            out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=max_tokens))[0]
-            cache[key] = (out.outputs[0].text, list(out.outputs[0].token_ids))
-        return cache[key]
-
-    yield ref
-    del llm
+    return _children[0].get

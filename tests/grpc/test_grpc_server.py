@@ -10,10 +10,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from grpc_testlib import FAKE, wait_kv_free
+from grpc_testlib import FAKE, REFERENCE_MAX_TOKENS, REFERENCE_PROMPTS, wait_kv_free
 
-PROMPTS = ["The capital of France is", "def fibonacci(n):"]
-MAX_TOKENS = 12
+PROMPTS = REFERENCE_PROMPTS
+MAX_TOKENS = REFERENCE_MAX_TOKENS
 
 
 def _req(pb2, prompt, **sp):
