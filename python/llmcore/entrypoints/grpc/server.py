@@ -192,8 +192,8 @@ def _set_prompt(msg: Any, out: Any, k: Optional[int]) -> None:
     msg.prompt_token_ids.extend(int(t) for t in ids)
     plp = getattr(out, "prompt_logprobs", None)
     if plp:
-        msg.prompt_logprobs.extend(_position_logprobs(int(ids[j]) if j < len(ids) else -1, e, k or 0)
-                                   for j, e in enumerate(plp))
+        msg.prompt_logprobs.extend(_position_logprobs(int(ids[j]), e, k or 0)
+                                   for j, e in enumerate(plp[:len(ids)]))
 
 
 def _set_usage(msg: Any, out: Any) -> None:
