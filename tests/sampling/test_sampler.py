@@ -231,6 +231,35 @@ def test_seeded_reproducible_across_batches():
     assert b != a
 
 
+def test_seeded_same_across_sampling_paths():
+    """A seeded top-k row gives the same tokens whether the batch samples it among
+    candidates or over the full (masked) vocabulary (forced by a flat top-p row)."""
+    Vb = 4000
+    g = torch.Generator().manual_seed(11)
+    steps = [torch.randn(Vb, generator=g) * 2 for _ in range(5)]
+    target = SamplingParams(temperature=1.0, top_k=30, seed=77)
+
+    def run(with_flat, logprobs):
+        st = SamplingBatchState(4, Vb, 100)
+        t = target.clone()
+        t.logprobs = logprobs
+        st.add(0, t, [])
+        slots = [0]
+        if with_flat:
+            st.add(1, SamplingParams(top_p=0.99), [])
+            slots = [1, 0]
+        toks = []
+        for lg in steps:
+            logits = torch.stack([torch.zeros(Vb), lg]) if with_flat else lg[None]
+            out = Sampler().sample(logits, torch.tensor(slots), st)
+            toks.append(out.token_ids[-1].item())
+        return toks
+
+    a = run(False, None)
+    assert run(True, None) == a
+    assert run(False, 2) == a
+
+
 def _chi2_ok(counts, probs, n):
     exp = probs * n
     m = exp > 5
@@ -240,10 +269,18 @@ def _chi2_ok(counts, probs, n):
     return chi2 < dof + 5 * math.sqrt(2 * dof), chi2, dof
 
 
-@pytest.mark.parametrize("kind", ["plain", "temp", "topk", "topp", "seeded"])
+@pytest.mark.parametrize("kind", ["plain", "temp", "topk", "topp", "seeded",
+                                  "topk_cand", "topp_cand", "seeded_cand"])
 def test_distribution(kind):
     Vs = 10
     logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5, -2.0, -3.0]])
+    N, R = 2000, 10
+    if kind.endswith("_cand"):
+        N, R = 1000, 10
+        # large vocab so that the candidate (top-K) sampling path is used
+        Vs = 3000
+        logits = torch.cat([logits, torch.full((1, Vs - 10), -12.0)], dim=1)
+        kind = {"topk_cand": "topk", "topp_cand": "topp", "seeded_cand": "seeded_k"}[kind]
     base = logits[0].double()
     if kind == "plain":
         sp, probs = SamplingParams(), base.softmax(-1)
@@ -256,12 +293,15 @@ def test_distribution(kind):
         sp = SamplingParams(top_p=0.7)
         full = base.softmax(-1); excl = full.cumsum(-1) - full
         probs = base.masked_fill(~(excl < 0.7), -math.inf).softmax(-1)
+    elif kind == "seeded_k":
+        sp = SamplingParams(top_k=4, seed=1)
+        probs = base.clone(); probs[4:] = -math.inf; probs = probs.softmax(-1)
     else:
         sp, probs = SamplingParams(seed=7), base.softmax(-1)
-    N, R = 2000, 10
     st = SamplingBatchState(N, Vs, 100, seed=123)
     for i in range(N):
-        st.add(i, sp if kind != "seeded" else SamplingParams(seed=i), [])
+        st.add(i, sp if not kind.startswith("seeded") else
+               SamplingParams(seed=i, top_k=sp.top_k), [])
     s = Sampler()
     counts = torch.zeros(Vs, dtype=torch.float64)
     for _ in range(R):

@@ -9,9 +9,13 @@ when no active slot needs it:
                             l>0 -> l/r, l<=0 -> l*r; then frequency * count and
                             presence * (count>0) subtracted, output tokens only)
   4. temperature           (random rows only; greedy rows use 1.0 as vLLM v0)
-  5. top-k, top-p          (per-row threshold on the logits: `topk(max k)` when every
-                            top-p row also has a top-k, else one descending sort;
-                            ties with the cut-off value are kept)
+  5. top-k, top-p          (per-row cut-off on the sorted candidates: `topk(K)` with
+                            K = max top_k in the batch (at least 256 when a row has
+                            top-p without top-k; such a row falls back to a full sort
+                            only if its top 256 hold < top_p of the mass). Random rows
+                            are then sampled among the K candidates only; when logprobs
+                            are wanted the -inf mask is also written into the logits.
+                            Ties with the cut-off value are kept.)
   6. min-p                 (in logit space: drop l < max(l) + log(min_p), which is
                             exactly p < min_p * max(p) without a softmax)
   7. sample                greedy rows: argmax. random rows: exponential race
@@ -57,11 +61,15 @@ class SamplerOutput:
 
 
 class Sampler:
+    # top-p rows without top-k first look at this many candidates; the full sort is
+    # only done for rows whose top-p mass is not reached within them.
+    TOP_P_CANDIDATES = 256
+
     def __init__(self, logprobs_mode: str = "processed", always_compute_logprobs: bool = False):
-        self.always_compute_logprobs = always_compute_logprobs
         if logprobs_mode not in ("processed", "raw"):
             raise ValueError(f"logprobs_mode must be 'processed' or 'raw', got {logprobs_mode!r}")
         self.logprobs_mode = logprobs_mode
+        self.always_compute_logprobs = always_compute_logprobs
 
     def __call__(self, logits, slots, state):
         return self.sample(logits, slots, state)
@@ -69,32 +77,32 @@ class Sampler:
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, slots: IndexLike,
                state: SamplingBatchState) -> SamplerOutput:
-        """logits: float32 [N, V] (not modified); slots: [N] slot of each row.
-        Rows of the same request may not share a slot (use one slot per sequence)."""
+        """logits: float32 [N, V] (not modified); slots: [N] slot of each row (one
+        slot per sequence; a slot must not appear twice in a batch)."""
         if logits.dim() != 2:
             raise ValueError(f"logits must be 2-D [N, V], got shape {tuple(logits.shape)}")
         N, V = logits.shape
         if logits.dtype != torch.float32:
             logits = logits.float()
         slots = as_long_tensor(slots, logits.device)
-        raw = logits
-        x, is_rand = self._process(logits, slots, state)
-        if is_rand is None:
-            token_ids = x.argmax(dim=-1)
-        else:
-            token_ids = self._sample_random(x, slots, is_rand, state)
-
-        # ---- logprobs
-        ranks = topk_ids = topk_logprobs = token_logprobs = None
         max_k = -1
         if state._logprob_slots:
             max_k = int(state.num_logprobs[slots].max())
-        if max_k < 0 and not self.always_compute_logprobs:
-            return SamplerOutput(token_ids=token_ids, logprobs=None)
-        lp_src = raw if self.logprobs_mode == "raw" else x
+        want_lp = max_k >= 0 or self.always_compute_logprobs
+        need_x = want_lp and self.logprobs_mode == "processed"
+        x, is_rand, cand = self._process(logits, slots, state, need_x)
+        if is_rand is None:
+            token_ids = x.argmax(dim=-1)
+        else:
+            token_ids = self._sample_random(x, slots, is_rand, cand, state)
+        if not want_lp:
+            return SamplerOutput(token_ids=token_ids)
+
+        lp_src = logits if self.logprobs_mode == "raw" else x
         lse = torch.logsumexp(lp_src, dim=-1)
         tok_logit = lp_src.gather(1, token_ids.unsqueeze(1)).squeeze(1)
         token_logprobs = tok_logit - lse
+        ranks = topk_ids = topk_logprobs = None
         if max_k >= 0:
             if is_rand is None and lp_src is x:
                 # argmax of the same tensor: nothing is strictly larger.
@@ -102,8 +110,7 @@ class Sampler:
             else:
                 ranks = (lp_src > tok_logit.unsqueeze(1)).sum(dim=-1) + 1
         if max_k > 0:
-            k = min(max_k, V)
-            tv, ti = lp_src.topk(k, dim=-1)
+            tv, ti = lp_src.topk(min(max_k, V), dim=-1)
             topk_ids = ti
             topk_logprobs = tv - lse.unsqueeze(1)
         return SamplerOutput(token_ids=token_ids, logprobs=token_logprobs,
@@ -114,10 +121,17 @@ class Sampler:
                        state: SamplingBatchState) -> torch.Tensor:
         """Stages 1-6 only: the logits the sampler draws from (greedy rows are not
         temperature-scaled / masked). Masked tokens are -inf. For tests/debugging."""
-        x, _ = self._process(logits.float(), as_long_tensor(slots, logits.device), state)
+        x, _, _ = self._process(logits.float(), as_long_tensor(slots, logits.device), state,
+                                need_x=True)
         return x
 
-    def _process(self, logits: torch.Tensor, slots: torch.Tensor, state: SamplingBatchState):
+    def _process(self, logits: torch.Tensor, slots: torch.Tensor, state: SamplingBatchState,
+                 need_x: bool):
+        """Returns (x, is_rand, cand). x: processed logits; when `need_x` is False and
+        every filtered row is resolved by candidates, the top-k/top-p/min-p masks are
+        NOT applied to x (the sampler uses cand). cand: None or (rows [n], ids [n, K],
+        vals [n, K]) -- for those batch rows the sorted top-K candidate token ids and
+        their processed logits (-inf where masked); all kept tokens are among them."""
         N = logits.shape[0]
         x = logits
         copied = False
@@ -168,62 +182,71 @@ class Sampler:
 
         # ---- fast path: nobody random in this batch
         if not state._random_slots:
-            is_rand = None
-        else:
-            is_rand = ~state.is_greedy[slots]
-            if not bool(is_rand.any()):
-                is_rand = None
+            return x, None, None
+        is_rand = ~state.is_greedy[slots]
+        if not bool(is_rand.any()):
+            return x, None, None
 
-        if is_rand is not None:
-            # ---- 4: temperature (greedy rows hold 1.0)
-            if state._temp_slots:
-                writable().div_(state.temperature[slots].unsqueeze(1))
-            # ---- 5: top-k / top-p
-            if state._topk_slots or state._topp_slots:
-                self._apply_top_k_top_p(writable, x, slots, state)
-                x = writable()
-            # ---- 6: min-p
-            if state._minp_slots:
-                mp = state.min_p[slots]
-                if bool((mp > 0).any()):
+        # ---- 4: temperature (greedy rows hold 1.0)
+        if state._temp_slots:
+            writable().div_(state.temperature[slots].unsqueeze(1))
+
+        # ---- 5: top-k / top-p
+        cand = None
+        mask_x_rows = None          # rows of x still to be masked at thr
+        if state._topk_slots or state._topp_slots:
+            V = x.shape[1]
+            k = state.top_k[slots]
+            p = state.top_p[slots]
+            rows = ((k < V) | (p < 1.0)).nonzero().squeeze(1)
+            if rows.numel():
+                all_rows = rows.numel() == N
+                k_s = k if all_rows else k[rows]
+                p_s = p if all_rows else p[rows]
+                xs = x if all_rows else x[rows]
+                thr, ids, vals, count, resolved = self._top_k_top_p(xs, k_s, p_s, V)
+                if resolved:
+                    pos = torch.arange(vals.shape[1], device=x.device)
+                    cand = (rows, ids, vals.masked_fill(pos >= count.unsqueeze(1), _NEG_INF))
+                if need_x or not resolved:
+                    mask_x_rows = (rows, thr, all_rows)
+        if mask_x_rows is not None:
+            rows, thr, all_rows = mask_x_rows
+            xw = writable()
+            if all_rows:
+                xw.masked_fill_(xw < thr, _NEG_INF)
+            else:
+                full_thr = torch.full((N, 1), _NEG_INF, device=x.device)
+                full_thr[rows] = thr
+                xw.masked_fill_(xw < full_thr, _NEG_INF)
+
+        # ---- 6: min-p (logit space: l < max(l) + log(min_p)  <=>  p < min_p * max(p))
+        if state._minp_slots:
+            mp = state.min_p[slots]
+            if bool((mp > 0).any()):
+                log_mp = torch.log(mp)
+                x_done = False
+                if cand is not None:
+                    c_rows, c_ids, c_vals = cand
+                    lm = log_mp[c_rows]
+                    c_vals = c_vals.masked_fill(c_vals < (c_vals[:, :1] + lm.unsqueeze(1)), _NEG_INF)
+                    cand = (c_rows, c_ids, c_vals)
+                    # x only needs it for rows outside the candidates (or for logprobs)
+                    outside = mp > 0
+                    outside[c_rows] = False
+                    x_done = not need_x and not bool(outside.any())
+                if not x_done:
                     xw = writable()
-                    thr = xw.amax(dim=-1) + torch.log(mp)
+                    thr = xw.amax(dim=-1) + log_mp
                     xw.masked_fill_(xw < thr.unsqueeze(1), _NEG_INF)
-        return x, is_rand
-
-
-    # ------------------------------------------------------------------ stages
-    # top-p rows without top-k first look at this many candidates; the full sort is
-    # only done for rows whose top-p mass is not reached within them.
-    TOP_P_CANDIDATES = 256
+        return x, is_rand, cand
 
     @classmethod
-    def _apply_top_k_top_p(cls, writable, x, slots, state) -> None:
-        V = x.shape[1]
-        k = state.top_k[slots]
-        p = state.top_p[slots]
-        need = (k < V) | (p < 1.0)
-        rows = need.nonzero().squeeze(1)
-        n = rows.numel()
-        if n == 0:
-            return
-        all_rows = n == x.shape[0]
-        k_s = k if all_rows else k[rows]
-        p_s = p if all_rows else p[rows]
-        xs = x if all_rows else x[rows]
-        thr = cls._thresholds(xs, k_s, p_s, V)
-        xw = writable()
-        if all_rows:
-            xw.masked_fill_(xw < thr, _NEG_INF)
-        else:
-            full_thr = torch.full((x.shape[0], 1), _NEG_INF, device=x.device)
-            full_thr[rows] = thr
-            xw.masked_fill_(xw < full_thr, _NEG_INF)
-
-    @classmethod
-    def _thresholds(cls, xs, k_s, p_s, V, force_sort=False):
-        """Per-row smallest kept logit [n, 1] for top-k then top-p (vLLM v0 semantics:
-        top-p mass is measured on the softmax of the top-k survivors)."""
+    def _top_k_top_p(cls, xs, k_s, p_s, V, force_sort=False):
+        """Top-k then top-p (vLLM v0 semantics: top-p mass is measured on the softmax
+        of the top-k survivors) for the rows of xs. Returns (thr [n,1] smallest kept
+        logit, cand ids [n,K], cand vals [n,K] sorted descending, kept count [n],
+        resolved: every row's kept set lies within the K candidates)."""
         has_p = p_s < 1.0
         any_p = bool(has_p.any())
         p_only = has_p & (k_s >= V)
@@ -233,9 +256,9 @@ class Sampler:
             K = max(K, cls.TOP_P_CANDIDATES)
         if force_sort or K * 4 >= V:
             K = V
-            vals = xs.sort(dim=-1, descending=True).values
+            vals, ids = xs.sort(dim=-1, descending=True)
         else:
-            vals = xs.topk(K, dim=-1, sorted=True).values
+            vals, ids = xs.topk(K, dim=-1, sorted=True)
         pos = torch.arange(K, device=xs.device)
         keep = pos.unsqueeze(0) < k_s.unsqueeze(1)                # top-k
         if any_p:
@@ -249,46 +272,66 @@ class Sampler:
             keep[:, 0] = True
         count = keep.sum(dim=-1)
         thr = vals.gather(1, (count - 1).unsqueeze(1))
+        resolved = K < V
         if any_p_only and K < V:
             # p-only rows whose candidates hold less than p of the mass: full sort.
             bad = (p_only & (cum[:, -1] < p_s)).nonzero().squeeze(1)
             if bad.numel():
-                thr[bad] = cls._thresholds(xs[bad], k_s[bad], p_s[bad], V, force_sort=True)
-        return thr
+                resolved = False
+                thr[bad] = cls._top_k_top_p(xs[bad], k_s[bad], p_s[bad], V, force_sort=True)[0]
+        return thr, ids, vals, count, resolved
 
     @staticmethod
-    def _sample_random(x: torch.Tensor, slots: torch.Tensor, is_rand: torch.Tensor,
-                       state: SamplingBatchState) -> torch.Tensor:
+    def _uniform(rows: torch.Tensor, width: int, slots: torch.Tensor,
+                 seeded_b: Optional[torch.Tensor], state: SamplingBatchState,
+                 V: int, ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """U(0,1) noise [len(rows), width]. Seeded rows always draw V values from their
+        own generator (indexed by token id, gathered at `ids` for candidate rows), so
+        their draw does not depend on the batch or on the sampling path."""
+        q = torch.empty((rows.numel(), width), dtype=torch.float32, device=slots.device)
+        sp = None
+        if seeded_b is not None:
+            sd = seeded_b[rows]
+            sp = sd.nonzero().squeeze(1)
+        if sp is None or sp.numel() == 0:
+            return q.uniform_(generator=state.generator)
+        up = (~sd).nonzero().squeeze(1)
+        if up.numel():
+            q[up] = torch.empty((up.numel(), width), dtype=torch.float32,
+                                device=slots.device).uniform_(generator=state.generator)
+        for pos, slot in zip(sp.tolist(), slots[rows[sp]].tolist()):
+            u = torch.empty(V, dtype=torch.float32, device=slots.device).uniform_(
+                generator=state.generators[slot])
+            q[pos] = u if ids is None else u[ids[pos]]
+        return q
+
+    @classmethod
+    def _sample_random(cls, x: torch.Tensor, slots: torch.Tensor, is_rand: torch.Tensor,
+                       cand, state: SamplingBatchState) -> torch.Tensor:
+        # Exponential race: argmax(l - log E), E = -log U ~ Exp(1) i.i.d. per token, is
+        # a draw from softmax(l). (uniform_ + 2 logs is ~6x faster than exponential_.)
         N, V = x.shape
         rand_rows = is_rand.nonzero().squeeze(1)
-        n_rand = rand_rows.numel()
-        all_rand = n_rand == N
-        q = torch.empty((n_rand, V), dtype=torch.float32, device=x.device)
-        if state._seeded_slots:
-            seeded = state.is_seeded[slots] if all_rand else state.is_seeded[slots[rand_rows]]
-            seeded_pos = seeded.nonzero().squeeze(1)
+        if rand_rows.numel() < N:
+            token_ids = x.argmax(dim=-1)          # greedy rows
         else:
-            seeded_pos = None
-        if seeded_pos is None or seeded_pos.numel() == 0:
-            q.uniform_(generator=state.generator)
+            token_ids = torch.empty(N, dtype=torch.long, device=x.device)
+        seeded_b = state.is_seeded[slots] if state._seeded_slots else None
+        if cand is not None:
+            c_rows, c_ids, c_vals = cand
+            in_cand = torch.zeros(N, dtype=torch.bool, device=x.device)
+            in_cand[c_rows] = True
+            full_rows = rand_rows[~in_cand[rand_rows]]
+            q = cls._uniform(c_rows, c_ids.shape[1], slots, seeded_b, state, V, c_ids)
+            scores = q.log_().neg_().clamp_min_(_TINY).log_().neg_().add_(c_vals)
+            token_ids[c_rows] = c_ids.gather(1, scores.argmax(dim=-1, keepdim=True)).squeeze(1)
         else:
-            unseeded_pos = (~seeded).nonzero().squeeze(1)
-            if unseeded_pos.numel():
-                q[unseeded_pos] = torch.empty((unseeded_pos.numel(), V), dtype=torch.float32,
-                                              device=x.device).uniform_(
-                                                  generator=state.generator)
-            seeded_slots = (slots if all_rand else slots[rand_rows])[seeded_pos].tolist()
-            for pos, slot in zip(seeded_pos.tolist(), seeded_slots):
-                q[pos].uniform_(generator=state.generators[slot])
-        # Exponential race in logit space: argmax(l - log E) ~ Categorical(softmax(l)),
-        # E = -log(U) ~ Exp(1) (uniform_ + log is ~6x faster than exponential_ on CPU).
-        scores = q.log_().neg_().clamp_min_(_TINY).log_().neg_()
-        scores += x if all_rand else x[rand_rows]
-        rand_tok = scores.argmax(dim=-1)
-        if all_rand:
-            return rand_tok
-        token_ids = x.argmax(dim=-1)
-        token_ids[rand_rows] = rand_tok
+            full_rows = rand_rows
+        if full_rows.numel():
+            q = cls._uniform(full_rows, V, slots, seeded_b, state, V)
+            scores = q.log_().neg_().clamp_min_(_TINY).log_().neg_()
+            scores += x if full_rows.numel() == N else x[full_rows]
+            token_ids[full_rows] = scores.argmax(dim=-1)
         return token_ids
 
 
