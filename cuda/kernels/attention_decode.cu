@@ -79,32 +79,45 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
     }
   }
 
+  // Each warp takes U consecutive tokens at a time: all their K/V loads are issued before the
+  // (shuffle-bound) score / online-softmax updates, to keep several loads in flight.
+  constexpr int U = 4;
   const int* bt = block_tables + (int64_t)seq * mbps;
-  for (int t = start + warp; t < end; t += nwarps) {
-    const int64_t page = bt[t / block_size];
-    const int64_t off = ((page * block_size + t % block_size) * num_kv_heads + kvh) * HD + lane * V;
-    const auto kr = load_vec<S, V>(kc + off);
-    const auto vr = load_vec<S, V>(vc + off);
-    float kf[V], vf[V];
+  for (int t0 = start + warp * U; t0 < end; t0 += nwarps * U) {
+    VecArr<S, V> kr[U], vr[U];
 #pragma unroll
-    for (int v = 0; v < V; ++v) {
-      kf[v] = Tr::load(&kr.v[v], ks);
-      vf[v] = Tr::load(&vr.v[v], vs);
+    for (int u = 0; u < U; ++u) {
+      const int t = min(t0 + u, end - 1);
+      const int64_t page = bt[t / block_size];
+      const int64_t off = ((page * block_size + t % block_size) * num_kv_heads + kvh) * HD + lane * V;
+      kr[u] = load_vec<S, V>(kc + off);
+      vr[u] = load_vec<S, V>(vc + off);
     }
 #pragma unroll
-    for (int g = 0; g < GC; ++g) {
-      if (g < gcount) {
-        float d = 0.f;
+    for (int u = 0; u < U; ++u) {
+      if (t0 + u < end) {
+        float kf[V], vf[V];
 #pragma unroll
-        for (int v = 0; v < V; ++v) d += qr[g][v] * kf[v];
-        d = warp_sum(d);
-        const float mn = fmaxf(m[g], d);
-        const float corr = __expf(m[g] - mn);
-        const float p = __expf(d - mn);
-        l[g] = l[g] * corr + p;
+        for (int v = 0; v < V; ++v) {
+          kf[v] = Tr::load(&kr[u].v[v], ks);
+          vf[v] = Tr::load(&vr[u].v[v], vs);
+        }
 #pragma unroll
-        for (int v = 0; v < V; ++v) acc[g][v] = acc[g][v] * corr + p * vf[v];
-        m[g] = mn;
+        for (int g = 0; g < GC; ++g) {
+          if (g < gcount) {
+            float d = 0.f;
+#pragma unroll
+            for (int v = 0; v < V; ++v) d += qr[g][v] * kf[v];
+            d = warp_sum(d);
+            const float mn = fmaxf(m[g], d);
+            const float corr = __expf(m[g] - mn);
+            const float p = __expf(d - mn);
+            l[g] = l[g] * corr + p;
+#pragma unroll
+            for (int v = 0; v < V; ++v) acc[g][v] = acc[g][v] * corr + p * vf[v];
+            m[g] = mn;
+          }
+        }
       }
     }
   }

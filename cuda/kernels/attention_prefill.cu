@@ -4,7 +4,9 @@
 // are packed into the tile's rows so K/V tiles are shared), optional sliding window.
 // fp16/bf16 use tensor cores via mma.sync.m16n8k16 (sm_80+, FlashAttention-2 style online
 // softmax). fp32, HIP, and use_tensor_cores == 0 use the paged_attention varlen kernel.
-// TODO(perf): cp.async double buffering, ldmatrix, and a wgmma path for sm_90a.
+// K/V tiles are double-buffered in shared memory (cp.async for same-dtype caches; fp8 tiles are
+// dequantised through registers); P.V reads V with ldmatrix.trans.
+// TODO(perf): a wgmma + TMA path for sm_90a, and a split-KV variant for very long prefixes.
 #include "llmcore_cuda/attention.h"
 
 #include <type_traits>
@@ -67,6 +69,36 @@ __device__ __forceinline__ void load8(const typename CacheTraits<T, KIND>::stora
   }
 }
 
+__device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
+               "r"(pred ? 16 : 0));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+__device__ __forceinline__ void cp_async_wait1() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group 1;\n" ::);
+#endif
+}
+// Four transposed 8x8 b16 matrices from shared memory (B fragments of two n8 tiles).
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+#endif
+}
+
+template <int HD> constexpr int prefill_smem_bytes(int elem) { return 2 * 2 * BN * (HD + 8) * elem; }
+
 template <typename T, int KIND, int HD>
 __global__ void __launch_bounds__(kPrefillThreads)
 prefill_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* __restrict__ q,
@@ -79,10 +111,10 @@ prefill_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* _
                              int window, const float* k_scale, const float* v_scale) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using Mma = MmaOp<T>;
-  constexpr int KP = HD + 8;  // padded row of Ks
-  constexpr int VP = BN + 8;  // padded row of Vt
-  __shared__ __align__(16) T Ks[BN * KP];
-  __shared__ __align__(16) T Vt[HD * VP];
+  constexpr int KP = HD + 8;  // padded smem row (K and V tiles are both [BN][KP], row-major)
+  // Two stages of (K tile, V tile): the next tile is fetched (cp.async) while this one is used.
+  extern __shared__ __align__(16) unsigned char prefill_smem[];
+  T* const smem = reinterpret_cast<T*>(prefill_smem);
 
   const int seq = blockIdx.y, kvh = blockIdx.z;
   const int G = num_heads / num_kv_heads;
@@ -130,27 +162,49 @@ prefill_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* _
   const int kv_end = qpos_max + 1;
   const int* bt = block_tables + (int64_t)seq * mbps;
 
-  for (int n0 = kv_begin; n0 < kv_end; n0 += BN) {
-    __syncthreads();
+  using S = typename CacheTraits<T, KIND>::storage;
+  auto load_tile = [&](int stage, int n0) {
+    T* Ks = smem + stage * 2 * BN * KP;
+    T* Vs = Ks + BN * KP;
     for (int idx = tid; idx < BN * (HD / 8); idx += kPrefillThreads) {
       const int key = idx / (HD / 8), c = (idx % (HD / 8)) * 8;
       const int kpos = n0 + key;
-      alignas(16) T kv8[8];
-      alignas(16) T vv8[8];
-      if (kpos < kv_end) {
+      const bool ok = kpos < kv_end;
+      int64_t off = 0;
+      if (ok) {
         const int64_t page = bt[kpos / block_size];
-        const int64_t off = ((page * block_size + kpos % block_size) * num_kv_heads + kvh) * HD + c;
-        load8<T, KIND>(kc + off, ks, kv8);
-        load8<T, KIND>(vc + off, vs, vv8);
-      } else {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) kv8[i] = vv8[i] = from_float<T>(0.f);
+        off = ((page * block_size + kpos % block_size) * num_kv_heads + kvh) * HD + c;
       }
-      *reinterpret_cast<uint4*>(&Ks[key * KP + c]) = *reinterpret_cast<const uint4*>(kv8);
+      if constexpr (std::is_same<S, T>::value) {
+        cp_async16(&Ks[key * KP + c], kc + off, ok);  // zero-fills past kv_end
+        cp_async16(&Vs[key * KP + c], vc + off, ok);
+      } else {
+        alignas(16) T kv8[8];
+        alignas(16) T vv8[8];
+        if (ok) {
+          load8<T, KIND>(kc + off, ks, kv8);
+          load8<T, KIND>(vc + off, vs, vv8);
+        } else {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) Vt[(c + i) * VP + key] = vv8[i];
+          for (int i = 0; i < 8; ++i) kv8[i] = vv8[i] = from_float<T>(0.f);
+        }
+        *reinterpret_cast<uint4*>(&Ks[key * KP + c]) = *reinterpret_cast<const uint4*>(kv8);
+        *reinterpret_cast<uint4*>(&Vs[key * KP + c]) = *reinterpret_cast<const uint4*>(vv8);
+      }
     }
+  };
+
+  if (kv_begin < kv_end) load_tile(0, kv_begin);
+  cp_async_commit();
+  int it = 0;
+  for (int n0 = kv_begin; n0 < kv_end; n0 += BN, ++it) {
+    const int stage = it & 1;
+    if (n0 + BN < kv_end) load_tile(stage ^ 1, n0 + BN);
+    cp_async_commit();
+    cp_async_wait1();
     __syncthreads();
+    const T* Ks = smem + stage * 2 * BN * KP;
+    const T* Vs = Ks + BN * KP;
 
     float s[BN / 8][4];
 #pragma unroll
@@ -217,12 +271,14 @@ prefill_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* _
       pa[2] = Mma::pack(s[2 * kc2 + 1][0], s[2 * kc2 + 1][1]);
       pa[3] = Mma::pack(s[2 * kc2 + 1][2], s[2 * kc2 + 1][3]);
 #pragma unroll
-      for (int dt = 0; dt < HD / 8; ++dt) {
-        const T* vr = &Vt[(dt * 8 + gid) * VP + kc2 * 16 + tq * 2];
-        Mma::run(o[dt], pa, *reinterpret_cast<const uint32_t*>(vr),
-                 *reinterpret_cast<const uint32_t*>(vr + 8));
+      for (int dt = 0; dt < HD / 8; dt += 2) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, &Vs[(kc2 * 16 + (lane & 15)) * KP + (dt + (lane >> 4)) * 8]);
+        Mma::run(o[dt], pa, vb[0], vb[1]);
+        Mma::run(o[dt + 1], pa, vb[2], vb[3]);
       }
     }
+    __syncthreads();  // this stage is refilled by the next iteration's prefetch
   }
 
   l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
@@ -241,6 +297,17 @@ prefill_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* _
 #endif
 }
 
+// Opt in to > 48 KB of dynamic shared memory (once per instantiation and process; the
+// attribute is per function, valid on every device of the same architecture).
+template <typename T, int KIND, int HD>
+bool set_smem() {
+  static const bool ok =
+      cudaFuncSetAttribute(prefill_attention_mma_kernel<T, KIND, HD>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           prefill_smem_bytes<HD>(sizeof(T))) == cudaSuccess;
+  return ok;
+}
+
 template <typename T, int KIND>
 cudaError_t launch_mma(int head_dim, void* out, int64_t out_stride, const void* q,
                        int64_t q_stride, const void* kc, const void* vc, const int* bt, int mbps,
@@ -254,12 +321,16 @@ cudaError_t launch_mma(int head_dim, void* out, int64_t out_stride, const void* 
   const dim3 grid((unsigned)tiles, num_seqs, num_kv_heads);
   switch (head_dim) {
     case 64:
-      prefill_attention_mma_kernel<T, KIND, 64><<<grid, kPrefillThreads, 0, stream>>>(
+      if (!set_smem<T, KIND, 64>()) return cudaErrorInvalidValue;
+      prefill_attention_mma_kernel<T, KIND, 64><<<grid, kPrefillThreads,
+                                                   prefill_smem_bytes<64>(sizeof(T)), stream>>>(
           (T*)out, out_stride, (const T*)q, q_stride, (const S*)kc, (const S*)vc, bt, mbps,
           seq_lens, qsl, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale);
       break;
     case 128:
-      prefill_attention_mma_kernel<T, KIND, 128><<<grid, kPrefillThreads, 0, stream>>>(
+      if (!set_smem<T, KIND, 128>()) return cudaErrorInvalidValue;
+      prefill_attention_mma_kernel<T, KIND, 128><<<grid, kPrefillThreads,
+                                                    prefill_smem_bytes<128>(sizeof(T)), stream>>>(
           (T*)out, out_stride, (const T*)q, q_stride, (const S*)kc, (const S*)vc, bt, mbps,
           seq_lens, qsl, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale);
       break;

@@ -67,6 +67,40 @@ __device__ int row_argmax(const T* x, int vocab, float* sv, int* si) {
   return r == 0x7fffffff ? 0 : r;
 }
 
+// Histogram update with warp aggregation: lanes hitting the same bin are combined before one
+// shared-memory atomic (the top bins are hot; plain atomics serialise badly). bin < 0 = none.
+// All lanes of the warp must call this together.
+__device__ __forceinline__ void hist_add_count(unsigned int* h, int bin) {
+#if defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__)
+  if (bin >= 0) atomicAdd(&h[bin], 1u);
+#else
+  const unsigned peers = __match_any_sync(0xffffffffu, bin);
+  const int lane = threadIdx.x & 31;
+  if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&h[bin], (unsigned)__popc(peers));
+#endif
+}
+__device__ __forceinline__ void hist_add_mass(float* h, int bin, float v) {
+#if defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__)
+  if (bin >= 0) atomicAdd(&h[bin], v);
+#else
+  const unsigned peers = __match_any_sync(0xffffffffu, bin);
+  const int lane = threadIdx.x & 31;
+  const bool leader = lane == __ffs(peers) - 1;
+  if (peers == 0xffffffffu) {  // common case: the whole warp in one bin
+    v = warp_sum(v);
+  } else {
+    float tot = 0.f;
+#pragma unroll
+    for (int j = 0; j < 32; ++j) {
+      const float o = __shfl_sync(0xffffffffu, v, j);
+      if ((peers >> j) & 1u) tot += o;
+    }
+    v = tot;
+  }
+  if (bin >= 0 && leader) atomicAdd(&h[bin], v);
+#endif
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kSampleThreads)
 argmax_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vocab) {
@@ -117,9 +151,14 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int i = tid; i < 256; i += blockDim.x) hcnt[i] = 0;
       __syncthreads();
-      for (int i = tid; i < vocab; i += blockDim.x) {
-        const unsigned int u = __float_as_uint(prob(i));
-        if ((u & mask) == prefix) atomicAdd(&hcnt[(u >> shift) & 255u], 1u);
+      for (int base = 0; base < vocab; base += blockDim.x) {  // uniform trip count per warp
+        const int i = base + tid;
+        int bin = -1;
+        if (i < vocab) {
+          const unsigned int u = __float_as_uint(prob(i));
+          if ((u & mask) == prefix) bin = (u >> shift) & 255u;
+        }
+        hist_add_count(hcnt, bin);
       }
       __syncthreads();
       if (tid == 0) {
@@ -157,10 +196,16 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
     for (int shift = 24; shift >= 0 && ok; shift -= 8) {
       for (int i = tid; i < 256; i += blockDim.x) hmass[i] = 0.f;
       __syncthreads();
-      for (int i = tid; i < vocab; i += blockDim.x) {
-        const float p = prob(i);
-        const unsigned int u = __float_as_uint(p);
-        if (p >= t_k && (u & mask) == prefix) atomicAdd(&hmass[(u >> shift) & 255u], p);
+      for (int base = 0; base < vocab; base += blockDim.x) {
+        const int i = base + tid;
+        int bin = -1;
+        float p = 0.f;
+        if (i < vocab) {
+          p = prob(i);
+          const unsigned int u = __float_as_uint(p);
+          if (p >= t_k && (u & mask) == prefix) bin = (u >> shift) & 255u;
+        }
+        hist_add_mass(hmass, bin, bin >= 0 ? p : 0.f);
       }
       __syncthreads();
       if (tid == 0) {
