@@ -387,3 +387,21 @@ def test_state_bookkeeping():
         check_params_against_vocab(SamplingParams(logit_bias={V: 1.0}), V)
     with pytest.raises(ValueError, match="stop_token_ids"):
         check_params_against_vocab(SamplingParams(stop_token_ids=[V + 3]), V)
+
+
+def test_topp_escalation_large_vocab():
+    """V=20000: p-only rows resolve within 256 candidates, within 4096, or by sort."""
+    Vb = 20000
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(6, Vb, generator=g)
+    scales = [8.0, 8.0, 2.5, 2.5, 0.5, 0.5]
+    logits = base * torch.tensor(scales)[:, None]
+    params = [SamplingParams(top_p=0.9), SamplingParams(top_p=0.5, top_k=100),
+              SamplingParams(top_p=0.8), SamplingParams(top_p=0.95),
+              SamplingParams(top_p=0.9), SamplingParams(top_k=3000)]
+    st, slots = make_state(params, vocab=Vb)
+    x = Sampler().process_logits(logits, slots, st)
+    for r, sp in enumerate(params):
+        keep, margin = ref_top_k_top_p(logits[r], sp.top_k, sp.top_p)
+        if margin > 1e-5:
+            assert torch.equal(torch.isfinite(x[r]), keep), r

@@ -12,7 +12,7 @@ when no active slot needs it:
   5. top-k, top-p          (per-row cut-off on the sorted candidates: `topk(K)` with
                             K = max top_k in the batch (at least 256 when a row has
                             top-p without top-k; such a row falls back to a full sort
-                            only if its top 256 hold < top_p of the mass). Random rows
+                            only if its top 256, then top 4096, hold < top_p of the mass). Random rows
                             are then sampled among the K candidates only; when logprobs
                             are wanted the -inf mask is also written into the logits.
                             Ties with the cut-off value are kept.)
@@ -242,7 +242,7 @@ class Sampler:
         return x, is_rand, cand
 
     @classmethod
-    def _top_k_top_p(cls, xs, k_s, p_s, V, force_sort=False):
+    def _top_k_top_p(cls, xs, k_s, p_s, V, force_sort=False, cand_k=None):
         """Top-k then top-p (vLLM v0 semantics: top-p mass is measured on the softmax
         of the top-k survivors) for the rows of xs. Returns (thr [n,1] smallest kept
         logit, cand ids [n,K], cand vals [n,K] sorted descending, kept count [n],
@@ -252,8 +252,9 @@ class Sampler:
         p_only = has_p & (k_s >= V)
         any_p_only = any_p and bool(p_only.any())
         K = int(k_s[k_s < V].max()) if bool((k_s < V).any()) else 0
+        cand_k = cls.TOP_P_CANDIDATES if cand_k is None else cand_k
         if any_p_only:
-            K = max(K, cls.TOP_P_CANDIDATES)
+            K = max(K, cand_k)
         if force_sort or K * 4 >= V:
             K = V
             vals, ids = xs.sort(dim=-1, descending=True)
@@ -274,11 +275,13 @@ class Sampler:
         thr = vals.gather(1, (count - 1).unsqueeze(1))
         resolved = K < V
         if any_p_only and K < V:
-            # p-only rows whose candidates hold less than p of the mass: full sort.
+            # p-only rows whose candidates hold less than p of the mass: retry with
+            # 16x more candidates, then a full sort.
             bad = (p_only & (cum[:, -1] < p_s)).nonzero().squeeze(1)
             if bad.numel():
                 resolved = False
-                thr[bad] = cls._top_k_top_p(xs[bad], k_s[bad], p_s[bad], V, force_sort=True)[0]
+                thr[bad] = cls._top_k_top_p(xs[bad], k_s[bad], p_s[bad], V,
+                                            cand_k=cand_k * 16)[0]
         return thr, ids, vals, count, resolved
 
     @staticmethod
