@@ -88,6 +88,13 @@ __device__ __forceinline__ void cp_async_wait1() {
   asm volatile("cp.async.wait_group 1;\n" ::);
 #endif
 }
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+#endif
+}
 // Four transposed 8x8 b16 matrices from shared memory (B fragments of two n8 tiles).
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -121,7 +128,8 @@ prefill_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* _
   const int q0 = qsl[seq];
   const int qlen = qsl[seq + 1] - q0;
   const int nrows = qlen * G;
-  const int tile_r0 = blockIdx.x * BM;
+  // Heaviest (latest, longest causal range) tiles first for a better tail.
+  const int tile_r0 = (gridDim.x - 1 - blockIdx.x) * BM;
   if (tile_r0 >= nrows) return;
   const int seq_len = seq_lens[seq];
   const int ctx = seq_len - qlen;  // cached prefix length
@@ -133,6 +141,7 @@ prefill_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* _
   const int ra = tile_r0 + warp * 16 + gid, rb = ra + 8;
   const bool va = ra < nrows, vb = rb < nrows;
   const int qpa = ctx + ra / G, qpb = ctx + rb / G;
+  const int warp_qpos_min = ctx + (tile_r0 + warp * 16) / G;  // smallest query position of the warp
 
   // Q fragments (A operand, row-major 16 x HD per warp), straight from global memory.
   uint32_t qa[HD / 16][4];
@@ -211,14 +220,17 @@ prefill_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* _
     for (int nt = 0; nt < BN / 8; ++nt) {
       s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < HD / 16; ++kk) {
-        const T* kr = &Ks[(nt * 8 + gid) * KP + kk * 16 + tq * 2];
-        Mma::run(s[nt], qa[kk], *reinterpret_cast<const uint32_t*>(kr),
-                 *reinterpret_cast<const uint32_t*>(kr + 8));
+      for (int kk = 0; kk < HD / 16; kk += 2) {  // B fragments of two k-steps per ldmatrix.x4
+        uint32_t kb[4];
+        ldmatrix_x4(kb, &Ks[(nt * 8 + (lane & 7)) * KP + kk * 16 + (lane >> 3) * 8]);
+        Mma::run(s[nt], qa[kk], kb[0], kb[1]);
+        Mma::run(s[nt], qa[kk + 1], kb[2], kb[3]);
       }
     }
     // Scale, mask, row max.
     float mx_a = -INFINITY, mx_b = -INFINITY;
+    // Tiles entirely below the diagonal of every row of this warp (and no window) need no mask.
+    const bool full = window <= 0 && va && vb && n0 + BN - 1 <= warp_qpos_min;
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
@@ -226,8 +238,7 @@ prefill_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* _
         const int key = n0 + nt * 8 + tq * 2 + (e & 1);
         const bool top = e < 2;
         const int qp = top ? qpa : qpb;
-        bool ok = (top ? va : vb) && key <= qp;
-        if (window > 0) ok = ok && (qp - key < window);
+        bool ok = full || ((top ? va : vb) && key <= qp && (window <= 0 || qp - key < window));
         const float x = ok ? s[nt][e] * sl2 : -INFINITY;
         s[nt][e] = x;
         if (top) mx_a = fmaxf(mx_a, x); else mx_b = fmaxf(mx_b, x);

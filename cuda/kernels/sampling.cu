@@ -71,13 +71,8 @@ __device__ int row_argmax(const T* x, int vocab, float* sv, int* si) {
 // shared-memory atomic (the top bins are hot; plain atomics serialise badly). bin < 0 = none.
 // All lanes of the warp must call this together.
 __device__ __forceinline__ void hist_add_count(unsigned int* h, int bin) {
-#if defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__)
+  // Integer shared-memory atomics are cheap enough here (measured: match_any was slower).
   if (bin >= 0) atomicAdd(&h[bin], 1u);
-#else
-  const unsigned peers = __match_any_sync(0xffffffffu, bin);
-  const int lane = threadIdx.x & 31;
-  if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&h[bin], (unsigned)__popc(peers));
-#endif
 }
 __device__ __forceinline__ void hist_add_mass(float* h, int bin, float v) {
 #if defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__)
