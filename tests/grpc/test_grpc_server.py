@@ -290,6 +290,18 @@ def test_tls(make_server, stubs, tmp_path):
         code, _ = _code(pb2_grpc.GenerationStub(ch).ListModels, pb2.ListModelsRequest(), timeout=5)
         assert code == grpc.StatusCode.UNAVAILABLE
 
+    # --ssl-cert-reqs 2 (ssl.CERT_REQUIRED): clients need a certificate the CA signed.
+    m = make_server(ssl_keyfile=str(key), ssl_certfile=str(cert), ssl_ca_certs=str(cert),
+                    ssl_cert_reqs=2)
+    mutual = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes(),
+                                          private_key=key.read_bytes(),
+                                          certificate_chain=cert.read_bytes())
+    with grpc.secure_channel(m.target, mutual) as ch:
+        assert pb2_grpc.GenerationStub(ch).ListModels(pb2.ListModelsRequest(), timeout=30).models
+    with grpc.secure_channel(m.target, creds) as ch:
+        code, _ = _code(pb2_grpc.GenerationStub(ch).ListModels, pb2.ListModelsRequest(), timeout=5)
+        assert code == grpc.StatusCode.UNAVAILABLE
+
 
 # ------------------------------------------------------------------ cancellation
 
