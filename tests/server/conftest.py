@@ -92,11 +92,26 @@ class ServerProcess:
         self._log.close()
 
 
+def _load_llm():
+    from llmcore import LLM
+
+    return LLM(max_model_len=MAX_MODEL_LEN, cpu_kv_cache_space=0.25, swap_space=0)
+
+
 @pytest.fixture(scope="session")
-def _server_proc() -> Iterator[ServerProcess]:
+def _server_proc(request) -> Iterator[ServerProcess]:
     srv = ServerProcess(SESSION_FLAGS)
+    # Load the offline LLM (if any selected test needs it) while the server starts.
+    pool = None
+    if any("llm" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1)
+        srv.llm_future = pool.submit(_load_llm)
     yield srv
     srv.stop()
+    if pool is not None:
+        pool.shutdown(wait=False)
 
 
 @pytest.fixture(scope="session")
@@ -114,9 +129,8 @@ def auth() -> dict:
 @pytest.fixture(scope="session")
 def llm(_server_proc):
     """The offline LLM on the same model (loaded while the server process starts)."""
-    from llmcore import LLM
-
-    return LLM(max_model_len=MAX_MODEL_LEN, cpu_kv_cache_space=0.25, swap_space=0)
+    fut = getattr(_server_proc, "llm_future", None)
+    return fut.result() if fut is not None else _load_llm()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ the server is still healthy afterwards. Bounded by example count and time (~2 mi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from server_helpers import API_KEY
 
-FUZZ_SECONDS = int(os.environ.get("LLMCORE_FUZZ_SECONDS", "100"))
+FUZZ_SECONDS = int(os.environ.get("LLMCORE_FUZZ_SECONDS", "60"))
 
 
 @pytest.mark.slow
@@ -24,13 +25,19 @@ def test_schemathesis_no_server_errors(server, tmp_path):
             "--checks", "not_a_server_error", "--max-examples", "25",
             "--max-time", str(FUZZ_SECONDS), "--request-timeout", "60", "--workers", "2",
             "--seed", "1234", "--no-shrink", "--suppress-health-check", "all",
+            "--phases", "examples,coverage,fuzzing",
             "-H", f"Authorization: Bearer {API_KEY}"]
     env = dict(os.environ, SCHEMATHESIS_HOOKS="", HYPOTHESIS_STORAGE_DIRECTORY=str(tmp_path))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=FUZZ_SECONDS + 120,
                        cwd=tmp_path, env=env)
     out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-6000:] + "\n--- server log ---\n" + server.log()
-    assert "not_a_server_error" in out or "passed" in out.lower()
+    counts = re.search(r"(\d+) generated, (\d+) passed", out)
+    assert counts and int(counts.group(1)) > 50, out[-6000:]
+    # Every generated request passed `not_a_server_error`. A non-zero exit is accepted only
+    # for schemathesis' own generator crashes ("Runtime Error", hypothesis internals).
+    ok = counts.group(1) == counts.group(2) and "Failures" not in out and "failed" not in out
+    assert ok and (r.returncode == 0 or "Runtime Error" in out), \
+        out[-6000:] + "\n--- server log ---\n" + server.log()
     assert httpx.get(server.url + "/health").status_code == 200
     r = httpx.post(server.url + "/v1/completions", timeout=60,
                    headers={"Authorization": f"Bearer {API_KEY}"},

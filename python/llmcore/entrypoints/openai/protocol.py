@@ -119,6 +119,8 @@ class TokenizeRequest(OpenAIBaseModel):
     add_special_tokens: Optional[bool] = True
     add_generation_prompt: Optional[bool] = True
     continue_final_message: Optional[bool] = False
+    chat_template: Optional[str] = None
+    chat_template_kwargs: Optional[dict[str, Any]] = None
 
 
 class DetokenizeRequest(OpenAIBaseModel):

@@ -42,11 +42,14 @@ class OpenAIServingChat(OpenAIServingBase):
         return out
 
     def _template(self, request: ChatCompletionRequest) -> str:
-        if request.chat_template is not None:
+        requested = getattr(request, "chat_template", None)
+        if requested is not None:
             if not self.config.trust_request_chat_template:
                 raise APIError("chat_template in a request is refused: the server was not started "
                                "with --trust-request-chat-template", 400, param="chat_template")
-            return request.chat_template
+            if not isinstance(requested, str):
+                raise APIError("chat_template must be a string", 400, param="chat_template")
+            return requested
         template = self.config.chat_template or getattr(self.engine, "chat_template", None)
         if not template:
             raise APIError("the model has no chat template; start the server with "
@@ -59,8 +62,10 @@ class OpenAIServingChat(OpenAIServingBase):
                   if k not in _RESERVED_TEMPLATE_KWARGS and isinstance(k, str)}
         try:
             return render_chat(template, messages,
-                               add_generation_prompt=bool(request.add_generation_prompt),
-                               continue_final_message=bool(request.continue_final_message),
+                               add_generation_prompt=bool(getattr(request, "add_generation_prompt",
+                                                                  True)),
+                               continue_final_message=bool(getattr(request, "continue_final_message",
+                                                                   False)),
                                bos_token=getattr(tok, "bos_token", None) or "",
                                eos_token=getattr(tok, "eos_token", None) or "", **kwargs)
         except ChatTemplateError as e:
