@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Optional
 
 from llmcore.engine.protocol import EngineStats, ServedModelInfo
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
