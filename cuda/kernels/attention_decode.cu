@@ -13,6 +13,29 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kMaxWarps = kThreads / 32;
 
+// Transpose-reduce of C per-lane values across the warp: after the call, x[0] on lane l holds
+// the full sum of value (l >> (log2(WARP_SIZE) - log2(C))). Compile-time recursion keeps x in
+// registers.
+template <int C, int O> struct ReduceScatter {
+  static __device__ __forceinline__ void run(float* x, int lane) {
+    if constexpr (C > 1) {
+      const bool upper = (lane & O) != 0;
+#pragma unroll
+      for (int i = 0; i < C / 2; ++i) {
+        const float lo = x[i], hi = x[i + C / 2];
+        const float send = upper ? lo : hi;
+        x[i] = (upper ? hi : lo) + shfl_xor(send, O);
+      }
+    } else {
+      x[0] += shfl_xor(x[0], O);
+    }
+    ReduceScatter<(C > 1 ? C / 2 : 1), O / 2>::run(x, lane);
+  }
+};
+template <int C> struct ReduceScatter<C, 0> {
+  static __device__ __forceinline__ void run(float*, int) {}
+};
+
 template <typename T, int KIND, int HD, int GC>
 __global__ void __launch_bounds__(kThreads)
 paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restrict__ q,
@@ -62,11 +85,9 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
   const float ks = (KIND == kFp8E4M3 || KIND == kFp8E5M2) ? *k_scale : 1.f;
   const float vs = (KIND == kFp8E4M3 || KIND == kFp8E5M2) ? *v_scale : 1.f;
 
-  float qr[GC][V], acc[GC][V], m[GC], l[GC];
+  float qr[GC][V], acc[GC][V];
 #pragma unroll
   for (int g = 0; g < GC; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.f;
 #pragma unroll
     for (int v = 0; v < V; ++v) {
       acc[g][v] = 0.f;
@@ -79,9 +100,23 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
     }
   }
 
-  // Each warp takes U consecutive tokens at a time: all their K/V loads are issued before the
-  // (shuffle-bound) score / online-softmax updates, to keep several loads in flight.
-  constexpr int U = 4;
+  // Each warp takes U consecutive tokens at a time (all their K/V loads in flight together).
+  // The U*GC partial dot products are reduced with a transpose-reduce (reduce-scatter) butterfly,
+  // after which lane `lane >> SHIFT` owns one (token, head) score: NV-1 shuffles instead of
+  // 5*NV. Softmax state (m, l) lives on the lanes owning head g; p and the rescale factors are
+  // shared through shared memory.
+  constexpr int U = GC == 1 ? 8 : 4;
+  constexpr int NV = U * GC;  // power of two, <= WARP_SIZE
+  static_assert(NV <= WARP_SIZE && (NV & (NV - 1)) == 0, "bad U*GC");
+  constexpr int LOG_NV = NV == 1 ? 0 : NV == 2 ? 1 : NV == 4 ? 2 : NV == 8 ? 3 : NV == 16 ? 4 : NV == 32 ? 5 : 6;
+  constexpr int LOG_WS = WARP_SIZE == 64 ? 6 : 5;
+  constexpr int SHIFT = LOG_WS - LOG_NV;
+  __shared__ float s_p[kMaxWarps][NV];
+  __shared__ float s_corr[kMaxWarps][GC];
+  const int my_idx = lane >> SHIFT;
+  const int my_u = my_idx / GC, my_g = my_idx % GC;
+  float m_mine = -INFINITY, l_mine = 0.f;
+
   const int* bt = block_tables + (int64_t)seq * mbps;
   for (int t0 = start + warp * U; t0 < end; t0 += nwarps * U) {
     VecArr<S, V> kr[U], vr[U];
@@ -93,43 +128,66 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
       kr[u] = load_vec<S, V>(kc + off);
       vr[u] = load_vec<S, V>(vc + off);
     }
+    float x[NV];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      if (t0 + u < end) {
-        float kf[V], vf[V];
 #pragma unroll
-        for (int v = 0; v < V; ++v) {
-          kf[v] = Tr::load(&kr[u].v[v], ks);
-          vf[v] = Tr::load(&vr[u].v[v], vs);
-        }
+      for (int g = 0; g < GC; ++g) {
+        float d = 0.f;
 #pragma unroll
-        for (int g = 0; g < GC; ++g) {
-          if (g < gcount) {
-            float d = 0.f;
-#pragma unroll
-            for (int v = 0; v < V; ++v) d += qr[g][v] * kf[v];
-            d = warp_sum(d);
-            const float mn = fmaxf(m[g], d);
-            const float corr = __expf(m[g] - mn);
-            const float p = __expf(d - mn);
-            l[g] = l[g] * corr + p;
-#pragma unroll
-            for (int v = 0; v < V; ++v) acc[g][v] = acc[g][v] * corr + p * vf[v];
-            m[g] = mn;
-          }
-        }
+        for (int v = 0; v < V; ++v) d += qr[g][v] * Tr::load(&kr[u].v[v], ks);
+        x[u * GC + g] = d;
       }
     }
+    // Reduce-scatter over the warp.
+    ReduceScatter<NV, WARP_SIZE / 2>::run(x, lane);
+    const bool valid = (t0 + my_u < end) && (my_g < gcount);
+    const float sc = valid ? x[0] : -INFINITY;
+    // max / sum over the U tokens of this head: lanes differing in the token bits of my_idx.
+    float mx = sc;
+#pragma unroll
+    for (int bbit = 0; bbit < LOG_NV; ++bbit) {
+      if ((1 << bbit) >= GC) mx = fmaxf(mx, shfl_xor(mx, 1 << (bbit + SHIFT)));
+    }
+    const float mn = fmaxf(m_mine, mx);
+    const float base = mn == -INFINITY ? 0.f : mn;
+    const float p = __expf(sc - base);
+    const float corr = __expf(m_mine - base);
+    float ps = p;
+#pragma unroll
+    for (int bbit = 0; bbit < LOG_NV; ++bbit) {
+      if ((1 << bbit) >= GC) ps += shfl_xor(ps, 1 << (bbit + SHIFT));
+    }
+    l_mine = l_mine * corr + ps;
+    m_mine = mn;
+    if ((lane & ((1 << SHIFT) - 1)) == 0) {
+      s_p[warp][my_idx] = p;
+      if (my_u == 0) s_corr[warp][my_g] = corr;
+    }
+    warp_sync();
+#pragma unroll
+    for (int g = 0; g < GC; ++g) {
+      const float c = s_corr[warp][g];
+#pragma unroll
+      for (int v = 0; v < V; ++v) acc[g][v] *= c;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const float pu = s_p[warp][u * GC + g];
+#pragma unroll
+        for (int v = 0; v < V; ++v) acc[g][v] += pu * Tr::load(&vr[u].v[v], vs);
+      }
+    }
+    warp_sync();
   }
 
 #pragma unroll
   for (int g = 0; g < GC; ++g) {
-    if (lane == 0) {
-      s_m[warp][g] = m[g];
-      s_l[warp][g] = l[g];
-    }
 #pragma unroll
     for (int v = 0; v < V; ++v) s_acc[warp][g][lane * V + v] = acc[g][v];
+  }
+  if ((lane & ((1 << SHIFT) - 1)) == 0 && my_u == 0) {
+    s_m[warp][my_g] = m_mine;
+    s_l[warp][my_g] = l_mine;
   }
   __syncthreads();
 

@@ -167,6 +167,17 @@ __device__ __forceinline__ float shfl_up(float v, int d) {
 #endif
 }
 
+// Orders shared-memory accesses among the lanes of one warp.
+__device__ __forceinline__ void warp_sync() {
+#if defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__)
+  __builtin_amdgcn_fence(__ATOMIC_RELEASE, "wavefront");
+  __builtin_amdgcn_wave_barrier();
+  __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "wavefront");
+#else
+  __syncwarp();
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int m = WARP_SIZE / 2; m > 0; m >>= 1) v += shfl_xor(v, m);
