@@ -74,7 +74,7 @@ class Sampler:
     def __call__(self, logits, slots, state):
         return self.sample(logits, slots, state)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def sample(self, logits: torch.Tensor, slots: IndexLike,
                state: SamplingBatchState) -> SamplerOutput:
         """logits: float32 [N, V] (not modified); slots: [N] slot of each row (one
@@ -116,7 +116,7 @@ class Sampler:
         return SamplerOutput(token_ids=token_ids, logprobs=token_logprobs,
                              topk_ids=topk_ids, topk_logprobs=topk_logprobs, ranks=ranks)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def process_logits(self, logits: torch.Tensor, slots: IndexLike,
                        state: SamplingBatchState) -> torch.Tensor:
         """Stages 1-6 only: the logits the sampler draws from (greedy rows are not
@@ -339,7 +339,7 @@ class Sampler:
 
 
 # ---------------------------------------------------------------------- helpers
-@torch.inference_mode()
+@torch.no_grad()
 def compute_prompt_logprobs(logits: torch.Tensor, next_token_ids: IndexLike, k: int
                             ) -> Tuple[torch.Tensor, Optional[torch.Tensor],
                                        Optional[torch.Tensor], torch.Tensor]:
@@ -358,7 +358,7 @@ def compute_prompt_logprobs(logits: torch.Tensor, next_token_ids: IndexLike, k: 
     return lp, None, None, ranks
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def beam_candidates(logprobs: torch.Tensor, k: int,
                     cumulative_logprobs: Optional[torch.Tensor] = None
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
