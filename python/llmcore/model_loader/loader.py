@@ -7,6 +7,7 @@ import time
 import torch
 from torch import nn
 
+from llmcore.model_loader.cpu_tuning import tune_cpu_allocator
 from llmcore.model_loader.model_config import ModelConfig
 from llmcore.model_loader.weight_utils import (initialize_dummy_weights, iterate_gguf_weights,
                                                iterate_hf_weights)
@@ -25,6 +26,8 @@ def get_model(model_config: ModelConfig, device="cpu") -> nn.Module:
     from llmcore.models.registry import get_model_cls
 
     device = torch.device(device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     cls = get_model_cls([model_config.architecture])
     t0 = time.perf_counter()
     with torch.inference_mode(False), torch.no_grad():

@@ -106,6 +106,17 @@ class CpuAttentionBackend(AttentionBackend):
             key_cache.view(-1, KV, D).index_copy_(0, slots, k)
             value_cache.view(-1, KV, D).index_copy_(0, slots, v)
         plan = self._plan(md, sliding_window, q.device)
+        runs = plan["prefill_runs"]
+        if len(runs) == 1 and md.num_decode_tokens == 0 and runs[0][0] == "fresh":
+            # the whole step is one batch of equal-length fresh prompts: no output copy
+            _, n, s, e, L, mask = runs[0]
+            qb = q.view(n, L, H, D).transpose(1, 2)
+            kb = k.view(n, L, KV, D).transpose(1, 2)
+            vb = v.view(n, L, KV, D).transpose(1, 2)
+            o = _sdpa(qb, kb, vb, scale=scale, mask=mask, causal=mask is None)
+            return o.transpose(1, 2).reshape(T, H * D)
+        if md.num_prefills == 0 and md.num_decode_tokens == T:
+            return self._decode(q, key_cache, value_cache, md, plan, scale).reshape(T, H * D)
         out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
 
         for kind, a, s, e, info, mask in plan["prefill_runs"]:
@@ -136,13 +147,17 @@ class CpuAttentionBackend(AttentionBackend):
 
         if md.num_decode_tokens > 0:
             s = md.num_prefill_tokens
-            nd = md.num_decode_tokens
-            if not has_cache:
-                raise ValueError("decode steps need a KV cache")
-            bt, L, valid = plan["decode"]
-            kd = key_cache[bt].view(nd, L, KV, D).transpose(1, 2)
-            vd = value_cache[bt].view(nd, L, KV, D).transpose(1, 2)
-            qd = q[s:s + nd].unsqueeze(2)  # [nd, H, 1, D]
-            o = _sdpa(qd, kd, vd, scale=scale, mask=valid)
-            out[s:s + nd] = o.squeeze(2)
+            out[s:] = self._decode(q[s:], key_cache, value_cache, md, plan, scale)
         return out.view(T, H * D)
+
+    def _decode(self, qd, key_cache, value_cache, md, plan, scale):
+        """qd [nd, H, D] (one token per decode sequence) -> [nd, H, D]."""
+        if key_cache.numel() == 0:
+            raise ValueError("decode steps need a KV cache")
+        nd = qd.shape[0]
+        KV, D = self.num_kv_heads, self.head_size
+        bt, L, valid = plan["decode"]
+        kd = key_cache[bt].view(nd, L, KV, D).transpose(1, 2)
+        vd = value_cache[bt].view(nd, L, KV, D).transpose(1, 2)
+        o = _sdpa(qd.unsqueeze(2), kd, vd, scale=scale, mask=valid)  # [nd, H, 1, D]
+        return o.squeeze(2)
