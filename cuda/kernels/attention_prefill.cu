@@ -114,7 +114,7 @@ prefill_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* _
                              const typename CacheTraits<T, KIND>::storage* __restrict__ vc,
                              const int* __restrict__ block_tables, int mbps,
                              const int* __restrict__ seq_lens, const int* __restrict__ qsl,
-                             int num_heads, int num_kv_heads, int block_size, float scale,
+                             int num_heads, int num_kv_heads, int bs_shift, float scale,
                              int window, const float* k_scale, const float* v_scale) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using Mma = MmaOp<T>;
@@ -175,14 +175,18 @@ prefill_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* _
   auto load_tile = [&](int stage, int n0) {
     T* Ks = smem + stage * 2 * BN * KP;
     T* Vs = Ks + BN * KP;
-    for (int idx = tid; idx < BN * (HD / 8); idx += kPrefillThreads) {
-      const int key = idx / (HD / 8), c = (idx % (HD / 8)) * 8;
+    constexpr int CPR = HD / 8;                  // 16-byte chunks per row
+    constexpr int RPI = kPrefillThreads / CPR;   // rows per pass of the block
+    const int c = (tid % CPR) * 8;
+#pragma unroll
+    for (int j = 0; j < BN / RPI; ++j) {
+      const int key = tid / CPR + j * RPI;
       const int kpos = n0 + key;
       const bool ok = kpos < kv_end;
       int64_t off = 0;
-      if (ok) {
-        const int64_t page = bt[kpos / block_size];
-        off = ((page * block_size + kpos % block_size) * num_kv_heads + kvh) * HD + c;
+      if (ok) {  // block sizes are powers of two here: shift / mask instead of div / mod
+        const int64_t page = bt[kpos >> bs_shift];
+        off = ((((page << bs_shift) | (kpos & ((1 << bs_shift) - 1)))) * num_kv_heads + kvh) * HD + c;
       }
       if constexpr (std::is_same<S, T>::value) {
         cp_async16(&Ks[key * KP + c], kc + off, ok);  // zero-fills past kv_end
@@ -327,6 +331,8 @@ cudaError_t launch_mma(int head_dim, void* out, int64_t out_stride, const void* 
                        const float* k_scale, const float* v_scale, cudaStream_t stream) {
   using S = typename CacheTraits<T, KIND>::storage;
   const int G = num_heads / num_kv_heads;
+  int bs_shift = 0;
+  while ((1 << bs_shift) < block_size) ++bs_shift;
   const int64_t tiles = ((int64_t)max_query_len * G + BM - 1) / BM;
   if (num_seqs > 65535 || num_kv_heads > 65535) return cudaErrorInvalidValue;
   const dim3 grid((unsigned)tiles, num_seqs, num_kv_heads);
@@ -336,14 +342,14 @@ cudaError_t launch_mma(int head_dim, void* out, int64_t out_stride, const void* 
       prefill_attention_mma_kernel<T, KIND, 64><<<grid, kPrefillThreads,
                                                    prefill_smem_bytes<64>(sizeof(T)), stream>>>(
           (T*)out, out_stride, (const T*)q, q_stride, (const S*)kc, (const S*)vc, bt, mbps,
-          seq_lens, qsl, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale);
+          seq_lens, qsl, num_heads, num_kv_heads, bs_shift, scale, window, k_scale, v_scale);
       break;
     case 128:
       if (!set_smem<T, KIND, 128>()) return cudaErrorInvalidValue;
       prefill_attention_mma_kernel<T, KIND, 128><<<grid, kPrefillThreads,
                                                     prefill_smem_bytes<128>(sizeof(T)), stream>>>(
           (T*)out, out_stride, (const T*)q, q_stride, (const S*)kc, (const S*)vc, bt, mbps,
-          seq_lens, qsl, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale);
+          seq_lens, qsl, num_heads, num_kv_heads, bs_shift, scale, window, k_scale, v_scale);
       break;
     default:
       return cudaErrorInvalidValue;
@@ -385,7 +391,9 @@ cudaError_t prefill_attention(void* out, int64_t out_stride, const void* q, int6
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || block_size <= 0)
     return cudaErrorInvalidValue;
 #if !(defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__))
-  if (use_tensor_cores && (dtype == kFloat16 || dtype == kBFloat16) && max_query_len > 0) {
+  const bool pow2_blocks = (block_size & (block_size - 1)) == 0;
+  if (use_tensor_cores && pow2_blocks && (dtype == kFloat16 || dtype == kBFloat16) &&
+      max_query_len > 0) {
     int dev = 0, major = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);

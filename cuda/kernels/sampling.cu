@@ -78,21 +78,14 @@ __device__ __forceinline__ void hist_add_mass(float* h, int bin, float v) {
 #if defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__)
   if (bin >= 0) atomicAdd(&h[bin], v);
 #else
-  const unsigned peers = __match_any_sync(0xffffffffu, bin);
-  const int lane = threadIdx.x & 31;
-  const bool leader = lane == __ffs(peers) - 1;
-  if (peers == 0xffffffffu) {  // common case: the whole warp in one bin
+  if (!__any_sync(0xffffffffu, bin >= 0)) return;  // nothing to add in this warp
+  const int b0 = __shfl_sync(0xffffffffu, bin, 0);
+  if (__all_sync(0xffffffffu, bin == b0)) {  // whole warp in one (hot) bin: one atomic
     v = warp_sum(v);
-  } else {
-    float tot = 0.f;
-#pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const float o = __shfl_sync(0xffffffffu, v, j);
-      if ((peers >> j) & 1u) tot += o;
-    }
-    v = tot;
+    if ((threadIdx.x & 31) == 0 && b0 >= 0) atomicAdd(&h[b0], v);
+  } else if (bin >= 0) {
+    atomicAdd(&h[bin], v);
   }
-  if (bin >= 0 && leader) atomicAdd(&h[bin], v);
 #endif
 }
 
@@ -141,6 +134,19 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
   float t_k = 0.f;
   const int k = top_k ? top_k[b] : 0;
   if (k > 0 && k < vocab) {
+    // Pre-filter: the k-th largest is >= the largest guess that at least k elements reach, so
+    // the histogram passes can ignore everything below it (fewer atomics on hot bins).
+    float c2 = 0.f, c4 = 0.f, c6 = 0.f;
+    for (int i = tid; i < vocab; i += blockDim.x) {
+      const float p = prob(i);
+      c2 += p >= 1e-2f;
+      c4 += p >= 1e-4f;
+      c6 += p >= 1e-6f;
+    }
+    c2 = block_sum(c2, red);
+    c4 = block_sum(c4, red);
+    c6 = block_sum(c6, red);
+    const float lo = c2 >= k ? 1e-2f : c4 >= k ? 1e-4f : c6 >= k ? 1e-6f : 0.f;
     unsigned int prefix = 0, mask = 0;
     int remaining = k;
     for (int shift = 24; shift >= 0; shift -= 8) {
@@ -150,8 +156,9 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
         const int i = base + tid;
         int bin = -1;
         if (i < vocab) {
-          const unsigned int u = __float_as_uint(prob(i));
-          if ((u & mask) == prefix) bin = (u >> shift) & 255u;
+          const float p = prob(i);
+          const unsigned int u = __float_as_uint(p);
+          if (p >= lo && (u & mask) == prefix) bin = (u >> shift) & 255u;
         }
         hist_add_count(hcnt, bin);
       }
@@ -185,6 +192,9 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
     }
     z = block_sum(z, red);
     const float target = pp * z;
+    // Elements below v0 = (1 - top_p) * z / vocab hold less than (1 - top_p) * z in total, so the
+    // threshold is >= v0: skip them in the histogram passes.
+    const float lo = fmaxf(t_k, (1.f - pp) * z / (float)vocab * 0.999f);
     unsigned int prefix = 0, mask = 0;
     float above = 0.f;
     bool ok = true;
@@ -198,7 +208,7 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
         if (i < vocab) {
           p = prob(i);
           const unsigned int u = __float_as_uint(p);
-          if (p >= t_k && (u & mask) == prefix) bin = (u >> shift) & 255u;
+          if (p >= lo && (u & mask) == prefix) bin = (u >> shift) & 255u;
         }
         hist_add_mass(hmass, bin, bin >= 0 ? p : 0.f);
       }
