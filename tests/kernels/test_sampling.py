@@ -90,3 +90,29 @@ def test_sample_top_k_one_is_greedy(ops):
     logits = torch.randn(32, 5000, device="cuda")
     assert torch.equal(ops.sample(logits, 1.3, top_k=1), ops.argmax(logits))
     assert torch.equal(ops.sample(logits, 0.0), ops.argmax(logits))
+
+
+@pytest.mark.parametrize("case", ["flat", "two_level", "big_k", "peaked"])
+def test_sample_edge_distributions(ops, case):
+    from llmcore.ops import reference as ref
+
+    B, V = 8, 32000
+    if case == "flat":
+        logits = torch.zeros(B, V, device="cuda")
+    elif case == "two_level":
+        logits = torch.zeros(B, V, device="cuda")
+        logits[:, ::7] = 2.0
+    elif case == "peaked":
+        logits = torch.randn(B, V, device="cuda")
+        logits[:, 123] = 40.0
+    else:
+        logits = torch.randn(B, V, device="cuda") * 0.1
+    kw = dict(temperature=torch.full((B,), 0.9, device="cuda"),
+              top_k=torch.tensor([0, 1, 5, 1000, 31999, 32000, 70000, 300], dtype=torch.int32, device="cuda"),
+              top_p=torch.tensor([0.3, 1.0, 0.95, 0.5, 0.999, 0.2, 1.0, 0.9], device="cuda"),
+              min_p=torch.tensor([0.0, 0.0, 0.1, 0.0, 0.0, 0.5, 0.0, 0.0], device="cuda"))
+    kept = ref.sampling_kept_probs(logits, **kw) > 0
+    for _ in range(4):
+        u = torch.rand(B, device="cuda")
+        got = ops.sample(logits, **kw, uniform=u)
+        assert kept.gather(1, got.view(-1, 1)).all(), f"filtered token sampled ({case})"
