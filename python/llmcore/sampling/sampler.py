@@ -51,6 +51,12 @@ _NEG_INF = float("-inf")
 _TINY = 1e-30
 
 
+def _log_exp_noise_(u: torch.Tensor) -> torch.Tensor:
+    """In place: U(0,1) -> log(E), E = -log(U) ~ Exp(1). U < 1 so E > 0; U == 0 gives
+    log(E) = +inf, i.e. score -inf (never chosen), never NaN for finite/-inf logits."""
+    return u.log_().neg_().log_()
+
+
 @dataclass
 class SamplerOutput:
     token_ids: torch.Tensor                  # int64 [N]
@@ -189,7 +195,12 @@ class Sampler:
 
         # ---- 4: temperature (greedy rows hold 1.0)
         if state._temp_slots:
-            writable().div_(state.temperature[slots].unsqueeze(1))
+            t = state.temperature[slots].unsqueeze(1)
+            if copied:
+                x.div_(t)
+            else:  # one pass instead of clone + div_
+                x = x / t
+                copied = True
 
         # ---- 5: top-k / top-p
         cand = None
@@ -326,14 +337,14 @@ class Sampler:
             in_cand[c_rows] = True
             full_rows = rand_rows[~in_cand[rand_rows]]
             q = cls._uniform(c_rows, c_ids.shape[1], slots, seeded_b, state, V, c_ids)
-            scores = q.log_().neg_().clamp_min_(_TINY).log_().neg_().add_(c_vals)
+            scores = torch.sub(c_vals, _log_exp_noise_(q), out=q)
             token_ids[c_rows] = c_ids.gather(1, scores.argmax(dim=-1, keepdim=True)).squeeze(1)
         else:
             full_rows = rand_rows
         if full_rows.numel():
             q = cls._uniform(full_rows, V, slots, seeded_b, state, V)
-            scores = q.log_().neg_().clamp_min_(_TINY).log_().neg_()
-            scores += x if full_rows.numel() == N else x[full_rows]
+            xr = x if full_rows.numel() == N else x[full_rows]
+            scores = torch.sub(xr, _log_exp_noise_(q), out=q)
             token_ids[full_rows] = scores.argmax(dim=-1)
         return token_ids
 
