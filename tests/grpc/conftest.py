@@ -25,8 +25,8 @@ except ImportError:  # a source checkout that was not installed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpc  # noqa: E402
 
-from grpc_testlib import (ENGINE_KW, FAKE, OfflineReference, ServerThread,  # noqa: E402
-                          StandaloneServer)
+from grpc_testlib import (ENGINE_KW, FAKE, CliServer, OfflineReference,  # noqa: E402
+                          ServerThread, StandaloneServer)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,19 +41,26 @@ def _no_env_api_key():
 @pytest.fixture(scope="session", autouse=True)
 def _children(_no_env_api_key):
     """Started first, so that their model loads overlap the engine's: the offline
-    reference (LLM.generate) and the standalone server (python -m ...grpc.server)."""
+    reference (LLM.generate), the standalone server (python -m ...grpc.server) and
+    llmcore-server with HTTP and gRPC."""
     if FAKE:
-        yield None, None
+        yield None, None, None
         return
-    ref, standalone = OfflineReference(), StandaloneServer()
-    yield ref, standalone
-    ref.close()
-    standalone.stop()
+    children = OfflineReference(), StandaloneServer(), CliServer()
+    yield children
+    children[0].close()
+    children[1].stop()
+    children[2].stop()
 
 
 @pytest.fixture(scope="session")
 def standalone_server(_children):
     return _children[1]
+
+
+@pytest.fixture(scope="session")
+def cli_server(_children):
+    return _children[2]
 
 
 @pytest.fixture(scope="session")

@@ -157,3 +157,55 @@ class StandaloneServer:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CliServer:
+    """`llmcore-server --grpc-port P --port Q` (python -m llmcore.entrypoints.cli): gRPC beside
+    HTTP on one engine, in a child process started early."""
+
+    def __init__(self):
+        self.grpc_port, self.http_port = free_port(), free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmcore.entrypoints.cli", "--host", "127.0.0.1",
+             "--port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+             "--max-model-len", str(ENGINE_KW["max_model_len"]),
+             "--cpu-kv-cache-space", str(ENGINE_KW["cpu_kv_cache_space"])],
+            env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, "llmcore-server exited:\n" + self.proc.stderr.read()
+                try:
+                    r = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    if r.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.5)
+        raise AssertionError("llmcore-server --grpc-port did not become ready")
+
+    def stop(self) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode

@@ -1,10 +1,15 @@
-"""`python -m llmcore.entrypoints.grpc.server` as its own process (started at session start
-by conftest), and the user example examples/grpc_client.py against it."""
+"""`python -m llmcore.entrypoints.grpc.server` and `llmcore-server --grpc-port` as their own
+processes (started at session start by conftest), and the user example
+examples/grpc_client.py against the first."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.request
+
+import grpc
 
 import pytest
 
@@ -26,3 +31,24 @@ def test_standalone_server_and_example_client(standalone_server):
     assert r.returncode == 1 and "UNAUTHENTICATED" in r.stderr
     assert standalone_server.stop() == 0, "".join(standalone_server.lines) + \
         standalone_server.proc.stdout.read()
+
+
+def test_llmcore_server_serves_grpc_beside_http(cli_server, stubs):
+    pb2, pb2_grpc = stubs
+    cli_server.wait_ready()
+    with grpc.insecure_channel(f"127.0.0.1:{cli_server.grpc_port}") as ch:
+        stub = pb2_grpc.GenerationStub(ch)
+        grpc_ids = [m.id for m in stub.ListModels(pb2.ListModelsRequest(), timeout=30).models]
+        req = pb2.GenerateRequest(text="The capital of France is",
+                                  sampling_params=pb2.SamplingParams(temperature=0, max_tokens=6))
+        grpc_text = stub.GenerateUnary(req, timeout=60).outputs[0].text
+    base = f"http://127.0.0.1:{cli_server.http_port}"
+    with urllib.request.urlopen(base + "/v1/models", timeout=30) as r:
+        http_ids = [m["id"] for m in json.load(r)["data"]]
+    assert grpc_ids == http_ids
+    body = json.dumps({"model": http_ids[0], "prompt": "The capital of France is",
+                       "temperature": 0, "max_tokens": 6}).encode()
+    http_req = urllib.request.Request(base + "/v1/completions", data=body,
+                                      headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(http_req, timeout=60) as r:
+        assert json.load(r)["choices"][0]["text"] == grpc_text
