@@ -141,19 +141,21 @@ def main():
     rec(f"rotary neox bf16 T=4096 H={H}/{Hkv} D={D}", us, GBps=4096 * (H + Hkv) * D * 4 / us / 1e3)
 
     # ---------------------------------------------------------------- sampling
-    for B, V in [(1, 128256), (64, 128256), (256, 152064)]:
-        logits = torch.randn(B, V, device="cuda", dtype=torch.float32)
+    for B, V, std in [(1, 128256, 1.0), (1, 128256, 4.0), (64, 128256, 1.0), (64, 128256, 4.0), (256, 152064, 4.0)]:
+        # std 1: a very flat distribution (top-p keeps most of the vocabulary; worst case);
+        # std 4: closer to real LM logits.
+        logits = torch.randn(B, V, device="cuda", dtype=torch.float32) * std
         us = bench(lambda: ops.argmax(logits))
-        rec(f"argmax fp32 B={B} V={V}", us, GBps=B * V * 4 / us / 1e3)
+        rec(f"argmax fp32 B={B} V={V} std={std}", us, GBps=B * V * 4 / us / 1e3)
         t = torch.full((B,), 0.8, device="cuda")
         k = torch.full((B,), 50, dtype=torch.int32, device="cuda")
         p = torch.full((B,), 0.9, device="cuda")
         m = torch.full((B,), 0.05, device="cuda")
         u = torch.rand(B, device="cuda")
         us = bench(lambda: ops.sample(logits, t, k, p, m, uniform=u))
-        rec(f"sample top-k/top-p/min-p fp32 B={B} V={V}", us)
+        rec(f"sample k50/p0.9/minp0.05 fp32 B={B} V={V} std={std}", us)
         us2 = bench(lambda: ops.sample(logits, t, None, p, None, uniform=u))
-        rec(f"sample top-p only fp32 B={B} V={V}", us2)
+        rec(f"sample top-p 0.9 only fp32 B={B} V={V} std={std}", us2)
 
         def torch_sort_sample():
             pr = torch.softmax(logits / 0.8, -1)
@@ -162,7 +164,7 @@ def main():
             sp[(cs - sp) > 0.9] = 0
             return si.gather(1, torch.multinomial(sp, 1))
         us3 = bench(torch_sort_sample)
-        rec(f"  torch sort-based top-p baseline B={B} V={V}", us3)
+        rec(f"  torch sort-based top-p baseline B={B} V={V} std={std}", us3)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)

@@ -78,14 +78,20 @@ __device__ __forceinline__ void hist_add_mass(float* h, int bin, float v) {
 #if defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__)
   if (bin >= 0) atomicAdd(&h[bin], v);
 #else
-  if (!__any_sync(0xffffffffu, bin >= 0)) return;  // nothing to add in this warp
-  const int b0 = __shfl_sync(0xffffffffu, bin, 0);
-  if (__all_sync(0xffffffffu, bin == b0)) {  // whole warp in one (hot) bin: one atomic
-    v = warp_sum(v);
-    if ((threadIdx.x & 31) == 0 && b0 >= 0) atomicAdd(&h[b0], v);
-  } else if (bin >= 0) {
-    atomicAdd(&h[bin], v);
+  // Combine the lanes of up to 3 distinct bins with warp sums (the hot bins), then plain
+  // atomics for whatever is left.
+  const int lane = threadIdx.x & 31;
+  unsigned todo = __ballot_sync(0xffffffffu, bin >= 0);
+#pragma unroll 1
+  for (int it = 0; it < 3 && todo; ++it) {
+    const int src = __ffs(todo) - 1;
+    const int b = __shfl_sync(0xffffffffu, bin, src);
+    const bool mine = bin == b;
+    const float sum = warp_sum(mine ? v : 0.f);
+    if (lane == src) atomicAdd(&h[b], sum);
+    todo &= ~__ballot_sync(0xffffffffu, mine);
   }
+  if ((todo >> lane) & 1u) atomicAdd(&h[bin], v);
 #endif
 }
 
@@ -185,16 +191,29 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
   float t_p = 0.f;
   const float pp = top_p ? top_p[b] : 1.f;
   if (pp < 1.f) {
-    float z = 0.f;
+    // Also the mass below three guesses: the threshold is >= any guess g whose mass below is at
+    // most (1 - top_p) * z, and so is v0 = (1 - top_p) * z / vocab; elements below the largest
+    // such bound are skipped in the histogram passes.
+    float z = 0.f, b3 = 0.f, b5 = 0.f, b7 = 0.f;
     for (int i = tid; i < vocab; i += blockDim.x) {
       const float p = prob(i);
-      if (p >= t_k) z += p;
+      if (p >= t_k) {
+        z += p;
+        if (p < 1e-3f) b3 += p;
+        if (p < 1e-5f) b5 += p;
+        if (p < 1e-7f) b7 += p;
+      }
     }
     z = block_sum(z, red);
+    b3 = block_sum(b3, red);
+    b5 = block_sum(b5, red);
+    b7 = block_sum(b7, red);
     const float target = pp * z;
-    // Elements below v0 = (1 - top_p) * z / vocab hold less than (1 - top_p) * z in total, so the
-    // threshold is >= v0: skip them in the histogram passes.
-    const float lo = fmaxf(t_k, (1.f - pp) * z / (float)vocab * 0.999f);
+    const float slack = (1.f - pp) * z * 0.999f;
+    float lo = fmaxf(t_k, slack / (float)vocab);
+    if (b7 <= slack) lo = fmaxf(lo, 1e-7f);
+    if (b5 <= slack) lo = fmaxf(lo, 1e-5f);
+    if (b3 <= slack) lo = fmaxf(lo, 1e-3f);
     unsigned int prefix = 0, mask = 0;
     float above = 0.f;
     bool ok = true;
