@@ -135,10 +135,11 @@ async def serve(engine: Any, engine_args: EngineArgs, frontend_args: FrontendArg
         except ImportError as e:
             raise StartupError(f"--grpc-port: the gRPC front end is not available: {e}", 2) \
                 from None
-        grpc_server = serve_grpc(engine, frontend_args)
+        grpc_server = serve_grpc(engine, frontend_args, api_key)
         if inspect.isawaitable(grpc_server):
             grpc_server = await grpc_server
-        logger.info("gRPC listening on port %d", frontend_args.grpc_port)
+        logger.info("gRPC listening on port %s",
+                    getattr(grpc_server, "llmcore_port", frontend_args.grpc_port))
     try:
         if frontend_args.grpc_only:
             stop = asyncio.Event()

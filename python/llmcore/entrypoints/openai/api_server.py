@@ -116,8 +116,10 @@ def build_app(engine: Any, frontend_args: Optional[FrontendArgs] = None,
     completion = OpenAIServingCompletion(engine, config)
     chat = OpenAIServingChat(engine, config)
 
-    app = FastAPI(title="llmcore OpenAI-compatible server", version=llmcore.__version__,
-                  root_path=fa.root_path or "")
+    app = FastAPI(title="llmcore OpenAI-compatible server", version=llmcore.__version__)
+    # --root-path as vLLM sets it: routes answer with and without the prefix, and
+    # /openapi.json names the prefix in `servers`.
+    app.root_path = fa.root_path or ""
     app.state.engine = engine
     app.state.config = config
 
