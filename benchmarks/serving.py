@@ -22,9 +22,9 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Optional
+
 
 import httpx
 import numpy as np

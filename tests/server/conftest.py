@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,24 +20,9 @@ from typing import Iterator, Optional
 import httpx
 import pytest
 
-from server_helpers import API_KEY, MAX_MODEL_LEN, SESSION_FLAGS
+from server_helpers import API_KEY, HOST, MAX_MODEL_LEN, SESSION_FLAGS, _pythonpath, free_port
 
-HOST = "127.0.0.1"
 START_TIMEOUT = float(os.environ.get("LLMCORE_TEST_SERVER_START_TIMEOUT", "240"))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _pythonpath() -> str:
-    import llmcore
-
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(llmcore.__file__)))
-    old = os.environ.get("PYTHONPATH")
-    return pkg_parent + (os.pathsep + old if old else "")
 
 
 class ServerProcess:

@@ -1,4 +1,9 @@
-"""Constants shared by the server tests (the session server's command line)."""
+"""Constants and helpers shared by the server tests (the session server's command line)."""
+
+import os
+import socket
+
+HOST = "127.0.0.1"
 
 API_KEY = "test-key-123"
 ROOT_PATH = "/proxy"
@@ -12,3 +17,17 @@ SESSION_FLAGS = ["--max-model-len", str(MAX_MODEL_LEN), *SMALL_KV,
                  "--root-path", ROOT_PATH, "--allowed-origins", f'["{ALLOWED_ORIGIN}"]',
                  "--allowed-methods", '["GET", "POST"]', "--allowed-headers",
                  '["Authorization", "Content-Type"]']
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _pythonpath() -> str:
+    import llmcore
+
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(llmcore.__file__)))
+    old = os.environ.get("PYTHONPATH")
+    return pkg_parent + (os.pathsep + old if old else "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from conftest import HOST, _pythonpath, free_port
+from server_helpers import HOST, _pythonpath, free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,17 +54,18 @@ def test_ssl_flags(tmp_path):
     proc = _spawn(["--port", str(port), "--ssl-keyfile", str(key), "--ssl-certfile", str(cert)])
     try:
         url = f"https://{HOST}:{port}"
+        ctx = ssl.create_default_context(cafile=str(cert))
         deadline = time.time() + 60
         while True:
             try:
-                r = httpx.get(url + "/health", verify=str(cert), timeout=2)
+                r = httpx.get(url + "/health", verify=ctx, timeout=2)
                 break
             except httpx.HTTPError:
                 if time.time() > deadline or proc.poll() is not None:
                     raise AssertionError(_stop(proc))
                 time.sleep(0.2)
         assert r.status_code == 200
-        r = httpx.post(url + "/v1/completions", verify=str(cert), timeout=30,
+        r = httpx.post(url + "/v1/completions", verify=ctx, timeout=30,
                        json={"model": "fake", "prompt": "hi", "max_tokens": 3})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
         with pytest.raises(httpx.HTTPError):  # plain HTTP is not served

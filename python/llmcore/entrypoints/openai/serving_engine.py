@@ -202,7 +202,6 @@ class OpenAIServingBase:
             spaces_between_special_tokens=request.spaces_between_special_tokens,
         )
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        # seed: SamplingParams takes a per-request seed; fold into a non-negative 63-bit value.
         if request.logit_bias:
             bias: dict[int, float] = {}
             for key, value in request.logit_bias.items():
@@ -240,6 +239,10 @@ class OpenAIServingBase:
         except (ValueError, TypeError, OverflowError) as e:
             await self.abort(request_id)
             raise value_error_to_api_error(e) from None
+        except RuntimeError as e:
+            if getattr(self.engine, "errored", False):
+                raise APIError(f"the engine is not running: {e}", 503) from None
+            raise
         return first, gen
 
     async def abort(self, *request_ids: str) -> None:
