@@ -18,6 +18,9 @@ def test_health_503_when_engine_dead(fake_server):
         engine.kill()
         r = httpx.get(srv.url + "/health")
         assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable"
+        r = httpx.post(srv.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+        assert r.status_code == 503 and set(r.json()["error"]) == {"message", "type", "param",
+                                                                    "code"}
 
 
 def test_error_mid_stream_ends_with_error_event_and_done(fake_server):
