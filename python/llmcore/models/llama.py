@@ -117,6 +117,11 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
 
     def forward(self, input_ids, cos_sin, kv_caches, attn_metadata):
+        if len(kv_caches) != len(self.layers):
+            if len(kv_caches) != 0:
+                raise ValueError(f"got {len(kv_caches)} KV caches for {len(self.layers)} layers")
+            empty = torch.empty(0, device=input_ids.device)
+            kv_caches = [(empty, empty)] * len(self.layers)  # no cache: e.g. a profiling run
         hidden_states = self.embed_tokens(input_ids)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):

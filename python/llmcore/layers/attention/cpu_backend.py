@@ -81,6 +81,9 @@ class CpuAttentionBackend(AttentionBackend):
             dec_lens_host = seq_lens[md.num_prefills:]
             max_len = int(dec_lens_host.max())
             nblk = -(-max_len // bs)
+            if md.block_tables.shape[1] < nblk:
+                raise ValueError(f"block_tables has {md.block_tables.shape[1]} columns but a "
+                                 f"decode sequence of {max_len} tokens needs {nblk} blocks")
             bt = md.block_tables[md.num_prefills:, :nblk]
             L = nblk * bs
             pos = torch.arange(L, device=device)
