@@ -8,6 +8,7 @@ namespace llmcore {
 namespace {
 
 constexpr int kSampleThreads = 1024;
+constexpr int kListCap = 8192;  // candidate probabilities kept in shared memory
 
 __device__ __forceinline__ uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
@@ -118,6 +119,8 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
   __shared__ float s_aux;
   __shared__ int s_found;
   __shared__ int s_last;
+  __shared__ int s_cnt;
+  __shared__ float s_list[kListCap];
   const int b = blockIdx.x, tid = threadIdx.x;
   const T* x = logits + (int64_t)b * stride;
   const float temp = temperature ? temperature[b] : 1.f;
@@ -136,33 +139,95 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
   }
   auto prob = [&](int i) { return __expf((to_float<T>(x[i]) - mx) * inv_t); };
 
-  // ---- top-k: radix-select the k-th largest probability.
-  float t_k = 0.f;
   const int k = top_k ? top_k[b] : 0;
-  if (k > 0 && k < vocab) {
-    // Pre-filter: the k-th largest is >= the largest guess that at least k elements reach, so
-    // the histogram passes can ignore everything below it (fewer atomics on hot bins).
-    float c2 = 0.f, c4 = 0.f, c6 = 0.f;
+  const bool use_k = k > 0 && k < vocab;
+  const float pp = top_p ? top_p[b] : 1.f;
+  const bool use_p = pp < 1.f;
+  const float t_m = min_p ? fmaxf(min_p[b], 0.f) : 0.f;
+
+  // ---- candidate list. One statistics pass gives a lower bound `lo_c` on the top-k / top-p
+  // thresholds (counts / masses below a few guesses); the probabilities >= lo_c are gathered
+  // into shared memory and the radix passes run on that list. If it overflows, the passes
+  // scan the whole vocabulary instead (same results, slower).
+  float z_full = 0.f, lo_c = 0.f;
+  bool listed = false;
+  int nlist = 0;
+  if (use_k || use_p) {
+    float c2 = 0.f, c4 = 0.f, c6 = 0.f, b3 = 0.f, b5 = 0.f, b7 = 0.f;
     for (int i = tid; i < vocab; i += blockDim.x) {
       const float p = prob(i);
+      z_full += p;
       c2 += p >= 1e-2f;
       c4 += p >= 1e-4f;
       c6 += p >= 1e-6f;
+      if (p < 1e-3f) b3 += p;
+      if (p < 1e-5f) b5 += p;
+      if (p < 1e-7f) b7 += p;
     }
-    c2 = block_sum(c2, red);
-    c4 = block_sum(c4, red);
-    c6 = block_sum(c6, red);
-    const float lo = c2 >= k ? 1e-2f : c4 >= k ? 1e-4f : c6 >= k ? 1e-6f : 0.f;
+    z_full = block_sum(z_full, red);
+    if (use_k) {
+      c2 = block_sum(c2, red);
+      c4 = block_sum(c4, red);
+      c6 = block_sum(c6, red);
+      // the k-th largest is >= the largest guess that at least k elements reach
+      lo_c = c2 >= k ? 1e-2f : c4 >= k ? 1e-4f : c6 >= k ? 1e-6f : 0.f;
+    } else {
+      b3 = block_sum(b3, red);
+      b5 = block_sum(b5, red);
+      b7 = block_sum(b7, red);
+      // elements below g hold at most (1 - top_p) * z  =>  the top-p threshold is >= g; and
+      // v0 = (1 - top_p) * z / vocab always qualifies
+      const float slack = (1.f - pp) * z_full * 0.999f;
+      lo_c = slack / (float)vocab;
+      if (b7 <= slack) lo_c = fmaxf(lo_c, 1e-7f);
+      if (b5 <= slack) lo_c = fmaxf(lo_c, 1e-5f);
+      if (b3 <= slack) lo_c = fmaxf(lo_c, 1e-3f);
+    }
+    if (tid == 0) s_cnt = 0;
+    __syncthreads();
+    for (int base = 0; base < vocab; base += blockDim.x) {
+      const int i = base + tid;
+      float p = 0.f;
+      if (i < vocab) p = prob(i);
+      const bool c = i < vocab && p >= lo_c && p > 0.f;
+#if defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__)
+      if (c) {
+        const int pos = atomicAdd(&s_cnt, 1);
+        if (pos < kListCap) s_list[pos] = p;
+      }
+#else
+      const unsigned bal = __ballot_sync(0xffffffffu, c);
+      if (bal) {
+        const int lane = tid & 31;
+        int basepos = 0;
+        if (lane == __ffs(bal) - 1) basepos = atomicAdd(&s_cnt, __popc(bal));
+        basepos = __shfl_sync(0xffffffffu, basepos, __ffs(bal) - 1);
+        const int pos = basepos + __popc(bal & ((1u << lane) - 1u));
+        if (c && pos < kListCap) s_list[pos] = p;
+      }
+#endif
+    }
+    __syncthreads();
+    nlist = s_cnt;
+    listed = nlist <= kListCap;
+  }
+  const int nelem = listed ? nlist : vocab;
+  auto val = [&](int j) { return listed ? s_list[j] : prob(j); };
+
+  // ---- top-k: radix-select the k-th largest probability.
+  float t_k = 0.f;
+  if (use_k) {
+    const float lo = lo_c;
     unsigned int prefix = 0, mask = 0;
     int remaining = k;
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int i = tid; i < 256; i += blockDim.x) hcnt[i] = 0;
       __syncthreads();
-      for (int base = 0; base < vocab; base += blockDim.x) {  // uniform trip count per warp
-        const int i = base + tid;
+      for (int base = 0; base < nelem; base += blockDim.x) {  // uniform trip count per warp
+        const int j = base + tid;
         int bin = -1;
-        if (i < vocab) {
-          const float p = prob(i);
+        if (j < nelem) {
+          const float p = val(j);
           const unsigned int u = __float_as_uint(p);
           if (p >= lo && (u & mask) == prefix) bin = (u >> shift) & 255u;
         }
@@ -189,43 +254,46 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
 
   // ---- top-p over the top-k set: largest v with mass(p >= v) >= top_p * mass(top-k set).
   float t_p = 0.f;
-  const float pp = top_p ? top_p[b] : 1.f;
-  if (pp < 1.f) {
-    // Also the mass below three guesses: the threshold is >= any guess g whose mass below is at
-    // most (1 - top_p) * z, and so is v0 = (1 - top_p) * z / vocab; elements below the largest
-    // such bound are skipped in the histogram passes.
-    float z = 0.f, b3 = 0.f, b5 = 0.f, b7 = 0.f;
-    for (int i = tid; i < vocab; i += blockDim.x) {
-      const float p = prob(i);
-      if (p >= t_k) {
-        z += p;
-        if (p < 1e-3f) b3 += p;
-        if (p < 1e-5f) b5 += p;
-        if (p < 1e-7f) b7 += p;
+  if (use_p) {
+    float z, lo;
+    if (use_k) {
+      // the top-k set is entirely in the list (t_k >= lo_c), or we scan everything
+      float zz = 0.f, b3 = 0.f, b5 = 0.f, b7 = 0.f;
+      for (int j = tid; j < nelem; j += blockDim.x) {
+        const float p = val(j);
+        if (p >= t_k) {
+          zz += p;
+          if (p < 1e-3f) b3 += p;
+          if (p < 1e-5f) b5 += p;
+          if (p < 1e-7f) b7 += p;
+        }
       }
+      z = block_sum(zz, red);
+      b3 = block_sum(b3, red);
+      b5 = block_sum(b5, red);
+      b7 = block_sum(b7, red);
+      const float slack = (1.f - pp) * z * 0.999f;
+      lo = fmaxf(t_k, slack / (float)vocab);
+      if (b7 <= slack) lo = fmaxf(lo, 1e-7f);
+      if (b5 <= slack) lo = fmaxf(lo, 1e-5f);
+      if (b3 <= slack) lo = fmaxf(lo, 1e-3f);
+    } else {
+      z = z_full;
+      lo = lo_c;
     }
-    z = block_sum(z, red);
-    b3 = block_sum(b3, red);
-    b5 = block_sum(b5, red);
-    b7 = block_sum(b7, red);
     const float target = pp * z;
-    const float slack = (1.f - pp) * z * 0.999f;
-    float lo = fmaxf(t_k, slack / (float)vocab);
-    if (b7 <= slack) lo = fmaxf(lo, 1e-7f);
-    if (b5 <= slack) lo = fmaxf(lo, 1e-5f);
-    if (b3 <= slack) lo = fmaxf(lo, 1e-3f);
     unsigned int prefix = 0, mask = 0;
     float above = 0.f;
     bool ok = true;
     for (int shift = 24; shift >= 0 && ok; shift -= 8) {
       for (int i = tid; i < 256; i += blockDim.x) hmass[i] = 0.f;
       __syncthreads();
-      for (int base = 0; base < vocab; base += blockDim.x) {
-        const int i = base + tid;
+      for (int base = 0; base < nelem; base += blockDim.x) {
+        const int j = base + tid;
         int bin = -1;
         float p = 0.f;
-        if (i < vocab) {
-          p = prob(i);
+        if (j < nelem) {
+          p = val(j);
           const unsigned int u = __float_as_uint(p);
           if (p >= lo && (u & mask) == prefix) bin = (u >> shift) & 255u;
         }
@@ -261,7 +329,6 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
   }
 
   // ---- min-p: relative to the max probability (which is exp(0) = 1 here).
-  const float t_m = min_p ? fmaxf(min_p[b], 0.f) : 0.f;
   const float thr = fmaxf(fmaxf(t_k, t_p), t_m);
 
   // ---- inverse CDF over the kept set, in vocabulary order (contiguous chunk per thread).
