@@ -20,9 +20,14 @@ when no active slot needs it:
                             exactly p < min_p * max(p) without a softmax)
   7. sample                greedy rows: argmax. random rows: exponential race
                             argmax(l - log(E)), E ~ Exp(1) i.i.d. (== sampling from
-                            softmax(l)); seeded rows draw E from their own generator
-                            (V values per step), so their tokens do not depend on the
-                            batch they are in; unseeded rows share one generator.
+                            softmax(l)): over the K candidates for top-k/top-p rows;
+                            rows without top-k/top-p race their top 64 tokens against
+                            the tail as one Gumbel at logsumexp(tail) (exact), drawing
+                            full-vocab noise only when the tail wins. Seeded rows draw
+                            from their own torch.Generator a fixed amount per path that
+                            does not depend on the batch (token-indexed V values for
+                            filtered rows), so their tokens do not depend on the batch
+                            they are in; unseeded rows share one generator.
 
 Logprobs semantics (`logprobs_mode`):
   * "processed" (default, vLLM v0): log_softmax of the logits after stages 1-6, i.e.
@@ -70,6 +75,8 @@ class Sampler:
     # top-p rows without top-k first look at this many candidates; the full sort is
     # only done for rows whose top-p mass is not reached within them.
     TOP_P_CANDIDATES = 256
+    # rows with no top-k/top-p race their top HEAD_K tokens against the tail as a whole
+    HEAD_K = 64
 
     def __init__(self, logprobs_mode: str = "processed", always_compute_logprobs: bool = False):
         if logprobs_mode not in ("processed", "raw"):
@@ -320,6 +327,54 @@ class Sampler:
         return q
 
     @classmethod
+    def _sample_head_tail(cls, xr: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor,
+                          seeded_b: Optional[torch.Tensor], state: SamplingBatchState
+                          ) -> torch.Tensor:
+        """Exact draw from softmax(xr) without noise for every token: race the top
+        HEAD_K tokens (one Gumbel each) against the tail as a whole (one Gumbel at
+        location logsumexp(tail): the max of the tail's perturbed logits has exactly
+        that law, independent of which tail token attains it). Only rows whose tail
+        wins (probability = tail mass) draw noise over the full vocabulary.
+        Seeded rows draw HEAD_K + 1 (+ V if the tail wins) values from their own
+        generator: the same whatever batch they are in."""
+        n, V = xr.shape
+        Kh = cls.HEAD_K
+        hv, hi = xr.topk(Kh, dim=-1, sorted=False)
+        lse_all = xr.logsumexp(dim=-1)
+        d = (hv.logsumexp(dim=-1) - lse_all).clamp_(max=0.0)
+        lse_tail = lse_all + torch.log1p(-torch.exp(d))          # -inf if no tail mass
+        g = _log_exp_noise_(cls._uniform_draw(rows, Kh + 1, slots, seeded_b, state))
+        scores = hv - g[:, :Kh]
+        best, arg = scores.max(dim=-1)
+        tok = hi.gather(1, arg.unsqueeze(1)).squeeze(1)
+        tail_win = (lse_tail - g[:, Kh]) > best
+        if bool(tail_win.any()):
+            w = tail_win.nonzero().squeeze(1)
+            xt = xr[w].scatter(1, hi[w], _NEG_INF)               # tail only
+            q = _log_exp_noise_(cls._uniform_draw(rows[w], V, slots, seeded_b, state))
+            tok[w] = torch.sub(xt, q, out=q).argmax(dim=-1)
+        return tok
+
+    @staticmethod
+    def _uniform_draw(rows, width, slots, seeded_b, state) -> torch.Tensor:
+        """U(0,1) [len(rows), width]; seeded rows draw exactly `width` values each from
+        their own generator, unseeded rows from the shared one."""
+        q = torch.empty((rows.numel(), width), dtype=torch.float32, device=slots.device)
+        if seeded_b is None:
+            return q.uniform_(generator=state.generator)
+        sd = seeded_b[rows]
+        sp = sd.nonzero().squeeze(1)
+        if sp.numel() == 0:
+            return q.uniform_(generator=state.generator)
+        up = (~sd).nonzero().squeeze(1)
+        if up.numel():
+            q[up] = torch.empty((up.numel(), width), dtype=torch.float32,
+                                device=slots.device).uniform_(generator=state.generator)
+        for pos, slot in zip(sp.tolist(), slots[rows[sp]].tolist()):
+            q[pos].uniform_(generator=state.generators[slot])
+        return q
+
+    @classmethod
     def _sample_random(cls, x: torch.Tensor, slots: torch.Tensor, is_rand: torch.Tensor,
                        cand, state: SamplingBatchState) -> torch.Tensor:
         # Exponential race: argmax(l - log E), E = -log U ~ Exp(1) i.i.d. per token, is
@@ -341,7 +396,17 @@ class Sampler:
             token_ids[c_rows] = c_ids.gather(1, scores.argmax(dim=-1, keepdim=True)).squeeze(1)
         else:
             full_rows = rand_rows
+        if full_rows.numel() and V >= 4 * cls.HEAD_K:
+            # rows without top-k/top-p: head/tail race (no full-vocab noise)
+            fs = slots[full_rows]
+            nofilt = (state.top_k[fs] >= V) & (state.top_p[fs] >= 1.0)
+            if bool(nofilt.any()):
+                ht = full_rows if bool(nofilt.all()) else full_rows[nofilt]
+                xr = x if ht.numel() == N else x[ht]
+                token_ids[ht] = cls._sample_head_tail(xr, ht, slots, seeded_b, state)
+                full_rows = full_rows[~nofilt]
         if full_rows.numel():
+            # rows with top-k/top-p not resolved by candidates: token-indexed noise over V
             q = cls._uniform(full_rows, V, slots, seeded_b, state, V)
             xr = x if full_rows.numel() == N else x[full_rows]
             scores = torch.sub(xr, _log_exp_noise_(q), out=q)
