@@ -153,36 +153,42 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
   bool listed = false;
   int nlist = 0;
   if (use_k || use_p) {
-    float c2 = 0.f, c4 = 0.f, c6 = 0.f, b3 = 0.f, b5 = 0.f, b7 = 0.f;
+    // guesses g[0] > g[1] > ...: count of p >= g (top-k) and mass of p < g (top-p)
+    constexpr int NG = 6;
+    const float g[NG] = {0.3f, 0.1f, 1e-2f, 1e-3f, 1e-5f, 1e-7f};
+    float cnt[NG], below[NG];
+#pragma unroll
+    for (int q = 0; q < NG; ++q) cnt[q] = below[q] = 0.f;
     for (int i = tid; i < vocab; i += blockDim.x) {
       const float p = prob(i);
       z_full += p;
-      c2 += p >= 1e-2f;
-      c4 += p >= 1e-4f;
-      c6 += p >= 1e-6f;
-      if (p < 1e-3f) b3 += p;
-      if (p < 1e-5f) b5 += p;
-      if (p < 1e-7f) b7 += p;
+#pragma unroll
+      for (int q = 0; q < NG; ++q) {
+        if (p >= g[q]) cnt[q] += 1.f; else below[q] += p;
+      }
     }
     z_full = block_sum(z_full, red);
+    float lo_cnt = (float)vocab;  // elements >= lo_c (upper bound)
     if (use_k) {
-      c2 = block_sum(c2, red);
-      c4 = block_sum(c4, red);
-      c6 = block_sum(c6, red);
       // the k-th largest is >= the largest guess that at least k elements reach
-      lo_c = c2 >= k ? 1e-2f : c4 >= k ? 1e-4f : c6 >= k ? 1e-6f : 0.f;
+#pragma unroll
+      for (int q = NG - 1; q >= 0; --q) {
+        const float c = block_sum(cnt[q], red);
+        if (c >= (float)k) { lo_c = g[q]; lo_cnt = c; }
+      }
     } else {
-      b3 = block_sum(b3, red);
-      b5 = block_sum(b5, red);
-      b7 = block_sum(b7, red);
       // elements below g hold at most (1 - top_p) * z  =>  the top-p threshold is >= g; and
       // v0 = (1 - top_p) * z / vocab always qualifies
       const float slack = (1.f - pp) * z_full * 0.999f;
       lo_c = slack / (float)vocab;
-      if (b7 <= slack) lo_c = fmaxf(lo_c, 1e-7f);
-      if (b5 <= slack) lo_c = fmaxf(lo_c, 1e-5f);
-      if (b3 <= slack) lo_c = fmaxf(lo_c, 1e-3f);
+#pragma unroll
+      for (int q = NG - 1; q >= 0; --q) {
+        const float bm = block_sum(below[q], red);
+        const float c = block_sum(cnt[q], red);
+        if (bm <= slack && g[q] > lo_c) { lo_c = g[q]; lo_cnt = c; }
+      }
     }
+    if (lo_cnt > (float)kListCap) goto no_list;  // would overflow: scan the vocabulary instead
     if (tid == 0) s_cnt = 0;
     __syncthreads();
     for (int base = 0; base < vocab; base += blockDim.x) {
@@ -211,6 +217,7 @@ sample_kernel(int64_t* out, const T* __restrict__ logits, int64_t stride, int vo
     nlist = s_cnt;
     listed = nlist <= kListCap;
   }
+no_list:
   const int nelem = listed ? nlist : vocab;
   auto val = [&](int j) { return listed ? s_list[j] : prob(j); };
 
