@@ -396,8 +396,9 @@ class Sampler:
             token_ids[c_rows] = c_ids.gather(1, scores.argmax(dim=-1, keepdim=True)).squeeze(1)
         else:
             full_rows = rand_rows
-        if full_rows.numel() and V >= 4 * cls.HEAD_K:
-            # rows without top-k/top-p: head/tail race (no full-vocab noise)
+        if full_rows.numel() and V >= 4 * cls.HEAD_K and x.device.type == "cpu":
+            # rows without top-k/top-p: head/tail race (no full-vocab noise). CPU only:
+            # on GPUs the RNG is cheap and the extra syncs cost more (H100: 0.2 vs 0.9 ms).
             fs = slots[full_rows]
             nofilt = (state.top_k[fs] >= V) & (state.top_p[fs] >= 1.0)
             if bool(nofilt.any()):
