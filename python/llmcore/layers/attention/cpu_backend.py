@@ -91,7 +91,9 @@ class CpuAttentionBackend(AttentionBackend):
             valid = pos[None, :] < lens[:, None]
             if sliding_window is not None:
                 valid &= pos[None, :] >= (lens[:, None] - sliding_window)
-            plan["decode"] = (bt.to(torch.int64), L, valid[:, None, None, :])
+            # flat block ids: index_select over [num_blocks, block_size*KV*D] rows is a
+            # memcpy per block (3-4x faster than advanced indexing)
+            plan["decode"] = (bt.reshape(-1).to(torch.int64), L, valid[:, None, None, :])
         md.extra[key] = plan
         return plan
 
@@ -142,8 +144,9 @@ class CpuAttentionBackend(AttentionBackend):
                 if not has_cache:
                     raise ValueError("a prefill with a cached prefix needs a KV cache")
                 blocks = md.block_tables[i, :nblk].to(torch.int64)
-                kc = key_cache.index_select(0, blocks).view(-1, KV, D)[:sl]
-                vc = value_cache.index_select(0, blocks).view(-1, KV, D)[:sl]
+                nb = key_cache.shape[0]
+                kc = key_cache.view(nb, -1).index_select(0, blocks).view(-1, KV, D)[:sl]
+                vc = value_cache.view(nb, -1).index_select(0, blocks).view(-1, KV, D)[:sl]
                 o = _sdpa(q[s:e].transpose(0, 1), kc.transpose(0, 1), vc.transpose(0, 1),
                           scale=scale, mask=mask)
                 out[s:e] = o.transpose(0, 1)
@@ -159,8 +162,9 @@ class CpuAttentionBackend(AttentionBackend):
             raise ValueError("decode steps need a KV cache")
         nd = qd.shape[0]
         KV, D = self.num_kv_heads, self.head_size
-        bt, L, valid = plan["decode"]
-        kd = key_cache[bt].view(nd, L, KV, D).transpose(1, 2)
-        vd = value_cache[bt].view(nd, L, KV, D).transpose(1, 2)
+        blocks, L, valid = plan["decode"]
+        nb = key_cache.shape[0]
+        kd = key_cache.view(nb, -1).index_select(0, blocks).view(nd, L, KV, D).transpose(1, 2)
+        vd = value_cache.view(nb, -1).index_select(0, blocks).view(nd, L, KV, D).transpose(1, 2)
         o = _sdpa(qd.unsqueeze(2), kd, vd, scale=scale, mask=valid)  # [nd, H, 1, D]
         return o.squeeze(2)
