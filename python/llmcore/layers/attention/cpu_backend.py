@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -22,6 +23,8 @@ from llmcore.layers.attention.backend import AttentionBackend
 from llmcore.layers.attention.metadata import AttentionMetadata
 
 _EXTRA_KEY = "cpu_attn"
+# Decode cache blocking: gathered K+V bytes per SDPA call (0 = one SDPA for the batch).
+_DECODE_CHUNK_BYTES = int(os.environ.get("LLMCORE_CPU_DECODE_CHUNK_KB", "0")) * 1024
 
 
 def _sdpa(q, k, v, *, scale, mask=None, causal=False):
@@ -164,7 +167,24 @@ class CpuAttentionBackend(AttentionBackend):
         KV, D = self.num_kv_heads, self.head_size
         blocks, L, valid = plan["decode"]
         nb = key_cache.shape[0]
-        kd = key_cache.view(nb, -1).index_select(0, blocks).view(nd, L, KV, D).transpose(1, 2)
-        vd = value_cache.view(nb, -1).index_select(0, blocks).view(nd, L, KV, D).transpose(1, 2)
-        o = _sdpa(qd.unsqueeze(2), kd, vd, scale=scale, mask=valid)  # [nd, H, 1, D]
-        return o.squeeze(2)
+        kc2, vc2 = key_cache.view(nb, -1), value_cache.view(nb, -1)
+        per_seq = 2 * L * KV * D * key_cache.element_size()
+        chunk = max(1, _DECODE_CHUNK_BYTES // per_seq) if _DECODE_CHUNK_BYTES > 0 else nd
+        if chunk >= nd:
+            kd = kc2.index_select(0, blocks).view(nd, L, KV, D).transpose(1, 2)
+            vd = vc2.index_select(0, blocks).view(nd, L, KV, D).transpose(1, 2)
+            o = _sdpa(qd.unsqueeze(2), kd, vd, scale=scale, mask=valid)  # [nd, H, 1, D]
+            return o.squeeze(2)
+        # Cache blocking: groups of sequences whose gathered K/V fit in the CPU cache, so
+        # SDPA reads them back from cache instead of DRAM (a loop over groups, not seqs).
+        out = torch.empty_like(qd)
+        nblk = L // md.block_size
+        blocks2 = blocks.view(nd, nblk)
+        for s in range(0, nd, chunk):
+            e = min(nd, s + chunk)
+            bl = blocks2[s:e].reshape(-1)
+            kd = kc2.index_select(0, bl).view(e - s, L, KV, D).transpose(1, 2)
+            vd = vc2.index_select(0, bl).view(e - s, L, KV, D).transpose(1, 2)
+            o = _sdpa(qd[s:e].unsqueeze(2), kd, vd, scale=scale, mask=valid[s:e])
+            out[s:e] = o.squeeze(2)
+        return out
