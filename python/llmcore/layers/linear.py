@@ -91,6 +91,13 @@ class LinearBase(nn.Module):
                 f"tp_size={self.tp_size}")
 
 
+def _shard(loaded: torch.Tensor, dim: int, rank: int, n: int, what: str) -> torch.Tensor:
+    if loaded.dim() <= dim or loaded.shape[dim] < (rank + 1) * n:
+        raise ValueError(f"{what}: checkpoint tensor of shape {tuple(loaded.shape)} has no "
+                         f"shard [{rank * n}, {(rank + 1) * n}) on dim {dim}")
+    return loaded.narrow(dim, rank * n, n)
+
+
 def _check_copy(dst: torch.Tensor, src: torch.Tensor, what: str) -> None:
     if dst.shape != src.shape:
         raise ValueError(f"{what}: checkpoint shard shape {tuple(src.shape)} does not match "
@@ -122,8 +129,8 @@ class ColumnParallelLinear(LinearBase):
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor) -> None:
         n = param.shape[0]
-        shard = loaded_weight.narrow(0, self.tp_rank * n, n)
-        _check_copy(param.data, shard, self.prefix or "ColumnParallelLinear")
+        what = self.prefix or "ColumnParallelLinear"
+        _check_copy(param.data, _shard(loaded_weight, 0, self.tp_rank, n, what), what)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -143,9 +150,9 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
             return super().weight_loader(param, loaded_weight)
         sizes = self._partition_sizes()
         offset, n = sum(sizes[:shard_id]), sizes[shard_id]
-        shard = loaded_weight.narrow(0, self.tp_rank * n, n)
-        _check_copy(param.data.narrow(0, offset, n), shard,
-                    f"{self.prefix or 'MergedColumnParallelLinear'}[{shard_id}]")
+        what = f"{self.prefix or 'MergedColumnParallelLinear'}[{shard_id}]"
+        _check_copy(param.data.narrow(0, offset, n),
+                    _shard(loaded_weight, 0, self.tp_rank, n, what), what)
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -194,9 +201,9 @@ class QKVParallelLinear(ColumnParallelLinear):
             rank = self.tp_rank // self.num_kv_head_replicas
         else:
             raise ValueError(f"unknown qkv shard_id {shard_id!r}")
-        shard = loaded_weight.narrow(0, rank * n, n)
-        _check_copy(param.data.narrow(0, offset, n), shard,
-                    f"{self.prefix or 'QKVParallelLinear'}[{shard_id}]")
+        what = f"{self.prefix or 'QKVParallelLinear'}[{shard_id}]"
+        _check_copy(param.data.narrow(0, offset, n), _shard(loaded_weight, 0, rank, n, what),
+                    what)
 
 
 class RowParallelLinear(LinearBase):
@@ -212,7 +219,8 @@ class RowParallelLinear(LinearBase):
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor) -> None:
         if param.dim() == 2:
             n = param.shape[1]
-            loaded_weight = loaded_weight.narrow(1, self.tp_rank * n, n)
+            loaded_weight = _shard(loaded_weight, 1, self.tp_rank, n,
+                                   self.prefix or "RowParallelLinear")
         _check_copy(param.data, loaded_weight, self.prefix or "RowParallelLinear")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
