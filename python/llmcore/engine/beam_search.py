@@ -12,6 +12,8 @@ from typing import Callable, Optional
 
 import torch
 
+from llmcore.sampling import beam_candidates
+
 
 @dataclass
 class Hypothesis:
@@ -47,14 +49,13 @@ def step_beams(state: BeamState, beams: list, logprobs: torch.Tensor, eos_token_
                ignore_eos: bool, max_tokens: int, at_max_len: Callable[[int], bool]) -> BeamDecision:
     """beams: live SeqStates in row order of `logprobs` [len(beams), vocab] (log-softmaxed)."""
     width = state.width
-    cum = torch.tensor([b.cumulative_logprob for b in beams], dtype=torch.float32)
-    scores = (logprobs.float() + cum[:, None]).flatten()
-    k = min(2 * width, scores.numel())
-    top_vals, top_idx = torch.topk(scores, k)
-    vocab = logprobs.shape[1]
+    cum = torch.tensor([b.cumulative_logprob for b in beams], dtype=torch.float32,
+                       device=logprobs.device)
+    # 2 * width candidates, so finished (EOS) ones can be set aside without running out.
+    beam_idx, token_ids, values = beam_candidates(logprobs, 2 * width, cum)
     chosen: list = []
-    for val, idx in zip(top_vals.tolist(), top_idx.tolist()):
-        parent, token = beams[idx // vocab], idx % vocab
+    for b, token, val in zip(beam_idx.tolist(), token_ids.tolist(), values.tolist()):
+        parent = beams[b]
         new_len = len(parent.output_token_ids) + 1
         if not ignore_eos and token == eos_token_id:
             toks = parent.output_token_ids + [token]

@@ -88,15 +88,16 @@ class LLMEngine:
             served_model_names=list(mc.served_model_names), model_path=mc.model,
             max_model_len=mc.max_model_len, vocab_size=mc.vocab_size, dtype=str(mc.dtype).split(".")[-1],
             block_size=engine_args.block_size, max_logprobs=engine_args.max_logprobs)
-        self.input_processor = InputProcessor(self.tokenizer, self.model_info,
-                                              max_num_seqs=engine_args.max_num_seqs)
         eos = getattr(self.tokenizer, "eos_token_id", None) if self.tokenizer else mc.eos_token_id
         self.eos_token_id = eos
+        self.input_processor = InputProcessor(self.tokenizer, self.model_info,
+                                              max_num_seqs=engine_args.max_num_seqs)
         self.output_processor = OutputProcessor(self.tokenizer, eos, mc.max_model_len)
-        self.sampler = Sampler()
+        # Cumulative logprobs are always reported (and rank best_of samples).
+        self.sampler = Sampler(always_compute_logprobs=True)
         self._slots_capacity = max(2 * engine_args.max_num_seqs, 64)
         self.sampling_state = SamplingBatchState(self._slots_capacity, mc.vocab_size, mc.max_model_len,
-                                                 self.device)
+                                                 self.device, eos_token_id=eos, seed=engine_args.seed)
         self._free_slots = list(range(self._slots_capacity - 1, -1, -1))
         self.metrics = EngineMetrics(mc.served_model_names[0])
         self.requests: dict[str, RequestState] = {}
