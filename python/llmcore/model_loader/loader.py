@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -16,6 +17,9 @@ from llmcore.model_loader.weight_utils import (initialize_dummy_weights, iterate
 def iterate_weights(model_config: ModelConfig):
     """(hf_name, cpu tensor) pairs of the model's checkpoint."""
     if model_config.is_gguf:
+        converted = model_config.weights_path
+        if converted and os.path.isdir(converted):
+            return iterate_hf_weights(converted, "safetensors")
         return iterate_gguf_weights(model_config.model_path, model_config.hf_config)
     return iterate_hf_weights(model_config.model_path, model_config.load_format)
 

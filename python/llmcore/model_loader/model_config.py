@@ -50,6 +50,9 @@ class ModelConfig:
     disable_sliding_window: bool = False
     eos_token_id: Any = None
     bos_token_id: Any = None
+    # Where the weights are read from: model_path, or for a GGUF its converted folder
+    # (model_loader/gguf_cache.py) once that exists.
+    weights_path: Optional[str] = None
 
     @property
     def gguf_file(self) -> Optional[str]:
@@ -182,8 +185,16 @@ def load_model_config(engine_args, device="cpu") -> ModelConfig:
                          "model folder (with config.json) or a .gguf file")
     if load_format == "gguf" and not is_gguf:
         raise ValueError("--load-format gguf needs --model to be a .gguf file")
+    weights_path = model_path
     if is_gguf:
-        hf_config = _load_gguf_config(model_path)
+        from llmcore.model_loader.gguf_cache import cached_gguf_dir, converted_gguf_dir
+        cached = cached_gguf_dir(model_path)
+        if cached is not None:
+            hf_config = _load_hf_config(cached, trust_remote_code=False)
+            weights_path = cached
+        else:
+            hf_config = _load_gguf_config(model_path)
+            weights_path = converted_gguf_dir(model_path, hf_config) or model_path
     else:
         hf_config = _load_hf_config(model_path, engine_args.trust_remote_code)
     hf_config = copy.deepcopy(hf_config)
@@ -243,7 +254,7 @@ def load_model_config(engine_args, device="cpu") -> ModelConfig:
     head_dim = int(getattr(hf_config, "head_dim", None) or hidden_size // num_heads)
 
     tok = getattr(engine_args, "tokenizer", None)
-    tokenizer_path = resolve_model_path(tok, "tokenizer") if tok else model_path
+    tokenizer_path = resolve_model_path(tok, "tokenizer") if tok else weights_path
     served = engine_args.served_model_name
     if isinstance(served, str):
         served = [served]
@@ -251,6 +262,7 @@ def load_model_config(engine_args, device="cpu") -> ModelConfig:
 
     return ModelConfig(
         model=engine_args.model, model_path=model_path, is_gguf=is_gguf, hf_config=hf_config,
+        weights_path=weights_path,
         architecture=architecture, dtype=_resolve_dtype(engine_args.dtype, hf_config, device),
         max_model_len=int(max_model_len), vocab_size=int(hf_config.vocab_size),
         num_layers=int(hf_config.num_hidden_layers), num_heads=num_heads,

@@ -7,7 +7,7 @@ import os
 from typing import Any, Optional
 
 
-def _read_gguf_chat_template(path: str) -> Optional[str]:
+def read_gguf_chat_template(path: str) -> Optional[str]:
     import gguf
 
     reader = gguf.GGUFReader(path)
@@ -36,7 +36,7 @@ def load_tokenizer(model_config, tokenizer_mode: Optional[str] = None) -> Any:
                                                 gguf_file=os.path.basename(path),
                                                 use_fast=use_fast, trust_remote_code=False)
             if getattr(tok, "chat_template", None) is None:
-                tok.chat_template = _read_gguf_chat_template(path)
+                tok.chat_template = read_gguf_chat_template(path)
         else:
             tok = AutoTokenizer.from_pretrained(path, use_fast=use_fast, trust_remote_code=False)
     except ValueError:
