@@ -11,7 +11,6 @@ Prints a table and writes JSON (--output-json).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os

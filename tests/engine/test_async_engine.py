@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from llmcore import LLM, SamplingParams
+from llmcore import SamplingParams
 from llmcore.config import EngineArgs
 from llmcore.engine.async_engine import AsyncLLMEngine
 

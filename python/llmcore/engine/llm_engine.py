@@ -60,7 +60,10 @@ class LLMEngine:
             gpu_memory_utilization=engine_args.gpu_memory_utilization,
             swap_space_gib=engine_args.swap_space,
             cpu_kv_cache_space_gib=(engine_args.cpu_kv_cache_space
-                                    if engine_args.cpu_kv_cache_space is not None else 4.0))
+                                    if engine_args.cpu_kv_cache_space is not None else 4.0),
+            max_num_seqs=engine_args.max_num_seqs,
+            max_num_batched_tokens=default_max_num_batched_tokens(engine_args, mc.max_model_len),
+            enforce_eager=engine_args.enforce_eager)
         self.runner = ModelRunner(model, mc, cache_config, self.device)
         num_device, num_cpu = self.runner.determine_num_blocks()
         preemption_mode = engine_args.preemption_mode or "recompute"

@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from llmcore.layers.utils import default_weight_loader
+from llmcore.layers.utils import default_weight_loader, use_cuda_kernels
 
 
 class RMSNorm(nn.Module):
@@ -35,6 +35,12 @@ class RMSNorm(nn.Module):
 
         The fused form may reuse x's storage for the new residual: callers must not use x
         afterwards (it is a fresh layer output in the model)."""
+        if use_cuda_kernels(x):
+            from llmcore import ops
+            if residual is None:
+                return ops.rms_norm(x, self.weight, self.variance_epsilon)
+            # in place: residual <- x + residual, x <- norm(residual)
+            return ops.fused_add_rms_norm(x, residual, self.weight, self.variance_epsilon)
         if residual is None:
             return self._norm(x)
         x = x.add_(residual)

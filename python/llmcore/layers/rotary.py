@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from llmcore.layers.utils import use_cuda_kernels
+
 
 def _scaling_type(rope_scaling: Optional[dict]) -> str:
     if not rope_scaling:
@@ -112,7 +114,12 @@ class RotaryEmbedding(nn.Module):
 
     def get_cos_sin(self, positions: torch.Tensor, dtype: torch.dtype
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> cos, sin each [T, 1, rotary_dim/2] (broadcast over heads)."""
+        """-> cos, sin each [T, 1, rotary_dim/2] (broadcast over heads).
+
+        On CUDA with the compiled kernels: (positions, None) instead; apply_ then runs the
+        fused rotary kernel, which gathers cos/sin itself."""
+        if use_cuda_kernels(positions) and self.cos_sin_cache.is_cuda:
+            return positions, None
         cs = self.cos_sin_cache.index_select(0, positions)
         if cs.dtype != dtype:
             cs = cs.to(dtype)
@@ -121,6 +128,11 @@ class RotaryEmbedding(nn.Module):
 
     def apply_(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """Rotate x [T, heads*head_size] (may be a strided view, last dim contiguous) in place."""
+        if sin is None:  # fused path: cos holds the positions (see get_cos_sin)
+            from llmcore import ops
+            ops.rotary_embedding(cos, x, None, self.cos_sin_cache, self.is_neox_style,
+                                 head_size=self.head_size)
+            return x
         T = x.shape[0]
         x = x.view(T, -1, self.head_size)
         rot = x[..., :self.rotary_dim]

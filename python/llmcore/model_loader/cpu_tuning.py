@@ -5,14 +5,12 @@ and gives freed heap tops back to the kernel, so every large activation (a 8192x
 fp32 MLP output is 100 MB) is page-faulted in again at each layer: ~20% of a prefill's
 time on this CPU. Raising the mmap and trim thresholds keeps freed blocks in the heap for
 reuse (the effect of running under jemalloc/tcmalloc, as vLLM's CPU backend advises).
-Opt out with LLMCORE_CPU_MALLOPT=0.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -24,8 +22,6 @@ def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
     global _done
     if _done:
         return True
-    if os.environ.get("LLMCORE_CPU_MALLOPT", "1") == "0":
-        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt

@@ -239,12 +239,11 @@ def load_model_config(engine_args, device="cpu") -> ModelConfig:
     if max_model_len is None:
         max_model_len = derived
     elif max_model_len > derived:
-        if os.environ.get("LLMCORE_ALLOW_LONG_MAX_MODEL_LEN") != "1":
-            why = (" (capped at the sliding window because of --disable-sliding-window)"
-                   if disable_sw and sliding_window is not None else "")
-            raise ValueError(f"--max-model-len {max_model_len} is larger than the model's maximum "
-                             f"length {derived}{why}; pass a --rope-scaling that extends the "
-                             "context, or a smaller --max-model-len")
+        why = (" (capped at the sliding window because of --disable-sliding-window)"
+               if disable_sw and sliding_window is not None else "")
+        raise ValueError(f"--max-model-len {max_model_len} is larger than the model's maximum "
+                         f"length {derived}{why}; pass a --rope-scaling that extends the "
+                         "context, or a smaller --max-model-len")
     if disable_sw:
         sliding_window = None
 

@@ -28,6 +28,10 @@ class CacheConfig:
     gpu_memory_utilization: float
     swap_space_gib: float
     cpu_kv_cache_space_gib: float     # size of the pool when the device is the CPU
+    # GPU runner: the profile run's size and CUDA graphs
+    max_num_seqs: int = 256
+    max_num_batched_tokens: Optional[int] = None   # None: max(max_model_len, 2048)
+    enforce_eager: bool = False
 
 
 def _tensor(a: np.ndarray, device: torch.device, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -53,6 +57,8 @@ class ModelRunner:
                                    head_dim=model_config.head_dim,
                                    block_size=cache_config.block_size, dtype=kv_dtype)
         self.kv_cache: Optional[KVCache] = None
+        self.graph_runner = None
+        self.profile_peak_bytes: Optional[int] = None
 
     # ------------------------------------------------------------------ sizing
     def determine_num_blocks(self) -> tuple[int, int]:
@@ -64,23 +70,86 @@ class ModelRunner:
         elif self.device.type == "cpu":
             num_device = int(cc.cpu_kv_cache_space_gib * GiB // per_block)
         else:
-            free, total = torch.cuda.mem_get_info(self.device)
-            used_by_others = total - free
-            budget = total * cc.gpu_memory_utilization - used_by_others - self._activation_reserve()
-            num_device = int(max(0, budget) // per_block)
+            num_device = self._gpu_blocks_from_profile()
         num_cpu = int(cc.swap_space_gib * GiB // per_block)
         if num_device < 1:
             raise ValueError("no memory left for the KV cache: raise --gpu-memory-utilization or "
                              "lower --max-model-len")
         return num_device, num_cpu
 
-    def _activation_reserve(self) -> int:
-        # Peak activations of a max-size step, measured by a profile run in the GPU runner;
-        # here a conservative bound: logits of max_num_batched tokens is the largest buffer.
-        return 2 * GiB
+    def _gpu_blocks_from_profile(self) -> int:
+        """Run a max-size dummy step without a KV cache, measure the activation peak, and
+        give the KV pool what is left of total * gpu_memory_utilization."""
+        cc = self.cache_config
+        dev = self.device
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        free, total = torch.cuda.mem_get_info(dev)
+        used = total - free                      # weights, CUDA context, other processes
+        self.profile_run()
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev) - base
+        self.profile_peak_bytes = peak
+        torch.cuda.empty_cache()
+        graph_reserve = 0 if (cc.enforce_eager or not self._graphs_possible()) else GiB // 2
+        budget = total * cc.gpu_memory_utilization - used - peak - graph_reserve
+        per_block = self.kv_spec.bytes_per_block
+        logger.info("profile run: activation peak %.2f GiB, used %.2f GiB of %.2f GiB; "
+                    "KV budget %.2f GiB", peak / GiB, used / GiB, total / GiB, max(budget, 0) / GiB)
+        return int(max(0, budget) // per_block)
+
+    @torch.inference_mode()
+    def profile_run(self) -> None:
+        """One prefill step of max_num_batched_tokens tokens (sequences of max_model_len)
+        with empty KV caches, plus logits for up to max_num_seqs rows."""
+        cc = self.cache_config
+        L = self.model_config.max_model_len
+        T = cc.max_num_batched_tokens or max(L, 2048)
+        n_seqs = max(1, min(cc.max_num_seqs, -(-T // L) if T > L else 1))
+        lens = [min(L, T - i * L) for i in range(-(-T // L))][:n_seqs] if T > L else [T]
+        lens = [x for x in lens if x > 0]
+        qsl = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+        T = int(qsl[-1])
+        seq_lens = np.asarray(lens, dtype=np.int32)
+        dev = self.device
+        meta = AttentionMetadata(
+            num_prefills=len(lens), num_prefill_tokens=T, num_decode_tokens=0,
+            slot_mapping=torch.full((T,), -1, dtype=torch.int64, device=dev),
+            seq_lens=torch.from_numpy(seq_lens).to(dev),
+            context_lens=torch.zeros(len(lens), dtype=torch.int32, device=dev),
+            query_start_loc=torch.from_numpy(qsl).to(dev),
+            block_tables=torch.zeros((len(lens), 1), dtype=torch.int32, device=dev),
+            max_query_len=int(seq_lens.max()), max_seq_len=int(seq_lens.max()),
+            block_size=cc.block_size, seq_lens_host=seq_lens,
+            context_lens_host=np.zeros(len(lens), dtype=np.int32), query_start_loc_host=qsl)
+        input_ids = torch.zeros(T, dtype=torch.int64, device=dev)
+        positions = torch.from_numpy(np.concatenate([np.arange(x) for x in lens])).to(dev)
+        hidden = self.model(input_ids, positions, [], meta)
+        rows = torch.arange(min(T, cc.max_num_seqs), device=dev) % T
+        self.model.compute_logits(hidden.index_select(0, rows)).float()
+        del hidden
+
+    def _graphs_possible(self) -> bool:
+        if self.device.type != "cuda":
+            return False
+        from llmcore import ops
+        return ops.cuda_available()
 
     def init_kv_cache(self, num_device_blocks: int, num_cpu_blocks: int) -> None:
         self.kv_cache = KVCache(self.kv_spec, num_device_blocks, num_cpu_blocks, self.device)
+        if self._graphs_possible() and not self.cache_config.enforce_eager:
+            from llmcore.model_runner.cuda_graph import DecodeGraphRunner
+            gr = DecodeGraphRunner(self.model, self.kv_cache.device_caches, self.device,
+                                   self.cache_config.max_num_seqs, self.model_config.max_model_len,
+                                   self.cache_config.block_size)
+            try:
+                gr.capture()
+                self.graph_runner = gr
+            except Exception as e:  # pragma: no cover - depends on the device
+                logger.warning("CUDA graph capture failed (%s); running eagerly", e)
+                self.graph_runner = None
 
     # ------------------------------------------------------------------ step
     def build_metadata(self, plan) -> AttentionMetadata:
@@ -117,6 +186,12 @@ class ModelRunner:
         kv.copy_blocks(np.asarray(plan.blocks_to_copy))
         if plan.num_seqs == 0:
             return torch.empty((0, self.model_config.vocab_size), dtype=torch.float32)
+        gr = self.graph_runner
+        if (gr is not None and int(plan.num_prefill_seqs) == 0
+                and int(plan.num_seqs) <= gr.max_bs):
+            hidden = gr.run(plan, int(plan.num_seqs))
+            rows = torch.from_numpy(logits_rows).to(self.device)
+            return self.model.compute_logits(hidden.index_select(0, rows)).float()
         meta = self.build_metadata(plan)
         input_ids = _tensor(plan.input_ids, self.device, torch.int64)
         positions = _tensor(plan.positions, self.device, torch.int64)

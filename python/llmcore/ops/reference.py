@@ -13,7 +13,6 @@ Signatures mirror :mod:`llmcore.ops`. Layouts:
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch

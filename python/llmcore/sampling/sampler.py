@@ -44,7 +44,6 @@ batch is > 0. This keeps an all-greedy batch at ~ one argmax.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 

@@ -18,7 +18,7 @@ Memory: max_slots * vocab * 5 bytes (256 slots x 49152 vocab = 63 MB).
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Sequence, Set, Union
+from typing import Dict, Optional, Sequence, Set, Union
 
 import numpy as np
 import torch

@@ -592,7 +592,7 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ]
-    api_key = api_key or getattr(args, "api_key", None) or os.environ.get("LLMCORE_API_KEY") or None
+    api_key = api_key or getattr(args, "api_key", None)
     interceptors = [_ApiKeyInterceptor(api_key)] if api_key else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     servicer = GenerationServicer(engine, args, max_inflight=max_inflight)
