@@ -34,7 +34,8 @@ def run_llmcore(args, prompts) -> dict:
     kwargs = dict(model=args.model, load_format=args.load_format, dtype=args.dtype, seed=args.seed,
                   max_num_seqs=args.max_num_seqs, enforce_eager=args.enforce_eager, device=args.device,
                   enable_prefix_caching=args.enable_prefix_caching,
-                  enable_chunked_prefill=args.enable_chunked_prefill)
+                  enable_chunked_prefill=args.enable_chunked_prefill,
+                  skip_tokenizer_init=True)  # prompts are token ids; no tokenizer files needed
     if args.max_model_len:
         kwargs["max_model_len"] = args.max_model_len
     if args.max_num_batched_tokens:
@@ -55,6 +56,8 @@ def run_llmcore(args, prompts) -> dict:
             "kv_blocks": llm.llm_engine.num_device_blocks}
     del llm
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # give the KV pool back before the HF baseline loads
     return dict(elapsed_s=elapsed, output_tokens=out_tokens, **info)
 
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One device call: install carried wheels, put the prebuilt (or freshly built) kernels in place,
+# run the GPU engine test and the GPU benchmarks; logs and JSON go to $OUT.
+# Carry: .whl (prometheus-client, gguf wheels) and .gpubuild (_core/_cuda .so for this python).
+set -u
+FINAL=${OUT:-/tmp/out}; OUT=/tmp/gpu_suite; mkdir -p "$OUT" "$FINAL"
+pack() { cp "$OUT/summary.log" "$FINAL/" 2>/dev/null; tar czf "$FINAL/results.tgz" -C "$OUT" . ; }
+trap pack EXIT
+T0=$(date +%s); BUDGET=${BUDGET:-560}
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+step() {  # step NAME MAX_SECONDS CMD...
+  local name=$1 max=$2; shift 2
+  local l; l=$(left); local t=$(( max < l - 5 ? max : l - 5 ))
+  if [ "$t" -lt 20 ]; then echo "SKIP $name (no time left)" | tee -a "$OUT/summary.log"; return; fi
+  echo "=== $name (timeout $t s) $(date +%T)" | tee -a "$OUT/summary.log"
+  local s=$(date +%s)
+  timeout "$t" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  echo "--- $name rc=$rc $(( $(date +%s) - s )) s" | tee -a "$OUT/summary.log"
+  tail -n 12 "$OUT/$name.log" >> "$OUT/summary.log"
+}
+pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl > "$OUT/setup.log" 2>&1
+export PYTHONPATH=$PWD/python:/tmp/site
+cp .gpubuild/*.so python/llmcore/ 2>/dev/null
+{ python -V; nvidia-smi --query-gpu=name,memory.total --format=csv; git rev-parse --short HEAD; } >> "$OUT/setup.log" 2>&1
+if ! python -c "import llmcore._core, llmcore._cuda" >> "$OUT/setup.log" 2>&1; then
+  echo "prebuilt modules do not import: building" >> "$OUT/setup.log"
+  rm -f python/llmcore/_core*.so python/llmcore/_cuda*.so
+  cmake -S . -B build/dev -G Ninja -DLLMCORE_CUDA=ON -DLLMCORE_PYTHON=ON -DLLMCORE_CUDA_ARCHS=90a \
+    -Dpybind11_DIR="$(python -c 'import pybind11;print(pybind11.get_cmake_dir())')" >> "$OUT/setup.log" 2>&1 &&
+  cmake --build build/dev -j16 >> "$OUT/setup.log" 2>&1 &&
+  cp build/dev/cpp/bindings/_core*.so build/dev/cuda/_cuda*.so python/llmcore/
+fi
+python -c "from llmcore import ops; print('cuda_available', ops.cuda_available())" >> "$OUT/setup.log" 2>&1
+tail -5 "$OUT/setup.log" >> "$OUT/summary.log"
+M8=benchmarks/configs/llama3-8b; SM=benchmarks/configs/smollm2-135m
+step test_gpu_engine 110 python -m pytest -q -s -p no:cacheprovider tests/kernels/test_gpu_engine.py
+step lat_8b_bs1 140 python benchmarks/latency.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_8b_bs1.json"
+step lat_smol_graphs 45 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_smol_graphs.json"
+step lat_smol_eager 40 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --enforce-eager --output-json "$OUT/lat_smol_eager.json"
+step thr_8b_128 300 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --num-prompts 1000 --hf-max-batch-size 256 --output-json "$OUT/thr_8b_128.json"
+echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"

@@ -1,0 +1,111 @@
+"""CUDA graphs for decode-only steps.
+
+One graph per batch size in ``capture_sizes`` (1, 2, 4, 8, 16, 24, 32, ... up to
+max_num_seqs), captured largest first so all share one memory pool. A decode-only step of
+n sequences replays the graph of the smallest captured size >= n: the inputs are copied
+into static buffers, the padding rows get slot -1 (no KV write) and seq_len 1 (their
+output is discarded). The model's forward runs up to the final norm inside the graph; the
+lm_head/logits run eagerly on the selected rows only.
+
+The decode kernel's split-K plan is fixed at capture (for max_model_len); shorter
+sequences leave the extra partitions empty.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from llmcore.layers.attention.metadata import AttentionMetadata
+
+logger = logging.getLogger(__name__)
+
+
+def capture_sizes(max_num_seqs: int) -> list[int]:
+    sizes = [1, 2, 4] + list(range(8, max(max_num_seqs, 8) + 1, 8))
+    out = sorted({s for s in sizes if s <= max_num_seqs} | {max_num_seqs})
+    return out
+
+
+class DecodeGraphRunner:
+    def __init__(self, model: torch.nn.Module, kv_caches, device: torch.device, max_num_seqs: int,
+                 max_model_len: int, block_size: int):
+        self.model = model
+        self.kv_caches = kv_caches
+        self.device = device
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self.sizes = capture_sizes(max_num_seqs)
+        self.max_bs = self.sizes[-1]
+        self.max_blocks = -(-max_model_len // block_size)
+        B = self.max_bs
+        kw = dict(device=device)
+        self.input_ids = torch.zeros(B, dtype=torch.int64, **kw)
+        self.positions = torch.zeros(B, dtype=torch.int64, **kw)
+        self.slot_mapping = torch.full((B,), -1, dtype=torch.int64, **kw)
+        self.seq_lens = torch.ones(B, dtype=torch.int32, **kw)
+        self.context_lens = torch.zeros(B, dtype=torch.int32, **kw)
+        self.query_start_loc = torch.arange(B + 1, dtype=torch.int32, **kw)
+        self.block_tables = torch.zeros((B, self.max_blocks), dtype=torch.int32, **kw)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        self.pool = None
+
+    def _meta(self, bs: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            num_prefills=0, num_prefill_tokens=0, num_decode_tokens=bs,
+            slot_mapping=self.slot_mapping[:bs], seq_lens=self.seq_lens[:bs],
+            context_lens=self.context_lens[:bs], query_start_loc=self.query_start_loc[:bs + 1],
+            block_tables=self.block_tables[:bs], max_query_len=1, max_seq_len=self.max_model_len,
+            block_size=self.block_size, seq_lens_host=np.ones(bs, dtype=np.int32),
+            context_lens_host=np.zeros(bs, dtype=np.int32),
+            query_start_loc_host=np.arange(bs + 1, dtype=np.int32))
+
+    def _run(self, bs: int) -> torch.Tensor:
+        return self.model(self.input_ids[:bs], self.positions[:bs], self.kv_caches, self._meta(bs))
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        t0 = time.perf_counter()
+        for bs in reversed(self.sizes):
+            for _ in range(2):  # warm up (allocator, lazy init) outside the graph
+                self._run(bs)
+            torch.cuda.synchronize(self.device)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self.pool):
+                out = self._run(bs)
+            if self.pool is None:
+                self.pool = g.pool()
+            self.graphs[bs] = g
+            self.outputs[bs] = out
+        torch.cuda.synchronize(self.device)
+        logger.info("captured %d CUDA graphs for decode batch sizes %s in %.1f s",
+                    len(self.sizes), self.sizes, time.perf_counter() - t0)
+        self.capture_time_s = time.perf_counter() - t0
+
+    def padded_size(self, n: int) -> Optional[int]:
+        for s in self.sizes:
+            if s >= n:
+                return s
+        return None
+
+    def run(self, plan, n: int) -> torch.Tensor:
+        """Decode-only plan with n sequences -> hidden states [n, hidden] (a view of a static
+        buffer, valid until the next replay)."""
+        bs = self.padded_size(n)
+        self.input_ids[:n].copy_(torch.from_numpy(np.asarray(plan.input_ids, dtype=np.int64)))
+        self.positions[:n].copy_(torch.from_numpy(np.asarray(plan.positions, dtype=np.int64)))
+        self.slot_mapping[:n].copy_(torch.from_numpy(np.asarray(plan.slot_mapping, dtype=np.int64)))
+        self.seq_lens[:n].copy_(torch.from_numpy(np.asarray(plan.seq_lens, dtype=np.int32)))
+        bt = np.asarray(plan.block_tables, dtype=np.int32)
+        w = min(bt.shape[1], self.max_blocks)
+        self.block_tables[:n, :w].copy_(torch.from_numpy(np.ascontiguousarray(bt[:n, :w])))
+        if bs > n:
+            self.slot_mapping[n:bs].fill_(-1)
+            self.seq_lens[n:bs].fill_(1)
+        self.graphs[bs].replay()
+        return self.outputs[bs][:n]
