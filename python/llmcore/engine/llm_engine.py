@@ -69,6 +69,10 @@ class LLMEngine:
         preemption_mode = engine_args.preemption_mode or "recompute"
         if preemption_mode == "swap" and num_cpu == 0:
             raise ValueError("--preemption-mode swap needs --swap-space > 0")
+        if self.device.type == "cpu" and preemption_mode != "swap":
+            # On the CPU the KV pool already lives in host memory: a swap pool would only be
+            # used by swap preemption, so don't spend --swap-space GiB on it otherwise.
+            num_cpu = 0
         self.runner.init_kv_cache(num_device, num_cpu)
 
         cfg = _core.SchedulerConfig()

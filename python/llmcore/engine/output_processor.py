@@ -7,6 +7,7 @@ import time
 from typing import Optional
 
 from llmcore.engine.request import RequestState, SeqState
+from llmcore.tokenizer.stop_checker import StopCheckResult, check_stop, streamable_text_len
 from llmcore.outputs import CompletionOutput, RequestOutput, make_position_logprobs
 
 
@@ -59,57 +60,26 @@ class OutputProcessor:
         return out
 
     def _check_stop(self, req: RequestState, seq: SeqState, token_id: int, new_text_len: int) -> None:
-        params = req.params
         n_out = len(seq.output_token_ids)
-        if n_out >= params.min_tokens:
-            eos = not params.ignore_eos and token_id == self.eos_token_id
-            if eos or (params.stop_token_ids and token_id in params.stop_token_ids):
-                # As vLLM: the stop token's own text is not shown unless asked for.
-                if new_text_len and not params.include_stop_str_in_output:
-                    seq.text = seq.text[:-new_text_len]
-                return self._finish(seq, "stop", None if eos else token_id)
-            if params.stop and new_text_len > 0:
-                hit = self._find_stop_string(seq.text, new_text_len, params.stop,
-                                             params.include_stop_str_in_output)
-                if hit is not None:
-                    stop_str, cut = hit
-                    seq.text = seq.text[:cut]
-                    return self._finish(seq, "stop", stop_str)
-        if n_out >= req.max_tokens:
-            return self._finish(seq, "length", None)
-        if len(req.prompt_token_ids) + n_out >= self.max_model_len:
-            return self._finish(seq, "length", None)
-
-    @staticmethod
-    def _find_stop_string(text: str, new_len: int, stops: list, include: bool):
-        best = None
-        for s in stops:
-            start = max(0, len(text) - new_len - len(s) + 1)
-            i = text.find(s, start)
-            if i != -1 and (best is None or i < best[1]):
-                best = (s, i)
-        if best is None:
-            return None
-        s, i = best
-        return s, (i + len(s) if include else i)
-
-    @staticmethod
-    def _finish(seq: SeqState, reason: str, stop_reason) -> None:
-        seq.finished = True
-        seq.finish_reason = reason
-        seq.stop_reason = stop_reason
+        result = check_stop(req.params, output_text=seq.text, new_char_count=new_text_len,
+                            last_token_id=token_id, num_output_tokens=n_out,
+                            num_total_tokens=len(req.prompt_token_ids) + n_out,
+                            max_model_len=self.max_model_len, eos_token_id=self.eos_token_id)
+        if result is None and n_out >= req.max_tokens:
+            result = StopCheckResult("length")
+        if result is not None:
+            if result.truncate_to is not None:
+                seq.text = seq.text[:result.truncate_to]
+            seq.finished = True
+            seq.finish_reason = result.finish_reason
+            seq.stop_reason = result.stop_reason
 
     # ---------------------------------------------------------------- outputs
     @staticmethod
     def visible_text(req: RequestState, seq: SeqState) -> str:
         """Text safe to show: while running, hold back a tail that may start a stop string."""
-        text = seq.text
-        stops = req.params.stop
-        if seq.finished or not stops:
-            return text
-        hold = max(len(s) for s in stops) - 1
-        keep = max(seq.emitted_text_len, len(text) - hold)
-        return text[:keep]
+        keep = streamable_text_len(seq.text, req.params, seq.finished)
+        return seq.text[:max(seq.emitted_text_len, keep)]
 
     def make_output(self, req: RequestState, final_order: bool = False) -> RequestOutput:
         seqs = req.seqs
