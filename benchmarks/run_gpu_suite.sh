@@ -33,6 +33,8 @@ fi
 python -c "from llmcore import ops; print('cuda_available', ops.cuda_available())" >> "$OUT/setup.log" 2>&1
 tail -5 "$OUT/setup.log" >> "$OUT/summary.log"
 M8=benchmarks/configs/llama3-8b; SM=benchmarks/configs/smollm2-135m
+SUITE=${SUITE:-full}
+if [ "$SUITE" = full ]; then
 step test_gpu_engine 110 python -m pytest -q -s -p no:cacheprovider tests/kernels/test_gpu_engine.py
 step lat_8b_bs1 140 python benchmarks/latency.py --model $M8 --load-format dummy --dtype bfloat16 \
   --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_8b_bs1.json"
@@ -40,6 +42,10 @@ step lat_smol_graphs 45 python benchmarks/latency.py --model $SM --load-format d
   --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_smol_graphs.json"
 step lat_smol_eager 40 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
   --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --enforce-eager --output-json "$OUT/lat_smol_eager.json"
-step thr_8b_128 300 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+fi
+step decode_breakdown_8b 60 python benchmarks/decode_breakdown.py --model $M8 --output-json "$OUT/decode_breakdown_8b.json"
+step thr_8b_128 220 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
   --input-len 128 --output-len 128 --num-prompts 1000 --hf-max-batch-size 256 --output-json "$OUT/thr_8b_128.json"
+step thr_8b_1000 400 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 1000 --output-len 1000 --num-prompts 1000 --skip-hf --output-json "$OUT/thr_8b_1000.json"
 echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"

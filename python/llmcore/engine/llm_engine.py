@@ -177,7 +177,12 @@ class LLMEngine:
 
     def _take_slot(self) -> int:
         if not self._free_slots:
-            raise RuntimeError("sampling slots exhausted")
+            # More requests queued than slots: double the sampling state (slots are taken
+            # when a request is added, not when it is scheduled).
+            old, new = self._slots_capacity, 2 * self._slots_capacity
+            self.sampling_state.grow(new)
+            self._slots_capacity = new
+            self._free_slots = list(range(new - 1, old - 1, -1))
         return self._free_slots.pop()
 
     def abort_request(self, request_id: Union[str, Iterable[str]]) -> None:

@@ -116,6 +116,28 @@ class SamplingBatchState:
         self._inv = torch.full((S,), -1, **i64)   # scratch: slot -> row in batch
 
     # ------------------------------------------------------------------ slots
+    def grow(self, new_max_slots: int) -> None:
+        """Raise max_slots (existing slots keep their state; new ones are inactive)."""
+        S, N = self.max_slots, int(new_max_slots)
+        if N <= S:
+            return
+        V = self.vocab_size
+        fills = dict(temperature=1.0, top_p=1.0, top_k=V, min_p=0.0, presence_penalty=0.0,
+                     frequency_penalty=0.0, repetition_penalty=1.0, min_tokens=0,
+                     num_generated=0, num_logprobs=-1, is_greedy=True, is_seeded=False,
+                     has_penalty=False, active=False, _inv=-1)
+        for name, fill in fills.items():
+            t = getattr(self, name)
+            setattr(self, name, torch.cat([t, torch.full((N - S,) + t.shape[1:], fill,
+                                                         dtype=t.dtype, device=t.device)]))
+        for name in ("output_counts", "prompt_mask"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, torch.cat([t, torch.zeros((N - S,) + t.shape[1:],
+                                                              dtype=t.dtype, device=t.device)]))
+        self._params.extend([None] * (N - S))
+        self.max_slots = N
+
     def add(self, slot: int, params: SamplingParams, prompt_token_ids: Sequence[int],
             output_token_ids: Sequence[int] = ()) -> None:
         """Put a sequence into `slot` (replacing whatever was there). `output_token_ids`
