@@ -71,14 +71,10 @@ def load_hf_model(args):
         with torch.device(args.device_resolved):
             model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
     else:
-        from llmcore.model_loader.default_model import resolve_model_path
-        path = resolve_model_path(args.model)
-        if path.endswith(".gguf"):
-            model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
-                                                         gguf_file=os.path.basename(path),
-                                                         torch_dtype=dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+        # A GGUF is read through llmcore's one-time conversion (the same dequantized
+        # weights as an HF folder), since transformers' GGUF path needs `accelerate`.
+        path = args.model_config.weights_path or args.model_config.model_path
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
         model.to(args.device_resolved)
     return model.eval()
 
@@ -143,6 +139,7 @@ def main(argv=None) -> int:
     from llmcore.config import EngineArgs
     mc = load_model_config(EngineArgs(model=args.model, load_format=args.load_format, dtype=args.dtype),
                            torch.device(args.device_resolved))
+    args.model_config = mc
     prompts = random_prompts(args.num_prompts, args.input_len, mc.vocab_size, args.seed)
     total_in = args.num_prompts * args.input_len
 
@@ -172,7 +169,7 @@ def main(argv=None) -> int:
     if "ratio_output_tokens_per_s" in results:
         print(f"llmcore / HF output tokens/s: {results['ratio_output_tokens_per_s']:.2f}x")
     record = dict(benchmark="throughput", date=time.strftime("%Y-%m-%d %H:%M:%S"), commit=git_commit(),
-                  device=device_name, args={k: v for k, v in vars(args).items()}, results=results,
+                  device=device_name, args={k: v for k, v in vars(args).items() if k != "model_config"}, results=results,
                   command=" ".join([os.path.basename(sys.executable)] + sys.argv))
     os.makedirs(os.path.dirname(args.output_json) or ".", exist_ok=True)
     with open(args.output_json, "w") as f:
