@@ -5,4 +5,5 @@
 namespace llmcore {
 void bind_block_allocator(pybind11::module_& m);
 void bind_scheduler(pybind11::module_& m);
+void bind_cpu_attention(pybind11::module_& m);
 }  // namespace llmcore

@@ -9,11 +9,16 @@
   [num_decodes, max_len, kv_heads, head_size] tensor and one masked SDPA runs for the
   whole batch (GQA through enable_gqa). The gather indices and the mask are built once
   per step and shared by all layers through attn_metadata.extra.
+  fp32 on the CPU: a C++ kernel (llmcore._core.paged_decode_attention_f32) reads the
+  paged cache in place instead (no gather, no mask); the torch path is the fallback
+  (other dtypes, devices, or LLMCORE_CPU_PAGED_DECODE=0).
 """
 
 from __future__ import annotations
 
 from typing import Optional
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +31,13 @@ _EXTRA_KEY = "cpu_attn"
 # Decode in groups of sequences of at most this many K/V bytes (0: one group). Grouping
 # measured no gain on 2 cores, so it is off; kept for larger caches than L2 on bigger hosts.
 _DECODE_CHUNK_BYTES = 0
+
+try:
+    from llmcore._core import paged_decode_attention_f32 as _paged_decode_f32
+except ImportError:  # an older build of the extension
+    _paged_decode_f32 = None
+if os.environ.get("LLMCORE_CPU_PAGED_DECODE", "1") == "0":
+    _paged_decode_f32 = None
 
 
 def _sdpa(q, k, v, *, scale, mask=None, causal=False):
@@ -95,6 +107,9 @@ class CpuAttentionBackend(AttentionBackend):
             valid = pos[None, :] < lens[:, None]
             if sliding_window is not None:
                 valid &= pos[None, :] >= (lens[:, None] - sliding_window)
+            plan["decode_native"] = (
+                md.block_tables[md.num_prefills:].to(torch.int32).contiguous(),
+                md.seq_lens[md.num_prefills:].to(torch.int32).contiguous())
             # flat block ids: index_select over [num_blocks, block_size*KV*D] rows is a
             # memcpy per block (3-4x faster than advanced indexing)
             plan["decode"] = (bt.reshape(-1).to(torch.int64), L, valid[:, None, None, :])
@@ -125,7 +140,8 @@ class CpuAttentionBackend(AttentionBackend):
             o = _sdpa(qb, kb, vb, scale=scale, mask=mask, causal=mask is None)
             return o.transpose(1, 2).reshape(T, H * D)
         if md.num_prefills == 0 and md.num_decode_tokens == T:
-            return self._decode(q, key_cache, value_cache, md, plan, scale).reshape(T, H * D)
+            return self._decode(q, key_cache, value_cache, md, plan, scale,
+                                sliding_window).reshape(T, H * D)
         out = torch.empty(T, H, D, dtype=q.dtype, device=q.device)
 
         for kind, a, s, e, info, mask in plan["prefill_runs"]:
@@ -157,15 +173,30 @@ class CpuAttentionBackend(AttentionBackend):
 
         if md.num_decode_tokens > 0:
             s = md.num_prefill_tokens
-            out[s:] = self._decode(q[s:], key_cache, value_cache, md, plan, scale)
+            out[s:] = self._decode(q[s:], key_cache, value_cache, md, plan, scale,
+                                   sliding_window)
         return out.view(T, H * D)
 
-    def _decode(self, qd, key_cache, value_cache, md, plan, scale):
+    def _decode(self, qd, key_cache, value_cache, md, plan, scale, sliding_window=None):
         """qd [nd, H, D] (one token per decode sequence) -> [nd, H, D]."""
         if key_cache.numel() == 0:
             raise ValueError("decode steps need a KV cache")
         nd = qd.shape[0]
         KV, D = self.num_kv_heads, self.head_size
+        if (_paged_decode_f32 is not None and qd.device.type == "cpu"
+                and qd.dtype == torch.float32 and key_cache.dtype == torch.float32
+                and value_cache.dtype == torch.float32 and key_cache.is_contiguous()
+                and value_cache.is_contiguous() and qd.stride(2) == 1
+                and qd.stride(1) == D):
+            bt, lens = plan["decode_native"]
+            H = self.num_heads
+            out = torch.empty(nd, H, D, dtype=torch.float32)
+            _paged_decode_f32(qd.data_ptr(), qd.stride(0), key_cache.data_ptr(),
+                              value_cache.data_ptr(), bt.data_ptr(), lens.data_ptr(), nd, H,
+                              KV, D, md.block_size, bt.shape[1], float(scale),
+                              -1 if sliding_window is None else int(sliding_window),
+                              out.data_ptr(), H * D, 0)
+            return out
         blocks, L, valid = plan["decode"]
         nb = key_cache.shape[0]
         kc2, vc2 = key_cache.view(nb, -1), value_cache.view(nb, -1)

@@ -1,0 +1,105 @@
+#include "llmcore/cpu_attention.h"
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace llmcore {
+namespace {
+
+struct Args {
+  const float* q;
+  int64_t q_stride;
+  const float* key_cache;
+  const float* value_cache;
+  const int32_t* block_tables;
+  const int32_t* seq_lens;
+  int num_heads, num_kv_heads, head_dim, block_size, max_blocks;
+  float scale;
+  int sliding_window;
+  float* out;
+  int64_t out_stride;
+};
+
+namespace generic {
+#include "cpu_attention_kernel.inc"
+}  // namespace generic
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LLMCORE_HAVE_AVX2_PATH 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+namespace avx2 {
+#include "cpu_attention_kernel.inc"
+}  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+
+using ItemsFn = void (*)(const Args&, std::atomic<int>*, int);
+
+ItemsFn pick() {
+#ifdef LLMCORE_HAVE_AVX2_PATH
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (has) return &avx2::run_items;
+#endif
+  return &generic::run_items;
+}
+
+}  // namespace
+
+const char* paged_decode_attention_isa() {
+  return pick() == &generic::run_items ? "generic" : "avx2";
+}
+
+void paged_decode_attention_f32(const float* q, int64_t q_stride, const float* key_cache,
+                                const float* value_cache, const int32_t* block_tables,
+                                const int32_t* seq_lens, int num_seqs, int num_heads,
+                                int num_kv_heads, int head_dim, int block_size,
+                                int max_blocks, float scale, int sliding_window, float* out,
+                                int64_t out_stride, int num_threads) {
+  if (num_seqs <= 0) return;
+  if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0)
+    throw std::invalid_argument("num_heads must be a multiple of num_kv_heads");
+  if (num_heads / num_kv_heads > 16 || head_dim <= 0 || head_dim > 256)
+    throw std::invalid_argument("paged_decode_attention_f32: needs heads per kv head <= 16 "
+                                "and head_dim <= 256");
+  if (block_size <= 0) throw std::invalid_argument("block_size must be positive");
+  for (int b = 0; b < num_seqs; ++b) {
+    const int64_t need = (static_cast<int64_t>(seq_lens[b]) + block_size - 1) / block_size;
+    if (need > max_blocks)
+      throw std::invalid_argument("seq_len " + std::to_string(seq_lens[b]) +
+                                  " needs more blocks than block_tables has columns");
+  }
+  const Args a{q, q_stride, key_cache, value_cache, block_tables, seq_lens,
+               num_heads, num_kv_heads, head_dim, block_size, max_blocks,
+               scale, sliding_window, out, out_stride};
+  const int total = num_seqs * num_kv_heads;
+  int nt = num_threads > 0 ? num_threads : static_cast<int>(std::thread::hardware_concurrency());
+  if (nt < 1) nt = 1;
+  if (nt > total) nt = total;
+  ItemsFn fn = pick();
+  std::atomic<int> next{0};
+  if (nt == 1) {
+    fn(a, &next, total);
+    return;
+  }
+  std::vector<std::thread> ts;
+  ts.reserve(nt - 1);
+  for (int i = 1; i < nt; ++i) ts.emplace_back(fn, std::cref(a), &next, total);
+  fn(a, &next, total);
+  for (auto& t : ts) t.join();
+}
+
+}  // namespace llmcore
