@@ -14,7 +14,7 @@ namespace llmcore {
 // sliding_window: -1 = off; else only the last `sliding_window` tokens are attended.
 // GQA: query head i uses kv head i / (num_heads / num_kv_heads).
 // num_threads: <= 0 = hardware concurrency (capped at the work size).
-// Each (sequence, kv head) pair is reduced by one thread in a fixed order, so a
+// Each sequence (all heads, each K/V row read once) is reduced by one thread in a fixed order, so a
 // sequence's result does not depend on the rest of the batch or on the thread count.
 // A sequence with seq_len <= 0 gets zeros.
 void paged_decode_attention_f32(const float* q, int64_t q_stride, const float* key_cache,

@@ -10,8 +10,8 @@
   whole batch (GQA through enable_gqa). The gather indices and the mask are built once
   per step and shared by all layers through attn_metadata.extra.
   fp32 on the CPU: a C++ kernel (llmcore._core.paged_decode_attention_f32) reads the
-  paged cache in place instead (no gather, no mask); the torch path is the fallback
-  (other dtypes, devices, or LLMCORE_CPU_PAGED_DECODE=0).
+  paged cache in place instead (no gather, no mask) when LLMCORE_CPU_PAGED_DECODE=1
+  (opt-in, see below); the torch path is the default and the fallback for other dtypes.
 """
 
 from __future__ import annotations
@@ -36,8 +36,13 @@ try:
     from llmcore._core import paged_decode_attention_f32 as _paged_decode_f32
 except ImportError:  # an older build of the extension
     _paged_decode_f32 = None
-if os.environ.get("LLMCORE_CPU_PAGED_DECODE", "1") == "0":
+# Opt-in (LLMCORE_CPU_PAGED_DECODE=1): in bench_forward (SmolLM2-135M, batch 64, ctx
+# 128-160, 2 cores) the kernel took ~48 ms/step vs ~37 ms for gather+SDPA, although in
+# isolation (warm cache) it runs a layer in 0.57 ms vs 1.2-3.9 ms; cause not yet found.
+if os.environ.get("LLMCORE_CPU_PAGED_DECODE", "0") != "1":
     _paged_decode_f32 = None
+# Threads of the C++ decode kernel (0: all cores).
+_DECODE_THREADS = int(os.environ.get("LLMCORE_CPU_ATTN_THREADS", "1"))
 
 
 def _sdpa(q, k, v, *, scale, mask=None, causal=False):
@@ -195,7 +200,7 @@ class CpuAttentionBackend(AttentionBackend):
                               value_cache.data_ptr(), bt.data_ptr(), lens.data_ptr(), nd, H,
                               KV, D, md.block_size, bt.shape[1], float(scale),
                               -1 if sliding_window is None else int(sliding_window),
-                              out.data_ptr(), H * D, 0)
+                              out.data_ptr(), H * D, _DECODE_THREADS)
             return out
         blocks, L, valid = plan["decode"]
         nb = key_cache.shape[0]
