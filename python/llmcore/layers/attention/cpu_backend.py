@@ -10,15 +10,13 @@
   whole batch (GQA through enable_gqa). The gather indices and the mask are built once
   per step and shared by all layers through attn_metadata.extra.
   fp32 on the CPU: a C++ kernel (llmcore._core.paged_decode_attention_f32) reads the
-  paged cache in place instead (no gather, no mask) when LLMCORE_CPU_PAGED_DECODE=1
-  (opt-in, see below); the torch path is the default and the fallback for other dtypes.
+  paged cache in place instead (no gather, no mask) when USE_PAGED_DECODE_KERNEL is
+  set (off, see below); the torch path is the default and the fallback for other dtypes.
 """
 
 from __future__ import annotations
 
 from typing import Optional
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -32,17 +30,18 @@ _EXTRA_KEY = "cpu_attn"
 # measured no gain on 2 cores, so it is off; kept for larger caches than L2 on bigger hosts.
 _DECODE_CHUNK_BYTES = 0
 
-try:
-    from llmcore._core import paged_decode_attention_f32 as _paged_decode_f32
-except ImportError:  # an older build of the extension
-    _paged_decode_f32 = None
-# Opt-in (LLMCORE_CPU_PAGED_DECODE=1): in bench_forward (SmolLM2-135M, batch 64, ctx
-# 128-160, 2 cores) the kernel took ~48 ms/step vs ~37 ms for gather+SDPA, although in
-# isolation (warm cache) it runs a layer in 0.57 ms vs 1.2-3.9 ms; cause not yet found.
-if os.environ.get("LLMCORE_CPU_PAGED_DECODE", "0") != "1":
-    _paged_decode_f32 = None
+# Off: in bench_forward (SmolLM2-135M, batch 64, ctx 128-160, 2 cores) the C++ kernel took
+# ~48 ms/step vs ~37 ms for gather+SDPA, although in isolation (warm cache) it runs a layer
+# in 0.57 ms vs 1.2-3.9 ms; cause not yet found (cold K/V? torch's spinning OpenMP threads?).
+USE_PAGED_DECODE_KERNEL = False
+_paged_decode_f32 = None
+if USE_PAGED_DECODE_KERNEL:
+    try:
+        from llmcore._core import paged_decode_attention_f32 as _paged_decode_f32
+    except ImportError:  # an older build of the extension
+        _paged_decode_f32 = None
 # Threads of the C++ decode kernel (0: all cores).
-_DECODE_THREADS = int(os.environ.get("LLMCORE_CPU_ATTN_THREADS", "1"))
+_DECODE_THREADS = 1
 
 
 def _sdpa(q, k, v, *, scale, mask=None, causal=False):
