@@ -1,0 +1,188 @@
+"""Conversions between llmcore's engine objects and the llmcore.v1 protobuf messages:
+sampling parameters in, streamed deltas / logprobs / usage out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+import grpc
+
+from llmcore.entrypoints.grpc._stubs import pb2
+
+_FINISH = {
+    None: pb2.FINISH_REASON_UNSPECIFIED,
+    "stop": pb2.FINISH_REASON_STOP,
+    "length": pb2.FINISH_REASON_LENGTH,
+    "abort": pb2.FINISH_REASON_ABORT,
+}
+
+# SamplingParams fields carried as proto3 `optional` scalars: set = given, unset = default.
+_OPTIONAL_FIELDS = (
+    "n", "best_of", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature",
+    "top_p", "top_k", "min_p", "seed", "use_beam_search", "length_penalty",
+    "include_stop_str_in_output", "ignore_eos", "max_tokens", "min_tokens", "logprobs",
+    "prompt_logprobs", "detokenize", "skip_special_tokens", "spaces_between_special_tokens",
+    "truncate_prompt_tokens",
+)
+_FLOAT_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature",
+                 "top_p", "min_p", "length_penalty")
+
+
+class RpcError(Exception):
+    """Raised inside a handler; turned into context.abort(code, message)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _invalid(message: str) -> RpcError:
+    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _is_unavailable_error(e: BaseException) -> bool:
+    name = type(e).__name__.lower()
+    return isinstance(e, asyncio.QueueFull) or any(
+        w in name for w in ("dead", "overload", "unavailable", "shutdown", "closed"))
+
+
+# ---------------------------------------------------------------------------------------------
+# conversions
+
+def _f32(v: float) -> float:
+    """A float32 proto value back to the decimal the client wrote (0.7, not 0.699999988)."""
+    return float(f"{v:.7g}")
+
+
+def sampling_params_from_proto(msg: Any, *, has_msg: bool = True):
+    """pb2.SamplingParams -> llmcore.SamplingParams. Raises RpcError(INVALID_ARGUMENT)."""
+    from llmcore.sampling_params import SamplingParams
+
+    kwargs: dict[str, Any] = {}
+    if has_msg:
+        for name in _OPTIONAL_FIELDS:
+            if msg.HasField(name):
+                v = getattr(msg, name)
+                kwargs[name] = _f32(v) if name in _FLOAT_FIELDS else v
+        if msg.HasField("early_stopping"):
+            es = msg.early_stopping.strip().lower()
+            if es not in ("true", "false", "never"):
+                raise _invalid("sampling_params.early_stopping: must be 'true', 'false' or 'never', "
+                               f"got {msg.early_stopping!r}")
+            kwargs["early_stopping"] = {"true": True, "false": False}.get(es, "never")
+        if len(msg.stop):
+            kwargs["stop"] = list(msg.stop)
+        if len(msg.stop_token_ids):
+            kwargs["stop_token_ids"] = list(msg.stop_token_ids)
+        if len(msg.logit_bias):
+            kwargs["logit_bias"] = {int(k): _f32(v) for k, v in msg.logit_bias.items()}
+    try:
+        return SamplingParams(**kwargs)
+    except TypeError as e:  # a field this SamplingParams does not take
+        raise _invalid(f"sampling_params: {e}") from None
+    except ValueError as e:  # the message starts with the field's name
+        raise _invalid(f"sampling_params.{e}") from None
+
+
+def _token_logprob(token_id: int, lp: Any) -> Any:
+    m = pb2.TokenLogprob(token_id=int(token_id), logprob=float(lp.logprob))
+    if getattr(lp, "rank", None) is not None:
+        m.rank = int(lp.rank)
+    if getattr(lp, "decoded_token", None):
+        m.decoded_token = lp.decoded_token
+    return m
+
+
+def _position_logprobs(chosen: int, entry: Optional[dict], k: int) -> Any:
+    pos = pb2.PositionLogprobs()
+    if not entry:
+        return pos
+    if chosen in entry:
+        pos.token.CopyFrom(_token_logprob(chosen, entry[chosen]))
+    if k > 0:
+        top = sorted(entry.items(), key=lambda kv: kv[1].logprob, reverse=True)[:k]
+        pos.top_logprobs.extend(_token_logprob(t, lp) for t, lp in top)
+    return pos
+
+
+class _StreamState:
+    """Turns cumulative RequestOutput snapshots into deltas, per output index."""
+
+    def __init__(self, request_id: str, model: str, params: Any):
+        self.request_id = request_id
+        self.model = model
+        self.k = int(getattr(params, "logprobs", None) or 0)
+        self.prompt_k = getattr(params, "prompt_logprobs", None)
+        self.sent: dict[int, list] = {}    # index -> [text_len, tokens_len, logprobs_len, finished]
+        self.first = True
+
+    def delta(self, out: Any) -> Optional[Any]:
+        msg = pb2.GenerateResponse(request_id=self.request_id, model=self.model,
+                                   finished=bool(out.finished))
+        news = False
+        for c in out.outputs:
+            st = self.sent.setdefault(c.index, [0, 0, 0, False])
+            chunk = pb2.CompletionChunk(index=c.index)
+            text = c.text or ""
+            if len(text) > st[0]:
+                chunk.text = text[st[0]:]
+                st[0] = len(text)
+            ids = list(c.token_ids)
+            if len(ids) > st[1]:
+                chunk.token_ids.extend(int(t) for t in ids[st[1]:])
+                if c.logprobs is not None:
+                    lps = c.logprobs
+                    chunk.logprobs.extend(_position_logprobs(int(ids[j]), lps[j], self.k)
+                                          for j in range(st[2], min(len(ids), len(lps))))
+                    st[2] = min(len(ids), len(lps))
+                st[1] = len(ids)
+            if c.finish_reason is not None and not st[3]:
+                st[3] = True
+                _set_finish(chunk, c)
+            if getattr(c, "cumulative_logprob", None) is not None and (chunk.token_ids or st[3]):
+                chunk.cumulative_logprob = float(c.cumulative_logprob)
+            if chunk.text or chunk.token_ids or chunk.finish_reason:
+                msg.outputs.append(chunk)
+                news = True
+        if self.first:
+            self.first = False
+            _set_prompt(msg, out, self.prompt_k)
+            news = True
+        if out.finished:
+            _set_usage(msg, out)
+        return msg if (news or out.finished) else None
+
+
+def _set_finish(chunk: Any, c: Any) -> None:
+    chunk.finish_reason = _FINISH.get(c.finish_reason, pb2.FINISH_REASON_UNSPECIFIED)
+    sr = getattr(c, "stop_reason", None)
+    if isinstance(sr, str):
+        chunk.stop_str = sr
+    elif isinstance(sr, int) and not isinstance(sr, bool):
+        chunk.stop_token_id = sr
+
+
+def _set_prompt(msg: Any, out: Any, k: Optional[int]) -> None:
+    ids = list(out.prompt_token_ids or [])
+    msg.prompt_token_ids.extend(int(t) for t in ids)
+    plp = getattr(out, "prompt_logprobs", None)
+    if plp:
+        msg.prompt_logprobs.extend(_position_logprobs(int(ids[j]), e, k or 0)
+                                   for j, e in enumerate(plp[:len(ids)]))
+
+
+def _set_usage(msg: Any, out: Any) -> None:
+    p = len(out.prompt_token_ids or [])
+    c = sum(len(o.token_ids) for o in out.outputs)
+    msg.usage.CopyFrom(pb2.Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c))
+
+
+def _full_response(out: Any, request_id: str, model: str, params: Any) -> Any:
+    st = _StreamState(request_id, model, params)
+    return st.delta(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the service
