@@ -21,13 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import git_commit, load_hf_model, random_prompts  # noqa: E402
-
-
-def _device_name(dev: str) -> str:
-    import platform
-    return torch.cuda.get_device_name() if dev == "cuda" else \
-        f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
+from throughput import describe_device, git_commit, load_hf_model, random_prompts  # noqa: E402
 
 
 def _stats(lat: list, output_len: int) -> dict:
@@ -77,8 +71,8 @@ def run_llmcore(args, prompts) -> dict:
 
 
 @torch.inference_mode()
-def run_hf(args, prompts) -> dict:
-    model = load_hf_model(args)
+def run_hf(args, prompts, model_config) -> dict:
+    model = load_hf_model(args, model_config)
     dev = args.device_resolved
     batch = torch.tensor(prompts, device=dev)
     kw = dict(do_sample=False, max_new_tokens=args.output_len, min_new_tokens=args.output_len,
@@ -131,10 +125,10 @@ def main(argv=None) -> int:
     prompts = random_prompts(args.batch_size, args.input_len, mc.vocab_size, args.seed)
     results = {"llmcore": run_llmcore(args, prompts)}
     if not args.skip_hf:
-        results["hf_transformers"] = run_hf(args, prompts)
+        results["hf_transformers"] = run_hf(args, prompts, mc)
         results["speedup_vs_hf"] = (results["hf_transformers"]["avg_latency_s"]
                                     / results["llmcore"]["avg_latency_s"])
-    dev = _device_name(args.device_resolved)
+    dev = describe_device(args.device_resolved)
     print(f"\nlatency: batch {args.batch_size}, {args.input_len} in / {args.output_len} out, "
           f"model={args.model} dtype={args.dtype} device={dev} "
           f"enforce_eager={args.enforce_eager}")

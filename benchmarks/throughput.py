@@ -61,7 +61,7 @@ def run_llmcore(args, prompts) -> dict:
     return dict(elapsed_s=elapsed, output_tokens=out_tokens, **info)
 
 
-def load_hf_model(args):
+def load_hf_model(args, model_config):
     from transformers import AutoConfig, AutoModelForCausalLM
     dtype = {"auto": torch.float32 if args.device_resolved == "cpu" else torch.bfloat16,
              "float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
@@ -73,15 +73,15 @@ def load_hf_model(args):
     else:
         # A GGUF is read through llmcore's one-time conversion (the same dequantized
         # weights as an HF folder), since transformers' GGUF path needs `accelerate`.
-        path = args.model_config.weights_path or args.model_config.model_path
+        path = model_config.weights_path or model_config.model_path
         model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
         model.to(args.device_resolved)
     return model.eval()
 
 
 @torch.inference_mode()
-def run_hf(args, prompts) -> dict:
-    model = load_hf_model(args)
+def run_hf(args, prompts, model_config) -> dict:
+    model = load_hf_model(args, model_config)
     bs = args.hf_max_batch_size or len(prompts)
     dev = args.device_resolved
     gen_kwargs = dict(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=args.output_len,
@@ -100,6 +100,11 @@ def run_hf(args, prompts) -> dict:
     del model
     gc.collect()
     return dict(elapsed_s=elapsed, output_tokens=out_tokens)
+
+
+def describe_device(dev: str) -> str:
+    return torch.cuda.get_device_name() if dev == "cuda" else \
+        f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
 def git_commit() -> str:
@@ -139,7 +144,6 @@ def main(argv=None) -> int:
     from llmcore.config import EngineArgs
     mc = load_model_config(EngineArgs(model=args.model, load_format=args.load_format, dtype=args.dtype),
                            torch.device(args.device_resolved))
-    args.model_config = mc
     prompts = random_prompts(args.num_prompts, args.input_len, mc.vocab_size, args.seed)
     total_in = args.num_prompts * args.input_len
 
@@ -147,7 +151,7 @@ def main(argv=None) -> int:
     ours = run_llmcore(args, prompts)
     results["llmcore"] = ours
     if not args.skip_hf:
-        results["hf_transformers"] = run_hf(args, prompts)
+        results["hf_transformers"] = run_hf(args, prompts, mc)
 
     rows = []
     for name, r in results.items():
@@ -158,8 +162,7 @@ def main(argv=None) -> int:
     if "hf_transformers" in results:
         results["ratio_output_tokens_per_s"] = (ours["output_tokens_per_s"]
                                                 / results["hf_transformers"]["output_tokens_per_s"])
-    device_name = torch.cuda.get_device_name() if args.device_resolved == "cuda" else \
-        f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
+    device_name = describe_device(args.device_resolved)
     print(f"\nthroughput: {args.num_prompts} prompts x {args.input_len} in / {args.output_len} out, "
           f"model={args.model} dtype={args.dtype} device={device_name}")
     print(f"{'engine':<18}{'elapsed s':>11}{'req/s':>9}{'total tok/s':>13}{'output tok/s':>14}")
@@ -169,7 +172,7 @@ def main(argv=None) -> int:
     if "ratio_output_tokens_per_s" in results:
         print(f"llmcore / HF output tokens/s: {results['ratio_output_tokens_per_s']:.2f}x")
     record = dict(benchmark="throughput", date=time.strftime("%Y-%m-%d %H:%M:%S"), commit=git_commit(),
-                  device=device_name, args={k: v for k, v in vars(args).items() if k != "model_config"}, results=results,
+                  device=device_name, args=vars(args), results=results,
                   command=" ".join([os.path.basename(sys.executable)] + sys.argv))
     os.makedirs(os.path.dirname(args.output_json) or ".", exist_ok=True)
     with open(args.output_json, "w") as f:
