@@ -69,7 +69,7 @@ def main():
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     # ---------------------------------------------------------------- decode attention
     H, Hkv, D, bs = 32, 8, 128, 16
-    for B, L in [(1, 1024), (1, 32768), (32, 1024), (32, 8192), (128, 2048), (256, 4096)]:
+    for B, L in [(1, 1024), (1, 32768), (32, 1024), (32, 8192), (128, 2048), (256, 1024), (256, 4096)]:
         if args.quick and B * L > 32 * 8192:
             continue
         kc, vc, bt, sl = paged([L] * B, Hkv, D, bs, dt)

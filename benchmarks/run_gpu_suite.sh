@@ -28,12 +28,21 @@ if ! python -c "import llmcore._core, llmcore._cuda" >> "$OUT/setup.log" 2>&1; t
   cmake -S . -B build/dev -G Ninja -DLLMCORE_CUDA=ON -DLLMCORE_PYTHON=ON -DLLMCORE_CUDA_ARCHS=90a \
     -Dpybind11_DIR="$(python -c 'import pybind11;print(pybind11.get_cmake_dir())')" >> "$OUT/setup.log" 2>&1 &&
   cmake --build build/dev -j16 >> "$OUT/setup.log" 2>&1 &&
-  cp build/dev/cpp/bindings/_core*.so build/dev/cuda/_cuda*.so python/llmcore/
+  cp build/dev/cpp/bindings/_core*.so build/dev/cuda/_cuda*.so python/llmcore/ &&
+  mkdir -p "$OUT/gpubuild" && cp python/llmcore/_core*.so python/llmcore/_cuda*.so "$OUT/gpubuild/"
 fi
 python -c "from llmcore import ops; print('cuda_available', ops.cuda_available())" >> "$OUT/setup.log" 2>&1
 tail -5 "$OUT/setup.log" >> "$OUT/summary.log"
 M8=benchmarks/configs/llama3-8b; SM=benchmarks/configs/smollm2-135m
 SUITE=${SUITE:-full}
+if [ "$SUITE" = profile ]; then
+step bench_kernels 90 python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"
+step step_profile_256x1000 200 python benchmarks/step_profile.py --model $M8 --batch-size 256 \
+  --context 1000 --profile --output-json "$OUT/step_profile_256x1000.json"
+step decode_breakdown_8b 60 python benchmarks/decode_breakdown.py --model $M8 --output-json "$OUT/decode_breakdown_8b.json"
+echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
+exit 0
+fi
 if [ "$SUITE" = full ]; then
 step test_gpu_engine 110 python -m pytest -q -s -p no:cacheprovider tests/kernels/test_gpu_engine.py
 step lat_8b_bs1 140 python benchmarks/latency.py --model $M8 --load-format dummy --dtype bfloat16 \
