@@ -105,7 +105,8 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
   // after which lane `lane >> SHIFT` owns one (token, head) score: NV-1 shuffles instead of
   // 5*NV. Softmax state (m, l) lives on the lanes owning head g; p and the rescale factors are
   // shared through shared memory.
-  constexpr int U = GC == 1 ? 8 : 4;
+  // U tokens per warp step: 8 keeps more loads in flight while U*GC fits one warp.
+  constexpr int U = GC <= 4 ? 8 : 4;
   constexpr int NV = U * GC;  // power of two, <= WARP_SIZE
   static_assert(NV <= WARP_SIZE && (NV & (NV - 1)) == 0, "bad U*GC");
   constexpr int LOG_NV = NV == 1 ? 0 : NV == 2 ? 1 : NV == 4 ? 2 : NV == 8 ? 3 : NV == 16 ? 4 : NV == 32 ? 5 : 6;
@@ -258,6 +259,19 @@ cudaError_t launch_typed(T* out, int64_t out_stride, const T* q, int64_t q_strid
         out, out_stride, q, q_stride, (const S*)kc, (const S*)vc, bt, mbps, seq_lens, qsl,
         num_seqs, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale,
         num_splits, partition_size, tmp_out, tmp_ml);
+  } else if (G <= 4) {
+    // GC = the group size rounded up to a power of two: a GC wider than the group would
+    // spend half the dot products and shuffles on empty heads (Llama-3: G = 4).
+    auto launch = [&](auto gc) {
+      constexpr int GC = decltype(gc)::value;
+      const dim3 grid(num_rows, num_kv_heads * ((G + GC - 1) / GC), num_splits);
+      paged_attention_kernel<T, KIND, HD, GC><<<grid, kThreads, 0, stream>>>(
+          out, out_stride, q, q_stride, (const S*)kc, (const S*)vc, bt, mbps, seq_lens, qsl,
+          num_seqs, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale,
+          num_splits, partition_size, tmp_out, tmp_ml);
+    };
+    if (G <= 2) launch(std::integral_constant<int, 2>{});
+    else launch(std::integral_constant<int, 4>{});
   } else {
     constexpr int GC = 8;
     const dim3 grid(num_rows, num_kv_heads * ((G + GC - 1) / GC), num_splits);

@@ -191,7 +191,8 @@ def decode_split_plan(num_seqs: int, num_heads: int, num_kv_heads: int, max_seq_
     eff = max(eff, 1)
     if num_splits is None:
         g = num_heads // num_kv_heads
-        base = num_seqs * num_kv_heads * (1 if g == 1 else math.ceil(g / 8))
+        gc = 1 if g == 1 else 2 if g <= 2 else 4 if g <= 4 else 8  # heads per CTA (kernel's GC)
+        base = num_seqs * num_kv_heads * math.ceil(g / gc)
         want = math.ceil(2 * sm_count / max(base, 1))
         num_splits = max(1, min(math.ceil(eff / min_partition), want))
     num_splits = max(1, min(int(num_splits), eff))
