@@ -35,6 +35,18 @@ python -c "from llmcore import ops; print('cuda_available', ops.cuda_available()
 tail -5 "$OUT/setup.log" >> "$OUT/summary.log"
 M8=benchmarks/configs/llama3-8b; SM=benchmarks/configs/smollm2-135m
 SUITE=${SUITE:-full}
+if [ "$SUITE" = check ]; then
+step kernel_tests 240 python -m pytest -q -x -p no:cacheprovider tests/kernels
+step bench_kernels 60 python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"
+step step_profile_256x1000 120 python benchmarks/step_profile.py --model $M8 --batch-size 256 \
+  --context 1000 --output-json "$OUT/step_profile_256x1000.json"
+step lat_8b_bs1 90 python benchmarks/latency.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --output-json "$OUT/lat_8b_bs1.json"
+step lat_smol_graphs 45 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --output-json "$OUT/lat_smol_graphs.json"
+echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
+exit 0
+fi
 if [ "$SUITE" = profile ]; then
 step bench_kernels 90 python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"
 step step_profile_256x1000 200 python benchmarks/step_profile.py --model $M8 --batch-size 256 \

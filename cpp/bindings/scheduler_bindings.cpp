@@ -132,6 +132,14 @@ void bind_scheduler(py::module_& m) {
             s.update(seq_ids.data(), token_ids.data(), static_cast<size_t>(seq_ids.size()));
           },
           py::arg("seq_ids"), py::arg("token_ids"))
+      .def(
+          "set_last_tokens",
+          [](Scheduler& s, const I64Array& seq_ids, const I32Array& token_ids) {
+            if (seq_ids.ndim() != 1 || token_ids.ndim() != 1 || seq_ids.size() != token_ids.size())
+              throw py::value_error("set_last_tokens: need two 1-D arrays of the same length");
+            s.set_last_tokens(seq_ids.data(), token_ids.data(), static_cast<size_t>(seq_ids.size()));
+          },
+          py::arg("seq_ids"), py::arg("token_ids"))
       .def("finish_seq", &Scheduler::finish_seq, py::arg("seq_id"))
       .def("abort_request", &Scheduler::abort_request, py::arg("request_id"))
       .def("schedule", &Scheduler::schedule)

@@ -91,6 +91,14 @@ void Scheduler::update(const std::vector<int64_t>& seq_ids,
   update(seq_ids.data(), token_ids.data(), seq_ids.size());
 }
 
+void Scheduler::set_last_tokens(const int64_t* seq_ids, const int32_t* token_ids, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    auto it = seqs_.find(seq_ids[i]);
+    if (it == seqs_.end() || it->second->tokens.empty()) continue;
+    it->second->tokens.back() = token_ids[i];
+  }
+}
+
 void Scheduler::remove_from_queue(Request* r) {
   switch (r->state) {
     case RequestState::kWaiting:

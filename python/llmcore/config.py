@@ -135,6 +135,12 @@ class EngineArgs:
     max_logprobs: int = arg(20, group=GROUP_SCHED, help="Max logprobs a request may ask for.")
     seed: int = arg(0, group=GROUP_SCHED, help="Random seed.")
     enforce_eager: bool = arg(False, group=GROUP_SCHED, help="Never use CUDA graphs.")
+    async_scheduling: Optional[bool] = arg(
+        None, group=GROUP_SCHED,
+        help="Overlap the host side of a step (output processing, scheduling, input copies) with "
+             "the GPU running the previous one; sampled tokens reach the next step on the device. "
+             "Default: on for CUDA devices. Requests with n/best_of > 1, beam search or "
+             "prompt_logprobs, and prefix caching, run without it.")
     max_context_len_to_capture: Optional[int] = arg(None, group=GROUP_SCHED,
                                                     help="Deprecated alias of --max-seq-len-to-capture.")
     max_seq_len_to_capture: int = arg(8192, group=GROUP_SCHED,

@@ -523,3 +523,21 @@ TEST(Scheduler, RandomizedInvariants) {
     s.check_invariants();
   }
 }
+
+TEST(Scheduler, SetLastTokensFixesPlaceholderAndSkipsDeadSeqs) {
+  Scheduler s(cfg(16, 8));
+  s.add_request(0, 0, toks(0, 5));
+  s.add_request(1, 1, toks(100, 3));
+  s.schedule();
+  s.update({0, 1}, {-1, -1});  // placeholders, as a pipelined engine appends them
+  const int64_t ids[] = {0, 1, 42};
+  const int32_t vals[] = {7, 8, 9};
+  s.finish_seq(1);
+  s.set_last_tokens(ids, vals, 3);  // seq 1 finished, 42 never existed: skipped
+  EXPECT_EQ(s.token_ids(0).size(), 6u);
+  EXPECT_EQ(s.token_ids(0).back(), 7);
+  auto o = s.schedule();
+  ASSERT_EQ(o->num_seqs, 1);
+  EXPECT_EQ(o->input_ids[0], 7);  // the decode step reads the fixed token
+  s.check_invariants();
+}

@@ -28,7 +28,7 @@ def _greedy(llm, prompts):
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def agreement(enforce_eager: bool) -> float:
+def agreement(enforce_eager: bool, async_scheduling: bool) -> float:
     from llmcore import LLM
     load_format = "dummy" if os.path.isdir(MODEL) and not any(
         f.endswith((".safetensors", ".bin")) for f in os.listdir(MODEL)) else "auto"
@@ -39,7 +39,8 @@ def agreement(enforce_eager: bool) -> float:
                for n in torch.randint(8, 40, (NUM_PROMPTS,), generator=g)]
     cpu = LLM(device="cpu", **kw)
     ref = _greedy(cpu, prompts)
-    gpu = LLM(device="cuda", enforce_eager=enforce_eager, gpu_memory_utilization=0.3, **kw)
+    gpu = LLM(device="cuda", enforce_eager=enforce_eager, async_scheduling=async_scheduling,
+              gpu_memory_utilization=0.3, **kw)
     src = dict(cpu.llm_engine.runner.model.named_parameters())
     with torch.no_grad():
         for name, p in gpu.llm_engine.runner.model.named_parameters():
@@ -54,11 +55,13 @@ def agreement(enforce_eager: bool) -> float:
                 break
             prefix += 1
     total = NUM_PROMPTS * NUM_TOKENS
-    print(f"greedy agreement GPU vs CPU (enforce_eager={enforce_eager}): "
+    print(f"greedy agreement GPU vs CPU (enforce_eager={enforce_eager}, "
+          f"async_scheduling={async_scheduling}): "
           f"{same}/{total} = {same / total:.3f} positionwise, {prefix / total:.3f} up to first divergence")
     return same / total
 
 
 @pytest.mark.parametrize("enforce_eager", [True, False])
-def test_greedy_agreement_gpu_vs_cpu(enforce_eager):
-    assert agreement(enforce_eager) >= 0.9
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_greedy_agreement_gpu_vs_cpu(enforce_eager, async_scheduling):
+    assert agreement(enforce_eager, async_scheduling) >= 0.9

@@ -15,6 +15,7 @@ from llmcore.config import EngineArgs
 from llmcore.engine.beam_search import BeamState, best_hypotheses, step_beams
 from llmcore.engine.inputs import InputProcessor
 from llmcore.engine.output_processor import OutputProcessor
+from llmcore.engine.pipeline import InFlightStep
 from llmcore.engine.protocol import EngineStats, ServedModelInfo
 from llmcore.engine.request import RequestState, SeqState
 from llmcore.metrics import EngineMetrics
@@ -42,6 +43,11 @@ def default_max_num_batched_tokens(args: EngineArgs, max_model_len: int) -> int:
         return args.max_num_batched_tokens
     # vLLM's defaults: small chunks keep decodes flowing; unchunked must fit any prompt.
     return 512 if args.enable_chunked_prefill else max(max_model_len, 2048)
+
+
+def _pipelinable(req: RequestState) -> bool:
+    """The pipelined step serves one-sequence requests without prompt logprobs."""
+    return not req.is_beam and req.num_seqs_total == 1 and req.params.prompt_logprobs is None
 
 
 class LLMEngine:
@@ -111,6 +117,11 @@ class LLMEngine:
         self._seqs: dict[int, tuple] = {}          # seq_id -> (RequestState, SeqState)
         self._ids = itertools.count()
         self._stats = EngineStats(num_total_blocks=num_device)
+        asched = engine_args.async_scheduling
+        self.async_scheduling = (self.device.type == "cuda" if asched is None else bool(asched)) \
+            and not engine_args.enable_prefix_caching  # placeholder tokens would enter block hashes
+        self._inflight: Optional[InFlightStep] = None
+        self._num_unpipelinable = 0   # live requests the pipelined step cannot serve
         logger.info("llmcore engine: model=%s dtype=%s device=%s max_model_len=%d KV blocks=%d "
                     "(block_size=%d, %d tokens; max concurrency at max_model_len: %.1fx) swap blocks=%d",
                     mc.model, self.model_info.dtype, self.device, mc.max_model_len, num_device,
@@ -153,6 +164,8 @@ class LLMEngine:
                                    req.arrival_time, priority, 0, req.params.prompt_logprobs is None)
         self.requests[req.request_id] = req
         self._seqs[seq.seq_id] = (req, seq)
+        if not _pipelinable(req):
+            self._num_unpipelinable += 1
 
     def _init_seq(self, req: RequestState, seq: SeqState, copy_from: Optional[SeqState]) -> None:
         p = req.params
@@ -195,6 +208,8 @@ class LLMEngine:
             for seq in req.seqs:
                 self._release_seq(seq)
             req.finished = req.aborted = True
+            if not _pipelinable(req):
+                self._num_unpipelinable -= 1
             self.metrics.request_finished("abort")
 
     def _release_seq(self, seq: SeqState) -> None:
@@ -212,6 +227,15 @@ class LLMEngine:
 
     # ---------------------------------------------------------------- step
     def step(self) -> list[RequestOutput]:
+        """One engine step; returns the outputs of the requests it advanced. With async
+        scheduling the step returns the outputs of the step before it (its own tokens are
+        still on the device)."""
+        if self.async_scheduling and self._num_unpipelinable == 0:
+            return self._step_pipelined()
+        outs = self._finish_inflight() if self._inflight is not None else []
+        return outs + self._step_sync()
+
+    def _step_sync(self) -> list[RequestOutput]:
         plan = self.scheduler.schedule()
         n = plan.num_seqs
         if n == 0:
@@ -258,6 +282,104 @@ class LLMEngine:
             self.scheduler.update(np.asarray(upd_ids, dtype=np.int64),
                                   np.asarray(upd_tokens, dtype=np.int32))
         self._update_stats(int(qsl[plan.num_prefill_seqs]), len(normal) + n_beam)
+        return self._collect_outputs(touched)
+
+    # ---------------------------------------------------------------- pipelined step
+    def _step_pipelined(self) -> list[RequestOutput]:
+        """Schedule and launch step k, then process step k-1's tokens while the device runs k.
+
+        Every sequence sampled in k-1 got a placeholder token in the scheduler; the runner
+        takes its real value from k-1's sampled tokens on the device. Only token-valued stops
+        (EOS, stop ids/strings) are learned late: such a sequence has one wasted row in k.
+        Length stops are known at sampling time and release the sequence at once.
+        """
+        plan = self.scheduler.schedule()
+        prev, self._inflight = self._inflight, None
+        if plan.num_seqs == 0:
+            self.runner.execute(plan, np.empty(0, dtype=np.int64))  # swaps only, if any
+            outs = self._finish_inflight(prev) if prev is not None else []
+            self._update_stats(0, 0)
+            return outs
+        seq_ids = np.asarray(plan.seq_ids)
+        qsl = np.asarray(plan.query_start_loc)
+        sample_pos = np.flatnonzero(np.asarray(plan.do_sample))
+        self._prompt_logprob_rows(plan, seq_ids, qsl, time.time())  # first_scheduled_time
+        normal = [self._seqs[sid] for sid in seq_ids[sample_pos].tolist()]
+        rows = (qsl[sample_pos + 1] - 1).astype(np.int64)
+        input_fix = None
+        if prev is not None and prev.row_of_seq:
+            seq_lens = np.asarray(plan.seq_lens)
+            fix_pos, fix_rows = [], []
+            for i, sid in enumerate(seq_ids.tolist()):
+                r = prev.row_of_seq.get(sid)
+                # the chunk reaches the placeholder (always for decodes; a recompute
+                # prefill only in its last chunk)
+                if r is not None and int(seq_lens[i]) == prev.len_of_seq[sid]:
+                    fix_pos.append(int(qsl[i + 1]) - 1)
+                    fix_rows.append(r)
+            if fix_pos:
+                input_fix = (np.asarray(fix_pos, dtype=np.int64), prev.token_ids,
+                             np.asarray(fix_rows, dtype=np.int64))
+        logits = self.runner.execute(plan, rows, input_fix=input_fix)
+        # the device runs step k; the host finishes step k-1 meanwhile
+        outs = self._finish_inflight(prev) if prev is not None else []
+        slots = self.runner.index_tensor([s.slot for _, s in normal])
+        out = self.sampler.sample(logits, slots, self.sampling_state)
+        row_of_seq, len_of_seq, ph_ids = {}, {}, []
+        max_len = self.model_config.max_model_len
+        for i, (req, seq) in enumerate(normal):
+            if seq.finished or req.finished:
+                continue  # stopped in k-1: this row is discarded
+            n_after = len(seq.output_token_ids) + 1
+            total = len(req.prompt_token_ids) + n_after
+            if n_after >= req.max_tokens or total >= max_len:
+                self.scheduler.finish_seq(seq.seq_id)
+                seq.sched_released = True
+            else:
+                ph_ids.append(seq.seq_id)
+                row_of_seq[seq.seq_id] = i
+                len_of_seq[seq.seq_id] = total
+        if ph_ids:
+            self.scheduler.update(np.asarray(ph_ids, dtype=np.int64),
+                                  np.zeros(len(ph_ids), dtype=np.int32))
+        self._inflight = InFlightStep.launch(normal, out, row_of_seq, len_of_seq)
+        self._update_stats(int(qsl[plan.num_prefill_seqs]), 0)
+        return outs
+
+    def _finish_inflight(self, step: Optional["InFlightStep"] = None) -> list[RequestOutput]:
+        """Process a launched step's sampled tokens (waits for them)."""
+        if step is None:
+            step, self._inflight = self._inflight, None
+        tokens, lps, top = step.host_values()
+        proc = self.output_processor
+        touched: dict[str, RequestState] = {}
+        fix_ids, fix_tokens, cont_slots, cont_tokens = [], [], [], []
+        generated = 0
+        for i, (req, seq) in enumerate(step.normal):
+            if seq.finished or req.finished:
+                continue
+            tok = tokens[i]
+            t = (top[0][i], top[1][i], top[2][i]) if top is not None and seq.logprobs is not None \
+                else None
+            proc.append_token(req, seq, tok, lps[i] if lps is not None else 0.0, t)
+            generated += 1
+            self._observe_token(req)
+            touched[req.request_id] = req
+            if seq.seq_id in step.row_of_seq:
+                fix_ids.append(seq.seq_id)
+                fix_tokens.append(tok)
+            if seq.finished:
+                self._finish_seq(req, seq)
+            else:
+                cont_slots.append(seq.slot)
+                cont_tokens.append(tok)
+        if fix_ids:  # finished sequences are skipped by the scheduler
+            self.scheduler.set_last_tokens(np.asarray(fix_ids, dtype=np.int64),
+                                           np.asarray(fix_tokens, dtype=np.int32))
+        if cont_slots:
+            self.sampling_state.append_tokens(np.asarray(cont_slots, dtype=np.int64),
+                                              np.asarray(cont_tokens, dtype=np.int64))
+        self._update_stats(0, generated)
         return self._collect_outputs(touched)
 
     def _fork_children(self, req: RequestState, parent: SeqState) -> list:
@@ -384,13 +506,17 @@ class LLMEngine:
         self._finish_request(req, results[0].finish_reason if results else "length")
 
     def _finish_seq(self, req: RequestState, seq: SeqState) -> None:
-        self.scheduler.finish_seq(seq.seq_id)
+        if not seq.sched_released:
+            self.scheduler.finish_seq(seq.seq_id)
+            seq.sched_released = True
         self._release_seq(seq)
         if all(s.finished for s in req.seqs) and not req.pending_fork:
             self._finish_request(req, seq.finish_reason)
 
     def _finish_request(self, req: RequestState, reason: str) -> None:
         req.finished = True
+        if not _pipelinable(req):
+            self._num_unpipelinable -= 1
         req.metrics.finished_time = time.time()
         self.requests.pop(req.request_id, None)
         reason = reason or "stop"

@@ -28,6 +28,8 @@ class SeqState:
     finished: bool = False
     # text already released to streams (held back while it may start a stop string)
     emitted_text_len: int = 0
+    # pipelined engine: the scheduler already released it (it reached a length limit)
+    sched_released: bool = False
 
 
 @dataclass

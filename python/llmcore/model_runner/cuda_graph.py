@@ -51,6 +51,11 @@ class DecodeGraphRunner:
         self.context_lens = torch.zeros(B, dtype=torch.int32, **kw)
         self.query_start_loc = torch.arange(B + 1, dtype=torch.int32, **kw)
         self.block_tables = torch.zeros((B, self.max_blocks), dtype=torch.int32, **kw)
+        # Pinned staging for the step inputs, two sets used in turn: a set is rewritten two
+        # steps after its copies were queued, and the engine has waited for the step in
+        # between, so the copies never block the host on the stream.
+        self._staging = [self._make_staging(B) for _ in range(2)]
+        self._turn = 0
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = None
@@ -87,23 +92,38 @@ class DecodeGraphRunner:
                     len(self.sizes), self.sizes, time.perf_counter() - t0)
         self.capture_time_s = time.perf_counter() - t0
 
+    def _make_staging(self, B: int) -> dict:
+        pin = torch.cuda.is_available()
+        return dict(
+            input_ids=torch.zeros(B, dtype=torch.int64, pin_memory=pin),
+            positions=torch.zeros(B, dtype=torch.int64, pin_memory=pin),
+            slot_mapping=torch.zeros(B, dtype=torch.int64, pin_memory=pin),
+            seq_lens=torch.zeros(B, dtype=torch.int32, pin_memory=pin),
+            block_tables=torch.zeros((B, self.max_blocks), dtype=torch.int32, pin_memory=pin))
+
     def padded_size(self, n: int) -> Optional[int]:
         for s in self.sizes:
             if s >= n:
                 return s
         return None
 
-    def run(self, plan, n: int) -> torch.Tensor:
+    def run(self, plan, n: int, fix_inputs=None) -> torch.Tensor:
         """Decode-only plan with n sequences -> hidden states [n, hidden] (a view of a static
-        buffer, valid until the next replay)."""
+        buffer, valid until the next replay). fix_inputs(input_ids) may patch the token ids
+        on the device before the replay."""
         bs = self.padded_size(n)
-        self.input_ids[:n].copy_(torch.from_numpy(np.asarray(plan.input_ids, dtype=np.int64)))
-        self.positions[:n].copy_(torch.from_numpy(np.asarray(plan.positions, dtype=np.int64)))
-        self.slot_mapping[:n].copy_(torch.from_numpy(np.asarray(plan.slot_mapping, dtype=np.int64)))
-        self.seq_lens[:n].copy_(torch.from_numpy(np.asarray(plan.seq_lens, dtype=np.int32)))
+        st = self._staging[self._turn]
+        self._turn ^= 1
+        for name, dtype in (("input_ids", np.int64), ("positions", np.int64),
+                            ("slot_mapping", np.int64), ("seq_lens", np.int32)):
+            st[name][:n].numpy()[:] = np.asarray(getattr(plan, name), dtype=dtype)
+            getattr(self, name)[:n].copy_(st[name][:n], non_blocking=True)
         bt = np.asarray(plan.block_tables, dtype=np.int32)
         w = min(bt.shape[1], self.max_blocks)
-        self.block_tables[:n, :w].copy_(torch.from_numpy(np.ascontiguousarray(bt[:n, :w])))
+        st["block_tables"][:n, :w].numpy()[:] = bt[:n, :w]
+        self.block_tables[:n, :w].copy_(st["block_tables"][:n, :w], non_blocking=True)
+        if fix_inputs is not None:
+            fix_inputs(self.input_ids[:n])
         if bs > n:
             self.slot_mapping[n:bs].fill_(-1)
             self.seq_lens[n:bs].fill_(1)

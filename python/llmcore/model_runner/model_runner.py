@@ -177,9 +177,34 @@ class ModelRunner:
             query_start_loc_host=qsl,
         )
 
+    def index_tensor(self, values) -> torch.Tensor:
+        """int64 indices on the device; from pinned memory without a stream sync on CUDA."""
+        t = torch.as_tensor(np.asarray(values, dtype=np.int64))
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _rows_hidden(self, hidden: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        n = len(rows)
+        if n == hidden.shape[0] and (n == 0 or (rows[0] == 0 and rows[-1] == n - 1
+                                                and bool((np.diff(rows) == 1).all()))):
+            return hidden  # every row, in order (decode-only steps)
+        return hidden.index_select(0, self.index_tensor(rows))
+
+    def _apply_input_fix(self, input_ids: torch.Tensor, input_fix) -> None:
+        """input_ids[pos] = src[rows]: tokens sampled by the previous (still in flight) step."""
+        if input_fix is None:
+            return
+        pos, src, rows = input_fix
+        input_ids.index_copy_(0, self.index_tensor(pos),
+                              src.index_select(0, self.index_tensor(rows)).to(input_ids.dtype))
+
     @torch.inference_mode()
-    def execute(self, plan, logits_rows: np.ndarray) -> torch.Tensor:
-        """Run one step; returns float32 logits for `logits_rows` (indices into the step's tokens)."""
+    def execute(self, plan, logits_rows: np.ndarray, input_fix=None) -> torch.Tensor:
+        """Run one step; returns float32 logits for `logits_rows` (indices into the step's tokens).
+
+        input_fix: (positions, device tensor, rows): input_ids[positions] = tensor[rows], for
+        tokens the scheduler only holds as placeholders (async scheduling)."""
         kv = self.kv_cache
         kv.swap_out(np.asarray(plan.blocks_to_swap_out))
         kv.swap_in(np.asarray(plan.blocks_to_swap_in))
@@ -189,12 +214,12 @@ class ModelRunner:
         gr = self.graph_runner
         if (gr is not None and int(plan.num_prefill_seqs) == 0
                 and int(plan.num_seqs) <= gr.max_bs):
-            hidden = gr.run(plan, int(plan.num_seqs))
-            rows = torch.from_numpy(logits_rows).to(self.device)
-            return self.model.compute_logits(hidden.index_select(0, rows)).float()
+            hidden = gr.run(plan, int(plan.num_seqs),
+                            lambda ids: self._apply_input_fix(ids, input_fix))
+            return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
         meta = self.build_metadata(plan)
         input_ids = _tensor(plan.input_ids, self.device, torch.int64)
+        self._apply_input_fix(input_ids, input_fix)
         positions = _tensor(plan.positions, self.device, torch.int64)
         hidden = self.model(input_ids, positions, kv.device_caches, meta)
-        rows = torch.from_numpy(logits_rows).to(self.device)
-        return self.model.compute_logits(hidden.index_select(0, rows)).float()
+        return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
