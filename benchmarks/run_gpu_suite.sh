@@ -36,9 +36,11 @@ tail -5 "$OUT/setup.log" >> "$OUT/summary.log"
 M8=benchmarks/configs/llama3-8b; SM=benchmarks/configs/smollm2-135m
 SUITE=${SUITE:-full}
 if [ "$SUITE" = check ]; then
-step kernel_tests 240 python -m pytest -q -x -p no:cacheprovider tests/kernels
-step bench_kernels 60 python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"
-step step_profile_256x1000 120 python benchmarks/step_profile.py --model $M8 --batch-size 256 \
+step kernel_tests 150 python -m pytest -q -x -p no:cacheprovider tests/kernels/test_attention_decode.py \
+  tests/kernels/test_sampling.py tests/kernels/test_gpu_engine.py
+step step_profile_1x128 60 python benchmarks/step_profile.py --model $M8 --batch-size 1 \
+  --context 128 --temperature 0 --steps 50 --profile --output-json "$OUT/step_profile_1x128.json"
+step step_profile_256x1000 90 python benchmarks/step_profile.py --model $M8 --batch-size 256 \
   --context 1000 --output-json "$OUT/step_profile_256x1000.json"
 step lat_8b_bs1 90 python benchmarks/latency.py --model $M8 --load-format dummy --dtype bfloat16 \
   --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --output-json "$OUT/lat_8b_bs1.json"

@@ -34,7 +34,7 @@ def run_llmcore(args, prompts) -> dict:
     kwargs = dict(model=args.model, load_format=args.load_format, dtype=args.dtype, seed=args.seed,
                   max_num_seqs=args.max_num_seqs, enforce_eager=args.enforce_eager, device=args.device,
                   enable_prefix_caching=args.enable_prefix_caching,
-                  enable_chunked_prefill=args.enable_chunked_prefill,
+                  enable_chunked_prefill=args.enable_chunked_prefill, kv_cache_dtype=args.kv_cache_dtype,
                   skip_tokenizer_init=True)  # prompts are token ids; no tokenizer files needed
     if args.max_model_len:
         kwargs["max_model_len"] = args.max_model_len
@@ -135,6 +135,10 @@ def main(argv=None) -> int:
     p.add_argument("--enable-chunked-prefill", action="store_true")
     p.add_argument("--hf-max-batch-size", type=int, default=None)
     p.add_argument("--skip-hf", action="store_true", help="Skip the HF transformers baseline.")
+    p.add_argument("--hf-num-prompts", type=int, default=None,
+                   help="Run HF on the first N prompts only (whole batches of --hf-max-batch-size "
+                        "keep its tokens/s that of the full workload; for runs too long for HF).")
+    p.add_argument("--kv-cache-dtype", default="auto")
     p.add_argument("--output-json", default="benchmarks/results/throughput.json")
     args = p.parse_args(argv)
     args.device_resolved = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
@@ -145,19 +149,21 @@ def main(argv=None) -> int:
     mc = load_model_config(EngineArgs(model=args.model, load_format=args.load_format, dtype=args.dtype),
                            torch.device(args.device_resolved))
     prompts = random_prompts(args.num_prompts, args.input_len, mc.vocab_size, args.seed)
-    total_in = args.num_prompts * args.input_len
 
     results = {}
     ours = run_llmcore(args, prompts)
     results["llmcore"] = ours
     if not args.skip_hf:
-        results["hf_transformers"] = run_hf(args, prompts, mc)
+        hf_prompts = prompts[:args.hf_num_prompts] if args.hf_num_prompts else prompts
+        results["hf_transformers"] = run_hf(args, hf_prompts, mc)
+        results["hf_transformers"]["num_prompts"] = len(hf_prompts)
 
     rows = []
     for name, r in results.items():
-        r["requests_per_s"] = args.num_prompts / r["elapsed_s"]
+        n = r.get("num_prompts", args.num_prompts)
+        r["requests_per_s"] = n / r["elapsed_s"]
         r["output_tokens_per_s"] = r["output_tokens"] / r["elapsed_s"]
-        r["total_tokens_per_s"] = (total_in + r["output_tokens"]) / r["elapsed_s"]
+        r["total_tokens_per_s"] = (n * args.input_len + r["output_tokens"]) / r["elapsed_s"]
         rows.append((name, r))
     if "hf_transformers" in results:
         results["ratio_output_tokens_per_s"] = (ours["output_tokens_per_s"]
@@ -167,6 +173,8 @@ def main(argv=None) -> int:
           f"model={args.model} dtype={args.dtype} device={device_name}")
     print(f"{'engine':<18}{'elapsed s':>11}{'req/s':>9}{'total tok/s':>13}{'output tok/s':>14}")
     for name, r in rows:
+        if r.get("num_prompts", args.num_prompts) != args.num_prompts:
+            name = f"{name} ({r['num_prompts']} prompts)"
         print(f"{name:<18}{r['elapsed_s']:>11.2f}{r['requests_per_s']:>9.2f}{r['total_tokens_per_s']:>13.1f}"
               f"{r['output_tokens_per_s']:>14.1f}")
     if "ratio_output_tokens_per_s" in results:

@@ -79,8 +79,11 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
   const int kv_lo = window > 0 ? max(0, L - window) : 0;
   int start = kv_lo, end = L;
   if (num_splits > 1) {
-    start = kv_lo + split * partition_size;
-    end = min(L, start + partition_size);
+    // partition_size <= 0: each sequence's own length split evenly, so short sequences
+    // still use every split (a CUDA graph captured for max_model_len keeps its grid).
+    const int part = partition_size > 0 ? partition_size : (L - kv_lo + num_splits - 1) / num_splits;
+    start = kv_lo + split * part;
+    end = min(L, start + part);
   }
   const float ks = (KIND == kFp8E4M3 || KIND == kFp8E5M2) ? *k_scale : 1.f;
   const float vs = (KIND == kFp8E4M3 || KIND == kFp8E5M2) ? *v_scale : 1.f;
@@ -325,7 +328,7 @@ cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || block_size <= 0)
     return cudaErrorInvalidValue;
   if (num_splits < 1) num_splits = 1;
-  if (num_splits > 1 && (tmp_out == nullptr || tmp_ml == nullptr || partition_size <= 0))
+  if (num_splits > 1 && (tmp_out == nullptr || tmp_ml == nullptr))
     return cudaErrorInvalidValue;
   if (num_splits > 65535) return cudaErrorInvalidValue;
 #define LLMCORE_PA_ARGS                                                                       \

@@ -7,7 +7,8 @@ namespace llmcore {
 // q/out: [num_rows, num_heads, head_dim] (row stride q_stride / out_stride elements).
 // Caches: [num_blocks, block_size, num_kv_heads, head_dim]; fp8 caches are dequantised with
 // *k_scale / *v_scale. sliding_window > 0: key j is visible to query i iff i - j < window.
-// num_splits > 1 splits each row's keys into chunks of partition_size tokens (flash-decoding);
+// num_splits > 1 splits each row's keys into chunks of partition_size tokens (flash-decoding;
+// partition_size <= 0: each row's own key range split evenly into num_splits chunks);
 // then tmp_out (float [num_rows*num_heads*num_splits*head_dim]) and tmp_ml (float
 // [num_rows*num_heads*num_splits*2]) are required workspaces.
 cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_t q_stride,

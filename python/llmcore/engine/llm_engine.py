@@ -323,8 +323,9 @@ class LLMEngine:
         logits = self.runner.execute(plan, rows, input_fix=input_fix)
         # the device runs step k; the host finishes step k-1 meanwhile
         outs = self._finish_inflight(prev) if prev is not None else []
-        slots = self.runner.index_tensor([s.slot for _, s in normal])
-        out = self.sampler.sample(logits, slots, self.sampling_state)
+        slot_list = [s.slot for _, s in normal]
+        out = self.sampler.sample(logits, self.runner.index_tensor(slot_list), self.sampling_state,
+                                  slot_list)
         row_of_seq, len_of_seq, ph_ids = {}, {}, []
         max_len = self.model_config.max_model_len
         for i, (req, seq) in enumerate(normal):
@@ -423,8 +424,9 @@ class LLMEngine:
             touched[req.request_id] = req
 
     def _process_samples(self, normal, logits, touched, upd_ids, upd_tokens) -> None:
-        slots = torch.tensor([s.slot for _, s in normal], dtype=torch.int64, device=logits.device)
-        out = self.sampler.sample(logits, slots, self.sampling_state)
+        slot_list = [s.slot for _, s in normal]
+        out = self.sampler.sample(logits, self.runner.index_tensor(slot_list), self.sampling_state,
+                                  slot_list)
         tokens = out.token_ids.tolist()
         lps = out.logprobs.tolist()
         has_top = out.topk_ids is not None

@@ -7,8 +7,8 @@ into static buffers, the padding rows get slot -1 (no KV write) and seq_len 1 (t
 output is discarded). The model's forward runs up to the final norm inside the graph; the
 lm_head/logits run eagerly on the selected rows only.
 
-The decode kernel's split-K plan is fixed at capture (for max_model_len); shorter
-sequences leave the extra partitions empty.
+The decode kernel's number of splits is fixed at capture (for max_model_len); each
+sequence spreads its own length over them, so short contexts still use every split.
 """
 
 from __future__ import annotations

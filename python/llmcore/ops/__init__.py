@@ -247,7 +247,7 @@ def paged_attention_decode(q: torch.Tensor, key_cache: torch.Tensor, value_cache
         return out
     if max_seq_len is None:
         max_seq_len = int(seq_lens.max().item())
-    ns, part = decode_split_plan(B, H, Hkv, max_seq_len, sliding_window, _sm_count(q.device), num_splits)
+    ns, _ = decode_split_plan(B, H, Hkv, max_seq_len, sliding_window, _sm_count(q.device), num_splits)
     tmp_out = tmp_ml = None
     if ns > 1:
         tmp_out = torch.empty(B * H * ns * D, dtype=torch.float32, device=q.device)
@@ -259,7 +259,8 @@ def paged_attention_decode(q: torch.Tensor, key_cache: torch.Tensor, value_cache
     _C().paged_attention(out.data_ptr(), os_, q.data_ptr(), qs, key_cache.data_ptr(), value_cache.data_ptr(),
                          block_tables.data_ptr(), block_tables.shape[1], seq_lens.data_ptr(), 0, B, B, H, Hkv,
                          D, key_cache.shape[1], float(scale), int(sliding_window), code, ccode, ksp, vsp, ns,
-                         part, tmp_out.data_ptr() if ns > 1 else 0, tmp_ml.data_ptr() if ns > 1 else 0,
+                         0,  # each sequence split evenly over the ns partitions
+                         tmp_out.data_ptr() if ns > 1 else 0, tmp_ml.data_ptr() if ns > 1 else 0,
                          _stream(q))
     return out
 

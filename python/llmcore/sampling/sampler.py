@@ -83,14 +83,16 @@ class Sampler:
         self.logprobs_mode = logprobs_mode
         self.always_compute_logprobs = always_compute_logprobs
 
-    def __call__(self, logits, slots, state):
-        return self.sample(logits, slots, state)
+    def __call__(self, logits, slots, state, slots_host=None):
+        return self.sample(logits, slots, state, slots_host)
 
     @torch.no_grad()
     def sample(self, logits: torch.Tensor, slots: IndexLike,
-               state: SamplingBatchState) -> SamplerOutput:
+               state: SamplingBatchState, slots_host: Optional[list] = None) -> SamplerOutput:
         """logits: float32 [N, V] (not modified); slots: [N] slot of each row (one
-        slot per sequence; a slot must not appear twice in a batch)."""
+        slot per sequence; a slot must not appear twice in a batch). slots_host: the same
+        slots as a host list, when the caller has it: all-greedy and all-random batches then
+        need no device->host sync (the engine queues the next step meanwhile)."""
         if logits.dim() != 2:
             raise ValueError(f"logits must be 2-D [N, V], got shape {tuple(logits.shape)}")
         N, V = logits.shape
@@ -102,7 +104,7 @@ class Sampler:
             max_k = int(state.num_logprobs[slots].max())
         want_lp = max_k >= 0 or self.always_compute_logprobs
         need_x = want_lp and self.logprobs_mode == "processed"
-        x, is_rand, cand = self._process(logits, slots, state, need_x)
+        x, is_rand, cand = self._process(logits, slots, state, need_x, slots_host)
         if is_rand is None:
             token_ids = x.argmax(dim=-1)
         else:
@@ -138,8 +140,9 @@ class Sampler:
         return x
 
     def _process(self, logits: torch.Tensor, slots: torch.Tensor, state: SamplingBatchState,
-                 need_x: bool):
-        """Returns (x, is_rand, cand). x: processed logits; when `need_x` is False and
+                 need_x: bool, slots_host: Optional[list] = None):
+        """Returns (x, is_rand, cand). is_rand: None (all greedy), True (all random) or a
+        bool row mask. x: processed logits; when `need_x` is False and
         every filtered row is resolved by candidates, the top-k/top-p/min-p masks are
         NOT applied to x (the sampler uses cand). cand: None or (rows [n], ids [n, K],
         vals [n, K]) -- for those batch rows the sorted top-K candidate token ids and
@@ -195,9 +198,15 @@ class Sampler:
         # ---- fast path: nobody random in this batch
         if not state._random_slots:
             return x, None, None
-        is_rand = ~state.is_greedy[slots]
-        if not bool(is_rand.any()):
-            return x, None, None
+        if slots_host is not None:
+            n_rand = sum(1 for sl in slots_host if sl in state._random_slots)
+            if n_rand == 0:
+                return x, None, None
+            is_rand = True if n_rand == N else ~state.is_greedy[slots]
+        else:
+            is_rand = ~state.is_greedy[slots]
+            if not bool(is_rand.any()):
+                return x, None, None
 
         # ---- 4: temperature (greedy rows hold 1.0)
         if state._temp_slots:
@@ -379,7 +388,10 @@ class Sampler:
         # Exponential race: argmax(l - log E), E = -log U ~ Exp(1) i.i.d. per token, is
         # a draw from softmax(l). (uniform_ + 2 logs is ~6x faster than exponential_.)
         N, V = x.shape
-        rand_rows = is_rand.nonzero().squeeze(1)
+        if is_rand is True:  # every row random: no nonzero() (a device sync)
+            rand_rows = torch.arange(N, device=x.device)
+        else:
+            rand_rows = is_rand.nonzero().squeeze(1)
         if rand_rows.numel() < N:
             token_ids = x.argmax(dim=-1)          # greedy rows
         else:
