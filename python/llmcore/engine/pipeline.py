@@ -13,8 +13,13 @@ import torch
 
 
 def _to_host(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    # CUDA -> CPU with non_blocking lands in pinned memory: the copy is truly asynchronous.
-    return None if t is None else t.to("cpu", non_blocking=True)
+    # Into pinned memory with copy_(non_blocking=True): asynchronous. (t.to("cpu",
+    # non_blocking=True) lands in pageable memory and synchronizes the stream.)
+    if t is None or t.device.type != "cuda":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
 
 
 @dataclass
