@@ -38,7 +38,12 @@ def as_long_tensor(x: IndexLike, device: torch.device) -> torch.Tensor:
     if t.dtype != torch.long:
         t = t.long()
     if t.device != device:
-        t = t.to(device)
+        if t.device.type == "cpu" and device.type == "cuda":
+            # from pinned memory without blocking: a pageable copy would synchronize the
+            # stream, i.e. wait for the step the engine has queued meanwhile
+            t = t.pin_memory().to(device, non_blocking=True)
+        else:
+            t = t.to(device)
     return t.reshape(-1)
 
 
@@ -265,15 +270,25 @@ class SamplingBatchState:
     def append_tokens(self, slots: IndexLike, tokens: IndexLike) -> None:
         """Record newly generated tokens (one entry per (slot, token); a slot may
         repeat, e.g. for speculative decoding)."""
+        ok_np = None
+        if not isinstance(tokens, torch.Tensor) and self._penalty_slots:
+            # out-of-vocabulary ids are found on the host (no device sync)
+            t_np = np.asarray(tokens, dtype=np.int64).reshape(-1)
+            ok_np = (t_np >= 0) & (t_np < self.vocab_size)
         slots = as_long_tensor(slots, self.device)
         tokens = as_long_tensor(tokens, self.device)
         if slots.numel() == 0:
             return
         self.num_generated.index_add_(0, slots, torch.ones_like(slots))
         if self._penalty_slots and self.output_counts is not None:
-            ok = (tokens >= 0) & (tokens < self.vocab_size)
-            if not bool(ok.all()):
-                slots, tokens = slots[ok], tokens[ok]
+            if ok_np is not None:
+                if not ok_np.all():
+                    keep = as_long_tensor(np.flatnonzero(ok_np), self.device)
+                    slots, tokens = slots[keep], tokens[keep]
+            else:
+                ok = (tokens >= 0) & (tokens < self.vocab_size)
+                if not bool(ok.all()):
+                    slots, tokens = slots[ok], tokens[ok]
             self.output_counts.index_put_(
                 (slots, tokens), torch.ones(slots.shape, dtype=torch.int32, device=self.device),
                 accumulate=True)
