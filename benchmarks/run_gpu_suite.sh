@@ -49,6 +49,26 @@ step lat_smol_graphs 45 python benchmarks/latency.py --model $SM --load-format d
 echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
 exit 0
 fi
+if [ "$SUITE" = final1 ]; then
+step test_gpu_engine 110 python -m pytest -q -s -p no:cacheprovider tests/kernels/test_gpu_engine.py
+step lat_8b_bs1 150 python benchmarks/latency.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_8b_bs1.json"
+step lat_smol_graphs 60 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_smol_graphs.json"
+step lat_smol_eager 40 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --enforce-eager --output-json "$OUT/lat_smol_eager.json"
+step thr_8b_128 200 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --num-prompts 1000 --hf-max-batch-size 256 --output-json "$OUT/thr_8b_128.json"
+echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
+exit 0
+fi
+if [ "$SUITE" = final2 ]; then
+step thr_8b_1000 560 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 1000 --output-len 1000 --num-prompts 1000 --hf-num-prompts 128 --hf-max-batch-size 128 \
+  --output-json "$OUT/thr_8b_1000.json"
+echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
+exit 0
+fi
 if [ "$SUITE" = profile ]; then
 step bench_kernels 90 python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"
 step step_profile_256x1000 200 python benchmarks/step_profile.py --model $M8 --batch-size 256 \

@@ -151,12 +151,17 @@ def main(argv=None) -> int:
     prompts = random_prompts(args.num_prompts, args.input_len, mc.vocab_size, args.seed)
 
     results = {}
+    hf_error = None
     ours = run_llmcore(args, prompts)
     results["llmcore"] = ours
     if not args.skip_hf:
         hf_prompts = prompts[:args.hf_num_prompts] if args.hf_num_prompts else prompts
-        results["hf_transformers"] = run_hf(args, hf_prompts, mc)
-        results["hf_transformers"]["num_prompts"] = len(hf_prompts)
+        try:
+            results["hf_transformers"] = run_hf(args, hf_prompts, mc)
+            results["hf_transformers"]["num_prompts"] = len(hf_prompts)
+        except torch.cuda.OutOfMemoryError as e:  # keep llmcore's figures; say why HF is missing
+            print(f"HF transformers ran out of GPU memory: {str(e).splitlines()[0]}")
+            hf_error = "out of GPU memory at --hf-max-batch-size " + str(args.hf_max_batch_size)
 
     rows = []
     for name, r in results.items():
@@ -179,6 +184,8 @@ def main(argv=None) -> int:
               f"{r['output_tokens_per_s']:>14.1f}")
     if "ratio_output_tokens_per_s" in results:
         print(f"llmcore / HF output tokens/s: {results['ratio_output_tokens_per_s']:.2f}x")
+    if hf_error:
+        results["hf_transformers_error"] = hf_error
     record = dict(benchmark="throughput", date=time.strftime("%Y-%m-%d %H:%M:%S"), commit=git_commit(),
                   device=device_name, args=vars(args), results=results,
                   command=" ".join([os.path.basename(sys.executable)] + sys.argv))
