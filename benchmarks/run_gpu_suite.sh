@@ -66,6 +66,9 @@ if [ "$SUITE" = final2 ]; then
 step thr_8b_1000 560 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
   --input-len 1000 --output-len 1000 --num-prompts 1000 --hf-num-prompts 128 --hf-max-batch-size 128 \
   --output-json "$OUT/thr_8b_1000.json"
+step thr_8b_1000_fp8kv 240 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 1000 --output-len 1000 --num-prompts 1000 --kv-cache-dtype fp8 --skip-hf \
+  --output-json "$OUT/thr_8b_1000_fp8kv.json"
 echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
 exit 0
 fi
