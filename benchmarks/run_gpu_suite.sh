@@ -72,6 +72,15 @@ step thr_8b_1000_fp8kv 240 python benchmarks/throughput.py --model $M8 --load-fo
 echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
 exit 0
 fi
+if [ "$SUITE" = fp8 ]; then
+step kernel_tests 200 python -m pytest -q -s -x -p no:cacheprovider tests/kernels/test_gpu_engine.py \
+  tests/kernels/test_attention_decode.py tests/kernels/test_attention_prefill.py tests/kernels/test_cache_kernel.py
+step thr_8b_1000_fp8kv 340 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 1000 --output-len 1000 --num-prompts 1000 --kv-cache-dtype fp8 --skip-hf \
+  --output-json "$OUT/thr_8b_1000_fp8kv.json"
+echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
+exit 0
+fi
 if [ "$SUITE" = profile ]; then
 step bench_kernels 90 python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"
 step step_profile_256x1000 200 python benchmarks/step_profile.py --model $M8 --batch-size 256 \

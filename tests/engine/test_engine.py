@@ -279,6 +279,12 @@ def test_unsupported_flags_are_refused():
         LLM(model="/nonexistent/model/path")
 
 
+@pytest.mark.parametrize("dtype", ["fp8", "fp8_e4m3", "fp8_e5m2"])
+def test_fp8_kv_cache_needs_cuda(dtype):
+    with pytest.raises(ValueError, match="kv-cache-dtype .*CUDA"):
+        LLM(kv_cache_dtype=dtype, device="cpu", max_model_len=256)
+
+
 def test_chat(llm):
     out = llm.chat([{"role": "user", "content": "What is 2+2?"}], SamplingParams(temperature=0, max_tokens=16),
                    use_tqdm=False)

@@ -29,6 +29,11 @@ class KVCacheSpec:
         return int(nbytes // self.bytes_per_block)
 
 
+def _bytes_view(t: torch.Tensor) -> torch.Tensor:
+    # fp8 blocks move as bytes (index_select / index_copy_ need not support float8)
+    return t.view(torch.uint8) if t.element_size() == 1 and t.is_floating_point() else t
+
+
 class KVCache:
     """Owns the device pool and the swap pool; executes the scheduler's copy lists."""
 
@@ -57,6 +62,7 @@ class KVCache:
         src = torch.from_numpy(np.ascontiguousarray(pairs[:, 0])).to(self.device)
         dst = torch.from_numpy(np.ascontiguousarray(pairs[:, 1]))
         for (dk, dv), (ck, cv) in zip(self.device_caches, self.cpu_caches):
+            dk, dv, ck, cv = map(_bytes_view, (dk, dv, ck, cv))
             ck.index_copy_(0, dst, dk.index_select(0, src).to("cpu"))
             cv.index_copy_(0, dst, dv.index_select(0, src).to("cpu"))
 
@@ -67,6 +73,7 @@ class KVCache:
         src = torch.from_numpy(np.ascontiguousarray(pairs[:, 0]))
         dst = torch.from_numpy(np.ascontiguousarray(pairs[:, 1])).to(self.device)
         for (dk, dv), (ck, cv) in zip(self.device_caches, self.cpu_caches):
+            dk, dv, ck, cv = map(_bytes_view, (dk, dv, ck, cv))
             dk.index_copy_(0, dst, ck.index_select(0, src).to(self.device, non_blocking=True))
             dv.index_copy_(0, dst, cv.index_select(0, src).to(self.device, non_blocking=True))
 
@@ -77,5 +84,6 @@ class KVCache:
         src = torch.from_numpy(np.ascontiguousarray(pairs[:, 0])).to(self.device)
         dst = torch.from_numpy(np.ascontiguousarray(pairs[:, 1])).to(self.device)
         for k, v in self.device_caches:
+            k, v = _bytes_view(k), _bytes_view(v)
             k.index_copy_(0, dst, k.index_select(0, src))
             v.index_copy_(0, dst, v.index_select(0, src))

@@ -41,6 +41,29 @@ def _tensor(a: np.ndarray, device: torch.device, dtype: Optional[torch.dtype] = 
     return t.to(device, non_blocking=True) if device.type != "cpu" else t
 
 
+_FP8_KV = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+           "fp8_e5m2": torch.float8_e5m2}
+
+
+def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype,
+                         device: torch.device) -> torch.dtype:
+    """--kv-cache-dtype -> the cache tensors' dtype. fp8 caches (per-tensor scale 1.0) need
+    the CUDA kernels and fp16/bf16 activations."""
+    if kv_cache_dtype == "auto":
+        return model_dtype
+    if kv_cache_dtype not in _FP8_KV:
+        raise ValueError(f"--kv-cache-dtype must be one of auto, {', '.join(_FP8_KV)}; "
+                         f"got {kv_cache_dtype!r}")
+    from llmcore import ops
+    if device.type != "cuda" or not ops.cuda_available():
+        raise ValueError(f"--kv-cache-dtype {kv_cache_dtype} needs a CUDA device with llmcore's "
+                         f"kernels (device here: {device.type})")
+    if model_dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"--kv-cache-dtype {kv_cache_dtype} needs --dtype float16 or bfloat16, "
+                         f"got {str(model_dtype).split('.')[-1]}")
+    return _FP8_KV[kv_cache_dtype]
+
+
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, model_config, cache_config: CacheConfig,
                  device: torch.device):
@@ -48,10 +71,7 @@ class ModelRunner:
         self.model_config = model_config
         self.cache_config = cache_config
         self.device = device
-        kv_dtype = model_config.dtype
-        if cache_config.kv_cache_dtype != "auto":
-            raise ValueError(f"--kv-cache-dtype {cache_config.kv_cache_dtype} is not supported on "
-                             f"{device.type} yet")
+        kv_dtype = kv_cache_torch_dtype(cache_config.kv_cache_dtype, model_config.dtype, device)
         self.kv_spec = KVCacheSpec(num_layers=model_config.num_layers,
                                    num_kv_heads=model_config.num_kv_heads,
                                    head_dim=model_config.head_dim,

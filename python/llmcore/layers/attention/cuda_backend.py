@@ -33,6 +33,16 @@ class CudaAttentionBackend(AttentionBackend):
     def __init__(self, num_heads: int, head_size: int, num_kv_heads: int):
         super().__init__(num_heads, head_size, num_kv_heads)
         self._fallback = CpuAttentionBackend(num_heads, head_size, num_kv_heads)
+        self._kv_scales = None  # fp8 caches: per-tensor K and V scales (1.0, as vLLM without
+        #                          calibrated scales); device tensors so graphs can capture them
+
+    def _scales(self, cache: torch.Tensor):
+        if cache.element_size() != 1:
+            return None, None
+        if self._kv_scales is None:
+            one = torch.ones(1, dtype=torch.float32, device=cache.device)
+            self._kv_scales = (one, one.clone())
+        return self._kv_scales
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 key_cache: torch.Tensor, value_cache: torch.Tensor,
@@ -46,7 +56,8 @@ class CudaAttentionBackend(AttentionBackend):
         H, KV, D = self.num_heads, self.num_kv_heads, self.head_size
         k3 = k.unflatten(-1, (KV, D))
         v3 = v.unflatten(-1, (KV, D))
-        ops.reshape_and_cache(k3, v3, key_cache, value_cache, md.slot_mapping)
+        ks, vs = self._scales(key_cache)
+        ops.reshape_and_cache(k3, v3, key_cache, value_cache, md.slot_mapping, ks, vs)
         q3 = q.unflatten(-1, (H, D))
         out = torch.empty((T, H, D), dtype=q.dtype, device=q.device)
         sw = int(sliding_window) if sliding_window else -1
@@ -55,12 +66,13 @@ class CudaAttentionBackend(AttentionBackend):
         if np_ > 0:
             ops.prefill_attention(q3[:ntp], key_cache, value_cache, md.block_tables[:np_],
                                   md.seq_lens[:np_], md.query_start_loc[:np_ + 1], scale,
-                                  sliding_window=sw, out=out[:ntp],
+                                  sliding_window=sw, out=out[:ntp], k_scale=ks, v_scale=vs,
                                   max_query_len=max(int(md.max_query_len), 1))
         if T > ntp:
             ops.paged_attention_decode(q3[ntp:], key_cache, value_cache, md.block_tables[np_:],
                                        md.seq_lens[np_:], scale, sliding_window=sw,
-                                       out=out[ntp:], max_seq_len=max(int(md.max_seq_len), 1))
+                                       out=out[ntp:], max_seq_len=max(int(md.max_seq_len), 1),
+                                       k_scale=ks, v_scale=vs)
         return out.view(T, H * D)
 
 
