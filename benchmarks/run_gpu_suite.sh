@@ -81,6 +81,23 @@ step thr_8b_1000_fp8kv 340 python benchmarks/throughput.py --model $M8 --load-fo
 echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
 exit 0
 fi
+if [ "$SUITE" = serving ]; then
+python benchmarks/synthetic_tokenizer.py --vocab-size 128256 --out /tmp/tok8b >> "$OUT/setup.log" 2>&1
+python -m llmcore.entrypoints.openai.api_server --model $M8 --load-format dummy --dtype bfloat16 \
+  --tokenizer /tmp/tok8b --port 8000 > "$OUT/server.log" 2>&1 &
+SRV=$!
+for i in $(seq 1 150); do curl -sf localhost:8000/health > /dev/null && break; sleep 1; done
+echo "server up after $i s" >> "$OUT/summary.log"
+for spec in "4 200" "16 400" "inf 500"; do
+  set -- $spec
+  step serving_rate_$1 150 python benchmarks/serving.py --base-url http://127.0.0.1:8000 \
+    --random-input-len 128 --random-output-len 128 --num-prompts $2 --request-rate $1 --ignore-eos \
+    --save-result --result-dir "$OUT" --result-filename serving_rate_$1.json
+done
+kill $SRV
+echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
+exit 0
+fi
 if [ "$SUITE" = profile ]; then
 step bench_kernels 90 python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"
 step step_profile_256x1000 200 python benchmarks/step_profile.py --model $M8 --batch-size 256 \
