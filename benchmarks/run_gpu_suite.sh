@@ -86,7 +86,12 @@ python benchmarks/synthetic_tokenizer.py --vocab-size 128256 --out /tmp/tok8b >>
 python -m llmcore.entrypoints.openai.api_server --model $M8 --load-format dummy --dtype bfloat16 \
   --tokenizer /tmp/tok8b --port 8000 > "$OUT/server.log" 2>&1 &
 SRV=$!
-for i in $(seq 1 150); do curl -sf localhost:8000/health > /dev/null && break; sleep 1; done
+for i in $(seq 1 150); do
+  curl -sf localhost:8000/health > /dev/null && break
+  kill -0 $SRV 2> /dev/null || { echo "server exited:"; tail -5 "$OUT/server.log"; } >> "$OUT/summary.log"
+  kill -0 $SRV 2> /dev/null || exit 1
+  sleep 1
+done
 echo "server up after $i s" >> "$OUT/summary.log"
 for spec in "4 200" "16 400" "inf 500"; do
   set -- $spec
