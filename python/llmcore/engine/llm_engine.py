@@ -323,6 +323,9 @@ class LLMEngine:
         logits = self.runner.execute(plan, rows, input_fix=input_fix)
         # the device runs step k; the host finishes step k-1 meanwhile
         outs = self._finish_inflight(prev) if prev is not None else []
+        if not normal:  # only prefill chunks that sample nothing
+            self._update_stats(int(qsl[plan.num_prefill_seqs]), 0)
+            return outs
         slot_list = [s.slot for _, s in normal]
         out = self.sampler.sample(logits, self.runner.index_tensor(slot_list), self.sampling_state,
                                   slot_list)
