@@ -8,12 +8,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llmcore.entrypoints.chat_template import ChatTemplateError, render_chat
-from llmcore.entrypoints.openai.errors import APIError, sse_error
+from llmcore.entrypoints.openai.errors import APIError
 from llmcore.entrypoints.openai.protocol import ChatCompletionRequest, now
 from llmcore.entrypoints.openai.serving_completion import dumps
 from llmcore.entrypoints.openai.serving_engine import (OpenAIServingBase, chain_first,
                                                        chat_logprobs, logger, random_id,
-                                                       run_until_disconnect)
+                                                       run_until_disconnect, sse_stream)
 
 _RESERVED_TEMPLATE_KWARGS = {"messages", "add_generation_prompt", "continue_final_message",
                              "bos_token", "eos_token"}
@@ -108,8 +108,9 @@ class OpenAIServingChat(OpenAIServingBase):
         role = self.config.response_role if request.add_generation_prompt else messages[-1]["role"]
         if request.stream:
             return StreamingResponse(
-                self._stream(request, model_name, request_id, created, role, messages, len(ids),
-                             stream),
+                sse_stream(self._events(request, model_name, request_id, created, role, messages,
+                                        len(ids), stream),
+                           request_id, lambda: self.abort(request_id)),
                 media_type="text/event-stream")
 
         async def collect():
@@ -157,7 +158,7 @@ class OpenAIServingChat(OpenAIServingBase):
                           "total_tokens": prompt_tokens + completion_tokens,
                           "completion_tokens": completion_tokens}}
 
-    async def _stream(self, request, model_name, request_id, created, role, messages, prompt_len,
+    async def _events(self, request, model_name, request_id, created, role, messages, prompt_len,
                       stream: AsyncIterator) -> AsyncIterator[str]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         tok = self.tokenizer
@@ -168,7 +169,6 @@ class OpenAIServingChat(OpenAIServingBase):
         done_choices: set[int] = set()
         completion_tokens: dict[int, int] = {}
         prompt_tokens = prompt_len
-        complete = False
 
         def chunk(choices: list, usage: Any = "unset") -> str:
             obj = {"id": request_id, "object": "chat.completion.chunk", "created": created,
@@ -177,53 +177,40 @@ class OpenAIServingChat(OpenAIServingBase):
                 obj["usage"] = None if usage == "unset" else usage
             return f"data: {dumps(obj)}\n\n"
 
-        try:
-            for i in range(n):
-                yield chunk([{"index": i, "delta": {"role": role, "content": ""}, "logprobs": None,
+        for i in range(n):
+            yield chunk([{"index": i, "delta": {"role": role, "content": ""}, "logprobs": None,
+                          "finish_reason": None}])
+            if echo:
+                yield chunk([{"index": i, "delta": {"content": echo}, "logprobs": None,
                               "finish_reason": None}])
-                if echo:
-                    yield chunk([{"index": i, "delta": {"content": echo}, "logprobs": None,
-                                  "finish_reason": None}])
-            async for out in stream:
-                prompt_tokens = len(getattr(out, "prompt_token_ids", None) or []) or prompt_len
-                for o in out.outputs:
-                    idx = o.index
-                    if idx in done_choices:
-                        continue
-                    token_ids = list(o.token_ids)
-                    t0 = prev_tokens.get(idx, 0)
-                    delta_text = o.text[prev_text.get(idx, 0):]
-                    delta_ids = token_ids[t0:]
-                    steps = list(o.logprobs or [])[t0:]
-                    prev_text[idx] = len(o.text)
-                    prev_tokens[idx] = len(token_ids)
-                    completion_tokens[idx] = len(token_ids)
-                    if not delta_text and not delta_ids and o.finish_reason is None:
-                        continue
-                    logprobs = None
-                    if request.logprobs:
-                        logprobs = chat_logprobs(tok, delta_ids, steps, request.top_logprobs or 0)
-                    choice: dict[str, Any] = {"index": idx, "delta": {"content": delta_text}
-                                              if delta_text or o.finish_reason is None else {},
-                                              "logprobs": logprobs,
-                                              "finish_reason": o.finish_reason}
-                    if o.finish_reason is not None:
-                        done_choices.add(idx)
-                        choice["stop_reason"] = o.stop_reason
-                    yield chunk([choice])
-            if include_usage:
-                ct = sum(completion_tokens.values())
-                yield chunk([], {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + ct,
-                                 "completion_tokens": ct})
-            complete = True
-        except APIError as e:
-            yield sse_error(e.message, e.status, e.param, e.code)
-        except (ValueError, TypeError) as e:
-            yield sse_error(str(e), 400)
-        except Exception as e:  # noqa: BLE001 - the stream must end with an error event
-            logger.exception("error while streaming %s", request_id)
-            yield sse_error(f"internal error: {type(e).__name__}: {e}", 500)
-        finally:
-            if not complete:
-                await self.abort(request_id)
-        yield "data: [DONE]\n\n"
+        async for out in stream:
+            prompt_tokens = len(getattr(out, "prompt_token_ids", None) or []) or prompt_len
+            for o in out.outputs:
+                idx = o.index
+                if idx in done_choices:
+                    continue
+                token_ids = list(o.token_ids)
+                t0 = prev_tokens.get(idx, 0)
+                delta_text = o.text[prev_text.get(idx, 0):]
+                delta_ids = token_ids[t0:]
+                steps = list(o.logprobs or [])[t0:]
+                prev_text[idx] = len(o.text)
+                prev_tokens[idx] = len(token_ids)
+                completion_tokens[idx] = len(token_ids)
+                if not delta_text and not delta_ids and o.finish_reason is None:
+                    continue
+                logprobs = None
+                if request.logprobs:
+                    logprobs = chat_logprobs(tok, delta_ids, steps, request.top_logprobs or 0)
+                choice: dict[str, Any] = {"index": idx, "delta": {"content": delta_text}
+                                          if delta_text or o.finish_reason is None else {},
+                                          "logprobs": logprobs,
+                                          "finish_reason": o.finish_reason}
+                if o.finish_reason is not None:
+                    done_choices.add(idx)
+                    choice["stop_reason"] = o.stop_reason
+                yield chunk([choice])
+        if include_usage:
+            ct = sum(completion_tokens.values())
+            yield chunk([], {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + ct,
+                             "completion_tokens": ct})

@@ -9,12 +9,12 @@ from typing import Any, AsyncIterator, Optional
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from llmcore.entrypoints.openai.errors import APIError, sse_error
+from llmcore.entrypoints.openai.errors import APIError
 from llmcore.entrypoints.openai.protocol import CompletionRequest, now
 from llmcore.entrypoints.openai.serving_engine import (OpenAIServingBase, chain_first,
                                                        completion_logprobs, logger,
                                                        merge_generators, random_id,
-                                                       run_until_disconnect)
+                                                       run_until_disconnect, sse_stream)
 
 
 def dumps(obj: Any) -> str:
@@ -108,7 +108,8 @@ class OpenAIServingCompletion(OpenAIServingBase):
 
         if request.stream:
             return StreamingResponse(
-                self._stream(request, model_name, request_id, rids, created, prompts, gens, n),
+                sse_stream(self._events(request, model_name, request_id, created, prompts, gens, n),
+                           request_id, lambda: self.abort(*rids)),
                 media_type="text/event-stream")
 
         disconnected, finals = await run_until_disconnect(raw_request, self._collect(gens))
@@ -165,9 +166,9 @@ class OpenAIServingCompletion(OpenAIServingBase):
                 "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens +
                           completion_tokens, "completion_tokens": completion_tokens}}
 
-    async def _stream(self, request: CompletionRequest, model_name: str, request_id: str,
-                      rids: list[str], created: int, prompts: list[_Prompt],
-                      gens: list[AsyncIterator], n: int) -> AsyncIterator[str]:
+    async def _events(self, request: CompletionRequest, model_name: str, request_id: str,
+                      created: int, prompts: list[_Prompt], gens: list[AsyncIterator],
+                      n: int) -> AsyncIterator[str]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         tok = self.tokenizer
         prev_text: dict[int, int] = {}
@@ -176,71 +177,57 @@ class OpenAIServingCompletion(OpenAIServingBase):
         prompt_tokens: dict[int, int] = {}
         completion_tokens: dict[int, int] = {}
         offsets: dict[int, int] = {}
-        complete = False
-        try:
-            async for i, out in merge_generators(gens):
-                p = prompts[i]
-                prompt_ids = list(getattr(out, "prompt_token_ids", None) or p.ids)
-                prompt_tokens[i] = len(prompt_ids)
-                for o in out.outputs:
-                    idx = i * n + o.index
-                    if idx in done_choices:
-                        continue
-                    text_start = prev_text.get(idx, 0)
-                    tok_start = prev_tokens.get(idx, 0)
-                    delta_text = o.text[text_start:]
-                    token_ids = list(o.token_ids)
-                    delta_ids = token_ids[tok_start:]
-                    steps = list(o.logprobs or [])[tok_start:]
-                    first = idx not in prev_text
-                    if first and request.echo:
-                        ptext = self._prompt_text(p)
-                        delta_text = ptext + delta_text
-                        if request.logprobs is not None:
-                            plp = list(getattr(out, "prompt_logprobs", None) or [])
-                            plp += [None] * (len(prompt_ids) - len(plp))
-                            delta_ids = prompt_ids + delta_ids
-                            steps = plp + steps
-                    prev_text[idx] = len(o.text)
-                    prev_tokens[idx] = len(token_ids)
-                    completion_tokens[idx] = len(token_ids)
-                    if not delta_text and not delta_ids and o.finish_reason is None:
-                        continue
-                    logprobs = None
+        async for i, out in merge_generators(gens):
+            p = prompts[i]
+            prompt_ids = list(getattr(out, "prompt_token_ids", None) or p.ids)
+            prompt_tokens[i] = len(prompt_ids)
+            for o in out.outputs:
+                idx = i * n + o.index
+                if idx in done_choices:
+                    continue
+                text_start = prev_text.get(idx, 0)
+                tok_start = prev_tokens.get(idx, 0)
+                delta_text = o.text[text_start:]
+                token_ids = list(o.token_ids)
+                delta_ids = token_ids[tok_start:]
+                steps = list(o.logprobs or [])[tok_start:]
+                first = idx not in prev_text
+                if first and request.echo:
+                    ptext = self._prompt_text(p)
+                    delta_text = ptext + delta_text
                     if request.logprobs is not None:
-                        logprobs = completion_logprobs(tok, delta_ids, steps, request.logprobs,
-                                                       offsets.get(idx, 0))
-                        offsets[idx] = offsets.get(idx, 0) + sum(len(t) for t in logprobs["tokens"])
-                    if o.finish_reason is not None:
-                        done_choices.add(idx)
-                    chunk = {"id": request_id, "object": "text_completion", "created": created,
-                             "model": model_name,
-                             "choices": [{"index": idx, "text": delta_text, "logprobs": logprobs,
-                                          "finish_reason": o.finish_reason,
-                                          "stop_reason": o.stop_reason}]}
-                    if include_usage:
-                        chunk["usage"] = None
-                    yield f"data: {dumps(chunk)}\n\n"
-            if include_usage:
-                pt = sum(prompt_tokens.values())
-                ct = sum(completion_tokens.values())
+                        plp = list(getattr(out, "prompt_logprobs", None) or [])
+                        plp += [None] * (len(prompt_ids) - len(plp))
+                        delta_ids = prompt_ids + delta_ids
+                        steps = plp + steps
+                prev_text[idx] = len(o.text)
+                prev_tokens[idx] = len(token_ids)
+                completion_tokens[idx] = len(token_ids)
+                if not delta_text and not delta_ids and o.finish_reason is None:
+                    continue
+                logprobs = None
+                if request.logprobs is not None:
+                    logprobs = completion_logprobs(tok, delta_ids, steps, request.logprobs,
+                                                   offsets.get(idx, 0))
+                    offsets[idx] = offsets.get(idx, 0) + sum(len(t) for t in logprobs["tokens"])
+                if o.finish_reason is not None:
+                    done_choices.add(idx)
                 chunk = {"id": request_id, "object": "text_completion", "created": created,
-                         "model": model_name, "choices": [],
-                         "usage": {"prompt_tokens": pt, "total_tokens": pt + ct,
-                                   "completion_tokens": ct}}
+                         "model": model_name,
+                         "choices": [{"index": idx, "text": delta_text, "logprobs": logprobs,
+                                      "finish_reason": o.finish_reason,
+                                      "stop_reason": o.stop_reason}]}
+                if include_usage:
+                    chunk["usage"] = None
                 yield f"data: {dumps(chunk)}\n\n"
-            complete = True
-        except APIError as e:
-            yield sse_error(e.message, e.status, e.param, e.code)
-        except (ValueError, TypeError) as e:
-            yield sse_error(str(e), 400)
-        except Exception as e:  # noqa: BLE001 - the stream must end with an error event
-            logger.exception("error while streaming %s", request_id)
-            yield sse_error(f"internal error: {type(e).__name__}: {e}", 500)
-        finally:
-            if not complete:
-                await self.abort(*rids)
-        yield "data: [DONE]\n\n"
+        if include_usage:
+            pt = sum(prompt_tokens.values())
+            ct = sum(completion_tokens.values())
+            chunk = {"id": request_id, "object": "text_completion", "created": created,
+                     "model": model_name, "choices": [],
+                     "usage": {"prompt_tokens": pt, "total_tokens": pt + ct,
+                               "completion_tokens": ct}}
+            yield f"data: {dumps(chunk)}\n\n"
 
 
 def _prompt_logprobs_json(out: Any) -> Optional[list]:

@@ -10,11 +10,11 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 import anyio
 
-from llmcore.entrypoints.openai.errors import APIError, value_error_to_api_error
+from llmcore.entrypoints.openai.errors import APIError, sse_error, value_error_to_api_error
 
 logger = logging.getLogger("llmcore.entrypoints.openai")
 
@@ -260,6 +260,29 @@ class OpenAIServingBase:
         if self.config.max_log_len is not None:
             text = text[: self.config.max_log_len]
         logger.info("request %s: prompt=%r params=%s", request_id, text, params)
+
+
+async def sse_stream(events: AsyncIterator[str], request_id: str,
+                     abort: Callable[[], Awaitable[Any]]) -> AsyncIterator[str]:
+    """One request's server-sent events: `events`, then `data: [DONE]`. A failure becomes an
+    OpenAI error event; a stream that does not complete (error, client gone) aborts the
+    request through `abort()` so its KV blocks are freed at once."""
+    complete = False
+    try:
+        async for event in events:
+            yield event
+        complete = True
+    except APIError as e:
+        yield sse_error(e.message, e.status, e.param, e.code)
+    except (ValueError, TypeError) as e:
+        yield sse_error(str(e), 400)
+    except Exception as e:  # noqa: BLE001 - the stream must end with an error event
+        logger.exception("error while streaming %s", request_id)
+        yield sse_error(f"internal error: {type(e).__name__}: {e}", 500)
+    finally:
+        if not complete:
+            await abort()
+    yield "data: [DONE]\n\n"
 
 
 async def chain_first(first: Any, gen: AsyncIterator) -> AsyncIterator:
