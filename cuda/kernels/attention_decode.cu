@@ -45,8 +45,7 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
                        const int* __restrict__ qsl, int num_seqs, int num_heads, int num_kv_heads,
                        int block_size, float scale, int window, const float* k_scale,
                        const float* v_scale, int num_splits, int partition_size,
-                       float* __restrict__ tmp_out, float* __restrict__ tmp_ml,
-                       int* __restrict__ split_counters) {
+                       float* __restrict__ tmp_out, float* __restrict__ tmp_ml) {
   using Tr = CacheTraits<T, KIND>;
   using S = typename Tr::storage;
   constexpr int V = HD / WARP_SIZE;
@@ -220,40 +219,6 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
       }
     }
   }
-  if (num_splits == 1 || split_counters == nullptr) return;
-  // The last split of this (row, head group) to finish combines all partials (saves the
-  // reduce launch); other CTAs' partials are read with volatile loads after the fences.
-  __shared__ bool s_last;
-  __threadfence();
-  __syncthreads();
-  int* counter = split_counters + (int64_t)row * gridDim.y + blockIdx.y;
-  if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == num_splits - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  const volatile float* vml = tmp_ml;
-  const volatile float* vout = tmp_out;
-  for (int idx = threadIdx.x; idx < gcount * HD; idx += blockDim.x) {
-    const int g = idx / HD, d = idx % HD;
-    const int64_t base = ((int64_t)row * num_heads + h0 + g) * num_splits;
-    float M = -INFINITY;
-    for (int s = 0; s < num_splits; ++s)
-      if (vml[(base + s) * 2 + 1] > 0.f) M = fmaxf(M, vml[(base + s) * 2]);
-    float W = 0.f, A = 0.f;
-    if (M != -INFINITY) {
-      for (int s = 0; s < num_splits; ++s) {
-        const float ls = vml[(base + s) * 2 + 1];
-        if (ls > 0.f) {
-          const float wgt = ls * __expf(vml[(base + s) * 2] - M);
-          W += wgt;
-          A += wgt * vout[(base + s) * HD + d];
-        }
-      }
-    }
-    out[(int64_t)row * out_stride + (int64_t)(h0 + g) * HD + d] =
-        from_float<T>(W > 0.f ? A / W : 0.f);
-  }
-  if (threadIdx.x == 0) *counter = 0;  // ready for the next launch (graphs replay it)
 }
 
 // Combine split partials: grid (num_rows, num_heads), blockDim >= head_dim.
@@ -288,8 +253,7 @@ cudaError_t launch_typed(T* out, int64_t out_stride, const T* q, int64_t q_strid
                          const int* qsl, int num_rows, int num_seqs, int num_heads,
                          int num_kv_heads, int block_size, float scale, int window,
                          const float* k_scale, const float* v_scale, int num_splits,
-                         int partition_size, float* tmp_out, float* tmp_ml, cudaStream_t stream,
-                         int* split_counters) {
+                         int partition_size, float* tmp_out, float* tmp_ml, cudaStream_t stream) {
   using S = typename CacheTraits<T, KIND>::storage;
   const int G = num_heads / num_kv_heads;
   if (G == 1) {
@@ -297,7 +261,7 @@ cudaError_t launch_typed(T* out, int64_t out_stride, const T* q, int64_t q_strid
     paged_attention_kernel<T, KIND, HD, 1><<<grid, kThreads, 0, stream>>>(
         out, out_stride, q, q_stride, (const S*)kc, (const S*)vc, bt, mbps, seq_lens, qsl,
         num_seqs, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale,
-        num_splits, partition_size, tmp_out, tmp_ml, split_counters);
+        num_splits, partition_size, tmp_out, tmp_ml);
   } else if (G <= 4) {
     // GC = the group size rounded up to a power of two: a GC wider than the group would
     // spend half the dot products and shuffles on empty heads (Llama-3: G = 4).
@@ -307,7 +271,7 @@ cudaError_t launch_typed(T* out, int64_t out_stride, const T* q, int64_t q_strid
       paged_attention_kernel<T, KIND, HD, GC><<<grid, kThreads, 0, stream>>>(
           out, out_stride, q, q_stride, (const S*)kc, (const S*)vc, bt, mbps, seq_lens, qsl,
           num_seqs, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale,
-          num_splits, partition_size, tmp_out, tmp_ml, split_counters);
+          num_splits, partition_size, tmp_out, tmp_ml);
     };
     if (G <= 2) launch(std::integral_constant<int, 2>{});
     else launch(std::integral_constant<int, 4>{});
@@ -317,9 +281,9 @@ cudaError_t launch_typed(T* out, int64_t out_stride, const T* q, int64_t q_strid
     paged_attention_kernel<T, KIND, HD, GC><<<grid, kThreads, 0, stream>>>(
         out, out_stride, q, q_stride, (const S*)kc, (const S*)vc, bt, mbps, seq_lens, qsl,
         num_seqs, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale,
-        num_splits, partition_size, tmp_out, tmp_ml, split_counters);
+        num_splits, partition_size, tmp_out, tmp_ml);
   }
-  if (num_splits > 1 && split_counters == nullptr) {
+  if (num_splits > 1) {
     const dim3 grid(num_rows, num_heads);
     paged_attention_reduce_kernel<T><<<grid, HD, 0, stream>>>(out, out_stride, tmp_out, tmp_ml,
                                                              num_heads, num_splits, HD);
@@ -333,18 +297,18 @@ cudaError_t launch_hd(int head_dim, T* out, int64_t out_stride, const T* q, int6
                       const int* qsl, int num_rows, int num_seqs, int num_heads, int num_kv_heads,
                       int block_size, float scale, int window, const float* k_scale,
                       const float* v_scale, int num_splits, int partition_size, float* tmp_out,
-                      float* tmp_ml, cudaStream_t stream, int* split_counters) {
+                      float* tmp_ml, cudaStream_t stream) {
   switch (head_dim) {
     case 64:
       return launch_typed<T, KIND, 64>(out, out_stride, q, q_stride, kc, vc, bt, mbps, seq_lens,
                                        qsl, num_rows, num_seqs, num_heads, num_kv_heads,
                                        block_size, scale, window, k_scale, v_scale, num_splits,
-                                       partition_size, tmp_out, tmp_ml, stream, split_counters);
+                                       partition_size, tmp_out, tmp_ml, stream);
     case 128:
       return launch_typed<T, KIND, 128>(out, out_stride, q, q_stride, kc, vc, bt, mbps, seq_lens,
                                         qsl, num_rows, num_seqs, num_heads, num_kv_heads,
                                         block_size, scale, window, k_scale, v_scale, num_splits,
-                                        partition_size, tmp_out, tmp_ml, stream, split_counters);
+                                        partition_size, tmp_out, tmp_ml, stream);
     default:
       return cudaErrorInvalidValue;
   }
@@ -359,8 +323,7 @@ cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_
                             int num_kv_heads, int head_dim, int block_size, float scale,
                             int sliding_window, int dtype, int cache_dtype, const float* k_scale,
                             const float* v_scale, int num_splits, int partition_size,
-                            float* tmp_out, float* tmp_ml, cudaStream_t stream,
-                            int* split_counters) {
+                            float* tmp_out, float* tmp_ml, cudaStream_t stream) {
   if (num_rows <= 0) return cudaSuccess;
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || block_size <= 0)
     return cudaErrorInvalidValue;
@@ -372,7 +335,7 @@ cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_
   head_dim, (scalar_t*)out, out_stride, (const scalar_t*)q, q_stride, key_cache, value_cache, \
       block_tables, max_blocks_per_seq, seq_lens, query_start_loc, num_rows, num_seqs,         \
       num_heads, num_kv_heads, block_size, scale, sliding_window, k_scale, v_scale,            \
-      num_splits, partition_size, tmp_out, tmp_ml, stream, split_counters
+      num_splits, partition_size, tmp_out, tmp_ml, stream
   LLMCORE_DISPATCH_FLOAT(dtype, {
     if (cache_dtype == dtype) return launch_hd<scalar_t, -1>(LLMCORE_PA_ARGS);
     if constexpr (std::is_same<scalar_t, float>::value) {

@@ -10,9 +10,7 @@ namespace llmcore {
 // num_splits > 1 splits each row's keys into chunks of partition_size tokens (flash-decoding;
 // partition_size <= 0: each row's own key range split evenly into num_splits chunks);
 // then tmp_out (float [num_rows*num_heads*num_splits*head_dim]) and tmp_ml (float
-// [num_rows*num_heads*num_splits*2]) are required workspaces. split_counters (optional, int
-// [num_rows*num_kv_heads*ceil(G/GC)] zeros, GC <= G): the last split of each row and head group
-// combines the partials itself and resets its counter, instead of a separate reduce kernel.
+// [num_rows*num_heads*num_splits*2]) are required workspaces.
 cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_t q_stride,
                             const void* key_cache, const void* value_cache,
                             const int* block_tables, int max_blocks_per_seq, const int* seq_lens,
@@ -20,8 +18,7 @@ cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_
                             int num_kv_heads, int head_dim, int block_size, float scale,
                             int sliding_window, int dtype, int cache_dtype, const float* k_scale,
                             const float* v_scale, int num_splits, int partition_size,
-                            float* tmp_out, float* tmp_ml, cudaStream_t stream,
-                            int* split_counters = nullptr);
+                            float* tmp_out, float* tmp_ml, cudaStream_t stream);
 
 // Varlen causal prefill / chunked prefill with cached prefixes; all K/V are read from the paged
 // cache (this step's K/V must already be written). Layouts as above; max_query_len bounds

@@ -182,20 +182,6 @@ def _sm_count(device) -> int:
     return _SM_COUNT[idx]
 
 
-_SPLIT_COUNTERS: dict = {}
-
-
-def _split_counters(device: torch.device, n: int) -> torch.Tensor:
-    """Zeroed int32 counters (>= n) for the decode kernel's in-kernel split reduction; the
-    kernel leaves them zero again. Grown, never freed: captured CUDA graphs keep pointers to
-    the older ones."""
-    key = (device.type, device.index)
-    bufs = _SPLIT_COUNTERS.setdefault(key, [])
-    if not bufs or bufs[-1].numel() < n:
-        bufs.append(torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device))
-    return bufs[-1]
-
-
 def decode_split_plan(num_seqs: int, num_heads: int, num_kv_heads: int, max_seq_len: int,
                       sliding_window: int, sm_count: int, num_splits: Optional[int] = None,
                       min_partition: int = 256) -> Tuple[int, int]:
@@ -270,13 +256,12 @@ def paged_attention_decode(q: torch.Tensor, key_cache: torch.Tensor, value_cache
     if _is_fp8(key_cache.dtype):
         kst, vst = _scale_ptr(k_scale, q.device, "k_scale"), _scale_ptr(v_scale, q.device, "v_scale")
         ksp, vsp = kst.data_ptr(), vst.data_ptr()
-    counters = _split_counters(q.device, B * H) if ns > 1 else None
     _C().paged_attention(out.data_ptr(), os_, q.data_ptr(), qs, key_cache.data_ptr(), value_cache.data_ptr(),
                          block_tables.data_ptr(), block_tables.shape[1], seq_lens.data_ptr(), 0, B, B, H, Hkv,
                          D, key_cache.shape[1], float(scale), int(sliding_window), code, ccode, ksp, vsp, ns,
                          0,  # each sequence split evenly over the ns partitions
                          tmp_out.data_ptr() if ns > 1 else 0, tmp_ml.data_ptr() if ns > 1 else 0,
-                         _stream(q), counters.data_ptr() if counters is not None else 0)
+                         _stream(q))
     return out
 
 
