@@ -133,6 +133,14 @@ void bind_scheduler(py::module_& m) {
           },
           py::arg("seq_ids"), py::arg("token_ids"))
       .def(
+          "append_placeholders",
+          [](Scheduler& s, const I64Array& seq_ids) {
+            if (seq_ids.ndim() != 1)
+              throw py::value_error("append_placeholders: seq_ids must be one-dimensional");
+            s.append_placeholders(seq_ids.data(), static_cast<size_t>(seq_ids.size()));
+          },
+          py::arg("seq_ids"))
+      .def(
           "set_last_tokens",
           [](Scheduler& s, const I64Array& seq_ids, const I32Array& token_ids) {
             if (seq_ids.ndim() != 1 || token_ids.ndim() != 1 || seq_ids.size() != token_ids.size())

@@ -97,7 +97,9 @@ void Scheduler::ensure_hashes(Sequence* s, int32_t num_blocks) {
 void Scheduler::register_full_blocks(Sequence* s) {
   if (!caching_for(s->req)) return;
   const int bs = cfg_.block_size;
-  const int32_t full = s->num_computed / bs;
+  // only blocks whose tokens are all known (placeholders would enter the hash chain)
+  const int32_t known = static_cast<int32_t>(s->tokens.size()) - s->num_placeholders;
+  const int32_t full = std::min(s->num_computed, known) / bs;
   if (full <= s->num_registered) return;
   ensure_hashes(s, full);
   for (int32_t k = s->num_registered; k < full; ++k) {

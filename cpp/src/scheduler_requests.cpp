@@ -91,11 +91,22 @@ void Scheduler::update(const std::vector<int64_t>& seq_ids,
   update(seq_ids.data(), token_ids.data(), seq_ids.size());
 }
 
+void Scheduler::append_placeholders(const int64_t* seq_ids, size_t n) {
+  update_scratch_.resize(n);
+  for (size_t i = 0; i < n; ++i) update_scratch_[i] = find_seq(seq_ids[i]);
+  for (size_t i = 0; i < n; ++i) {
+    update_scratch_[i]->tokens.push_back(0);
+    ++update_scratch_[i]->num_placeholders;
+  }
+}
+
 void Scheduler::set_last_tokens(const int64_t* seq_ids, const int32_t* token_ids, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     auto it = seqs_.find(seq_ids[i]);
     if (it == seqs_.end() || it->second->tokens.empty()) continue;
-    it->second->tokens.back() = token_ids[i];
+    Sequence* s = it->second.get();
+    s->tokens.back() = token_ids[i];
+    if (s->num_placeholders > 0) --s->num_placeholders;
   }
 }
 

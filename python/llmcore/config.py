@@ -139,8 +139,8 @@ class EngineArgs:
         None, group=GROUP_SCHED,
         help="Overlap the host side of a step (output processing, scheduling, input copies) with "
              "the GPU running the previous one; sampled tokens reach the next step on the device. "
-             "Default: on for CUDA devices. Requests with n/best_of > 1, beam search or "
-             "prompt_logprobs, and prefix caching, run without it.")
+             "Default: on for CUDA devices. While a request with n/best_of > 1, beam search or "
+             "prompt_logprobs is live, steps run without it.")
     max_context_len_to_capture: Optional[int] = arg(None, group=GROUP_SCHED,
                                                     help="Deprecated alias of --max-seq-len-to-capture.")
     max_seq_len_to_capture: int = arg(8192, group=GROUP_SCHED,

@@ -541,3 +541,32 @@ TEST(Scheduler, SetLastTokensFixesPlaceholderAndSkipsDeadSeqs) {
   EXPECT_EQ(o->input_ids[0], 7);  // the decode step reads the fixed token
   s.check_invariants();
 }
+
+TEST(Scheduler, PlaceholderBlocksAreNotCachedUntilKnown) {
+  SchedulerConfig c = cfg(32, 8);
+  c.enable_prefix_caching = true;
+  Scheduler s(c);
+  s.add_request(0, 0, toks(0, 15));  // block 0 full, block 1 holds 7 of 8
+  s.schedule();
+  const int64_t id0[] = {0};
+  s.append_placeholders(id0, 1);  // token 15 (fills block 1) unknown yet
+  auto o = s.schedule();          // computes the placeholder's position
+  ASSERT_EQ(o->num_seqs, 1);
+  s.check_invariants();
+  // Block 1 holds the placeholder (stored as 0): a prompt with 0 there must not hit it.
+  std::vector<int32_t> p = toks(0, 15);
+  p.push_back(0);
+  p.push_back(100);
+  s.add_request(1, 1, p);
+  o = s.schedule();
+  EXPECT_EQ(o->context_lens[find_row(*o, 1)], 8);  // only block 0
+  const int32_t v[] = {99};
+  s.set_last_tokens(id0, v, 1);
+  s.append_placeholders(id0, 1);
+  s.schedule();  // block 1 of seq 0 is known now and gets registered
+  p[15] = 99;  // the real token
+  s.add_request(2, 2, p);
+  o = s.schedule();
+  EXPECT_EQ(o->context_lens[find_row(*o, 2)], 16);
+  s.check_invariants();
+}

@@ -15,10 +15,10 @@ from llmcore import LLM, SamplingParams
 from test_engine import PROMPTS, _mixed_prompts, assert_engine_idle
 
 
-def _params() -> list:
+def _params(n: int) -> list:
     """A mix that exercises every stop path and sampler state the pipeline must keep right."""
     ps = []
-    for i in range(16):
+    for i in range(n):
         kind = i % 8
         if kind == 0:
             ps.append(SamplingParams(temperature=0.0, max_tokens=1 + i))
@@ -52,13 +52,15 @@ def _summary(outs) -> list:
 
 @pytest.fixture(scope="module")
 def prompts():
-    return PROMPTS + _mixed_prompts(8)
+    # shared prefixes (the prefix cache has something to hit) and repeats
+    shared = "Background: " + " ".join(f"fact {i} is about topic {i % 5}." for i in range(12))
+    return PROMPTS + _mixed_prompts(8) + [shared + " Question one:", shared + " Question two:", shared]
 
 
 @pytest.fixture(scope="module")
 def sync_reference(prompts):
     llm = LLM(max_model_len=1024, cpu_kv_cache_space=0.25, seed=0, async_scheduling=False)
-    out = _summary(llm.generate(prompts, _params(), use_tqdm=False))
+    out = _summary(llm.generate(prompts, _params(len(prompts)), use_tqdm=False))
     assert_engine_idle(llm)
     return out
 
@@ -69,11 +71,12 @@ def sync_reference(prompts):
     dict(num_gpu_blocks_override=24, preemption_mode="recompute"),
     dict(num_gpu_blocks_override=24, preemption_mode="swap", swap_space=0.05),
     dict(max_num_seqs=3),
-], ids=["default", "chunked", "recompute", "swap", "few-seqs"])
+    dict(enable_prefix_caching=True, num_gpu_blocks_override=40, preemption_mode="recompute"),
+], ids=["default", "chunked", "recompute", "swap", "few-seqs", "prefix-caching"])
 def test_same_outputs_as_sync_engine(prompts, sync_reference, kwargs):
     llm = LLM(max_model_len=1024, cpu_kv_cache_space=0.25, seed=0, async_scheduling=True, **kwargs)
     assert llm.llm_engine.async_scheduling
-    got = _summary(llm.generate(prompts, _params(), use_tqdm=False))
+    got = _summary(llm.generate(prompts, _params(len(prompts)), use_tqdm=False))
     for i, (a, b) in enumerate(zip(sync_reference, got)):
         # tokens, text, stops exact; logprobs to float noise (batches differ by the rows of
         # sequences that stopped one step late)
@@ -82,6 +85,8 @@ def test_same_outputs_as_sync_engine(prompts, sync_reference, kwargs):
         if a[4] is not None:
             assert a[4] == pytest.approx(b[4], abs=1e-3)
     assert llm.llm_engine._inflight is None
+    if kwargs.get("enable_prefix_caching"):
+        assert llm.llm_engine.scheduler.prefix_cache_hit_rate() > 0
     assert_engine_idle(llm)
 
 

@@ -82,9 +82,11 @@ class Scheduler {
   // Appends token_ids[i] to seq_ids[i]. Validates all ids before changing anything.
   void update(const int64_t* seq_ids, const int32_t* token_ids, size_t n);
   void update(const std::vector<int64_t>& seq_ids, const std::vector<int32_t>& token_ids);
-  // Overwrites the last token of each live seq_ids[i] with token_ids[i]; ids no longer
-  // live (finished, aborted) are skipped. Pipelined engines append a placeholder with
-  // update() before the sampled value is on the host and fix it here.
+  // Pipelined engines: append_placeholders() grows each sequence by one token whose value
+  // is not on the host yet (schedulable: its input comes from the device); set_last_tokens()
+  // later writes the value of each live seq's last token (ids no longer live are skipped).
+  // Blocks holding a placeholder are never hashed or offered to the prefix cache.
+  void append_placeholders(const int64_t* seq_ids, size_t n);
   void set_last_tokens(const int64_t* seq_ids, const int32_t* token_ids, size_t n);
   void finish_seq(int64_t seq_id);
   std::vector<int64_t> abort_request(int64_t request_id);

@@ -118,8 +118,7 @@ class LLMEngine:
         self._ids = itertools.count()
         self._stats = EngineStats(num_total_blocks=num_device)
         asched = engine_args.async_scheduling
-        self.async_scheduling = (self.device.type == "cuda" if asched is None else bool(asched)) \
-            and not engine_args.enable_prefix_caching  # placeholder tokens would enter block hashes
+        self.async_scheduling = self.device.type == "cuda" if asched is None else bool(asched)
         self._inflight: Optional[InFlightStep] = None
         self._num_unpipelinable = 0   # live requests the pipelined step cannot serve
         logger.info("llmcore engine: model=%s dtype=%s device=%s max_model_len=%d KV blocks=%d "
@@ -344,8 +343,7 @@ class LLMEngine:
                 row_of_seq[seq.seq_id] = i
                 len_of_seq[seq.seq_id] = total
         if ph_ids:
-            self.scheduler.update(np.asarray(ph_ids, dtype=np.int64),
-                                  np.zeros(len(ph_ids), dtype=np.int32))
+            self.scheduler.append_placeholders(np.asarray(ph_ids, dtype=np.int64))
         self._inflight = InFlightStep.launch(normal, out, row_of_seq, len_of_seq)
         self._update_stats(int(qsl[plan.num_prefill_seqs]), 0)
         return outs
