@@ -281,7 +281,7 @@ def test_distribution(kind):
     logits = torch.tensor([[2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5, -2.0, -3.0]])
     N, R = 2000, 10
     if kind.endswith("_ht"):
-        # no filters, large vocab: head/tail race; the tail holds ~25% of the mass
+        # no filters, large vocab (inverse-CDF path on the CPU); the flat tail holds ~25% of the mass
         N, R = 1000, 10
         Vs = 3000
         logits = torch.cat([logits, torch.full((1, Vs - 10), -6.0)], dim=1)

@@ -21,9 +21,8 @@ when no active slot needs it:
   7. sample                greedy rows: argmax. random rows: exponential race
                             argmax(l - log(E)), E ~ Exp(1) i.i.d. (== sampling from
                             softmax(l)): over the K candidates for top-k/top-p rows;
-                            rows without top-k/top-p race their top 64 tokens against
-                            the tail as one Gumbel at logsumexp(tail) (exact), drawing
-                            full-vocab noise only when the tail wins. Seeded rows draw
+                            on the CPU, rows without top-k/top-p use one uniform and
+                            the inverse CDF instead (exact, no per-token noise). Seeded rows draw
                             from their own torch.Generator a fixed amount per path that
                             does not depend on the batch (token-indexed V values for
                             filtered rows), so their tokens do not depend on the batch
@@ -74,8 +73,6 @@ class Sampler:
     # top-p rows without top-k first look at this many candidates; the full sort is
     # only done for rows whose top-p mass is not reached within them.
     TOP_P_CANDIDATES = 256
-    # rows with no top-k/top-p race their top HEAD_K tokens against the tail as a whole
-    HEAD_K = 64
 
     def __init__(self, logprobs_mode: str = "processed", always_compute_logprobs: bool = False):
         if logprobs_mode not in ("processed", "raw"):
@@ -335,33 +332,23 @@ class Sampler:
         return q
 
     @classmethod
-    def _sample_head_tail(cls, xr: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor,
-                          seeded_b: Optional[torch.Tensor], state: SamplingBatchState
-                          ) -> torch.Tensor:
-        """Exact draw from softmax(xr) without noise for every token: race the top
-        HEAD_K tokens (one Gumbel each) against the tail as a whole (one Gumbel at
-        location logsumexp(tail): the max of the tail's perturbed logits has exactly
-        that law, independent of which tail token attains it). Only rows whose tail
-        wins (probability = tail mass) draw noise over the full vocabulary.
-        Seeded rows draw HEAD_K + 1 (+ V if the tail wins) values from their own
-        generator: the same whatever batch they are in."""
-        n, V = xr.shape
-        Kh = cls.HEAD_K
-        hv, hi = xr.topk(Kh, dim=-1, sorted=False)
-        lse_all = xr.logsumexp(dim=-1)
-        d = (hv.logsumexp(dim=-1) - lse_all).clamp_(max=0.0)
-        lse_tail = lse_all + torch.log1p(-torch.exp(d))          # -inf if no tail mass
-        g = _log_exp_noise_(cls._uniform_draw(rows, Kh + 1, slots, seeded_b, state))
-        scores = hv - g[:, :Kh]
-        best, arg = scores.max(dim=-1)
-        tok = hi.gather(1, arg.unsqueeze(1)).squeeze(1)
-        tail_win = (lse_tail - g[:, Kh]) > best
-        if bool(tail_win.any()):
-            w = tail_win.nonzero().squeeze(1)
-            xt = xr[w].scatter(1, hi[w], _NEG_INF)               # tail only
-            q = _log_exp_noise_(cls._uniform_draw(rows[w], V, slots, seeded_b, state))
-            tok[w] = torch.sub(xt, q, out=q).argmax(dim=-1)
-        return tok
+    def _sample_inverse_cdf(cls, xr: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor,
+                            seeded_b: Optional[torch.Tensor], state: SamplingBatchState
+                            ) -> torch.Tensor:
+        """Exact draw from softmax(xr) with one uniform per row: the first token whose
+        cumulative (unnormalised) probability exceeds u * total. About 3 passes over the
+        vocabulary and no per-token noise (on 2 CPU cores, 64 x 49k: 2.8 ms vs 11.8 ms for
+        the Gumbel race). Seeded rows draw their one value from their own generator, so
+        their token does not depend on the batch."""
+        m = xr.amax(dim=-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        cdf = torch.sub(xr, m).exp_().cumsum_(dim=-1)
+        total = cdf[:, -1:]
+        u = cls._uniform_draw(rows, 1, slots, seeded_b, state)
+        # u < 1 strictly, and `right=True` skips zero-probability tokens (flat cdf runs)
+        target = torch.minimum(u * total, total * (1.0 - 1e-6))
+        tok = torch.searchsorted(cdf, target, right=True).squeeze(1)
+        return tok.clamp_(max=xr.shape[1] - 1)
 
     @staticmethod
     def _uniform_draw(rows, width, slots, seeded_b, state) -> torch.Tensor:
@@ -407,15 +394,15 @@ class Sampler:
             token_ids[c_rows] = c_ids.gather(1, scores.argmax(dim=-1, keepdim=True)).squeeze(1)
         else:
             full_rows = rand_rows
-        if full_rows.numel() and V >= 4 * cls.HEAD_K and x.device.type == "cpu":
-            # rows without top-k/top-p: head/tail race (no full-vocab noise). CPU only:
-            # on GPUs the RNG is cheap and the extra syncs cost more (H100: 0.2 vs 0.9 ms).
+        if full_rows.numel() and x.device.type == "cpu":
+            # rows without top-k/top-p: inverse-CDF draw (no full-vocab noise). CPU only:
+            # on GPUs the RNG is cheap and the Gumbel race needs no scan.
             fs = slots[full_rows]
             nofilt = (state.top_k[fs] >= V) & (state.top_p[fs] >= 1.0)
             if bool(nofilt.any()):
                 ht = full_rows if bool(nofilt.all()) else full_rows[nofilt]
                 xr = x if ht.numel() == N else x[ht]
-                token_ids[ht] = cls._sample_head_tail(xr, ht, slots, seeded_b, state)
+                token_ids[ht] = cls._sample_inverse_cdf(xr, ht, slots, seeded_b, state)
                 full_rows = full_rows[~nofilt]
         if full_rows.numel():
             # rows with top-k/top-p not resolved by candidates: token-indexed noise over V
