@@ -384,14 +384,20 @@ class LLMEngine:
         self._update_stats(0, generated)
         return self._collect_outputs(touched)
 
+    def _fork_seq(self, req: RequestState, parent: SeqState, index: int) -> SeqState:
+        """A child sequence sharing the parent's blocks (copy-on-write) and its tokens."""
+        child = SeqState(seq_id=next(self._ids), index=index)
+        self.scheduler.fork(parent.seq_id, child.seq_id)
+        child.output_token_ids = list(parent.output_token_ids)
+        req.seqs.append(child)
+        self._seqs[child.seq_id] = (req, child)
+        return child
+
     def _fork_children(self, req: RequestState, parent: SeqState) -> list:
         children = []
         for index in range(1, req.num_seqs_total):
-            child = SeqState(seq_id=next(self._ids), index=index)
-            self.scheduler.fork(parent.seq_id, child.seq_id)
+            child = self._fork_seq(req, parent, index)
             self._init_seq(req, child, copy_from=parent)
-            req.seqs.append(child)
-            self._seqs[child.seq_id] = (req, child)
             children.append(child)
         return children
 
@@ -469,11 +475,7 @@ class LLMEngine:
             for parent, token, val, reuse in decision.continue_beams:
                 if reuse:
                     continue
-                child = SeqState(seq_id=next(self._ids), index=len(req.seqs))
-                self.scheduler.fork(parent.seq_id, child.seq_id)
-                child.output_token_ids = list(parent.output_token_ids)
-                req.seqs.append(child)
-                self._seqs[child.seq_id] = (req, child)
+                child = self._fork_seq(req, parent, len(req.seqs))
                 new_children.append((child, token, val))
             for parent in decision.finished_parents:
                 parent.finished = True
