@@ -8,6 +8,10 @@
 #include <thread>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #if defined(__x86_64__) || defined(__SSE__)
 #include <xmmintrin.h>
 #define LLMCORE_HAVE_MXCSR 1
@@ -102,7 +106,12 @@ void paged_decode_attention_f32(const float* q, int64_t q_stride, const float* k
                num_heads, num_kv_heads, head_dim, block_size, max_blocks,
                scale, sliding_window, out, out_stride};
   const int total = num_seqs;  // one work item per sequence (all its heads)
-  int nt = num_threads > 0 ? num_threads : static_cast<int>(std::thread::hardware_concurrency());
+#ifdef _OPENMP
+  const int hw = omp_get_max_threads();
+#else
+  const int hw = static_cast<int>(std::thread::hardware_concurrency());
+#endif
+  int nt = num_threads > 0 ? num_threads : hw;
   if (nt < 1) nt = 1;
   if (nt > total) nt = total;
   ItemsFn fn = pick();
@@ -111,11 +120,19 @@ void paged_decode_attention_f32(const float* q, int64_t q_stride, const float* k
     run_ftz(fn, a, &next, total);
     return;
   }
+#ifdef _OPENMP
+  // OpenMP rather than std::thread: in a process that runs torch this is torch's own
+  // libgomp pool (one runtime per soname), whose workers are still spinning right after
+  // a GEMM; threads of our own would compete with them for the same cores.
+#pragma omp parallel num_threads(nt)
+  run_ftz(fn, a, &next, total);
+#else
   std::vector<std::thread> ts;
   ts.reserve(nt - 1);
   for (int i = 1; i < nt; ++i) ts.emplace_back(run_ftz, fn, std::cref(a), &next, total);
   run_ftz(fn, a, &next, total);
   for (auto& t : ts) t.join();
+#endif
 }
 
 }  // namespace llmcore

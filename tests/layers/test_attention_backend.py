@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))
 from paged_kv_helper import build_metadata  # noqa: E402
 
-from llmcore.layers.attention import Attention  # noqa: E402
+from llmcore.layers.attention import Attention, cpu_backend  # noqa: E402
 
 
 def _reference(q, k_all, v_all, ctx, scale, window):
@@ -33,9 +33,16 @@ def _reference(q, k_all, v_all, ctx, scale, window):
     return torch.einsum("hqk,khd->qhd", s.softmax(-1), v.double()).float()
 
 
+@pytest.mark.parametrize("decode_kernel", [True, False], ids=["cpp_decode", "torch_decode"])
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("heads", [(4, 4), (6, 2)])
-def test_backend_matches_reference(window, heads):
+def test_backend_matches_reference(window, heads, decode_kernel, monkeypatch):
+    # the CPU backend decodes fp32 with the C++ paged kernel; its torch path (gather +
+    # masked SDPA) is the fallback for other dtypes: both are checked
+    if not decode_kernel:
+        monkeypatch.setattr(cpu_backend, "_paged_decode_f32", None)
+    elif cpu_backend._paged_decode_f32 is None:
+        pytest.skip("llmcore._core has no paged_decode_attention_f32")
     torch.manual_seed(0)
     H, KV = heads
     D, bs, nblocks = 16, 4, 64

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmcore.layers import cpu_gemm
 from llmcore.layers.utils import set_weight_attrs
 
 
@@ -53,7 +54,17 @@ class UnquantizedLinearMethod(LinearMethodBase):
         layer.register_parameter("weight", weight)
 
     def apply(self, layer, x, bias):
+        if layer.weight.is_mkldnn:
+            return cpu_gemm.packed_linear(x, layer.weight, bias)
         return F.linear(x, layer.weight, bias)
+
+    def process_weights_after_loading(self, layer) -> None:
+        # CPU fp32: pack for oneDNN once (see cpu_gemm); the packed tensor replaces the
+        # dense parameter, keeping its name and shape.
+        if cpu_gemm.can_pack(layer.weight):
+            packed = cpu_gemm.pack(layer.weight)
+            del layer.weight
+            layer.register_buffer("weight", packed, persistent=False)
 
 
 class LinearBase(nn.Module):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmcore.layers import cpu_gemm
 from llmcore.layers.utils import set_weight_attrs
 
 
@@ -59,6 +60,11 @@ class ParallelLMHead(VocabParallelEmbedding):
         self.weight = embed.weight
         return self
 
+    def process_weights_after_loading(self) -> None:
+        # CPU fp32: a oneDNN-packed copy for the logits GEMM (see cpu_gemm). A copy, not a
+        # replacement: a tied weight is also the embedding table.
+        self.packed_weight = cpu_gemm.pack(self.weight) if cpu_gemm.can_pack(self.weight) else None
+
     def forward(self, input_):
         raise RuntimeError("LM head weights are used through LogitsProcessor / compute_logits")
 
@@ -72,7 +78,11 @@ class LogitsProcessor(nn.Module):
         self.scale = scale
 
     def forward(self, lm_head: ParallelLMHead, hidden_states: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden_states, lm_head.weight, lm_head.bias)
+        packed = getattr(lm_head, "packed_weight", None)
+        if packed is not None and hidden_states.device.type == "cpu":
+            logits = cpu_gemm.packed_linear(hidden_states, packed, lm_head.bias)
+        else:
+            logits = F.linear(hidden_states, lm_head.weight, lm_head.bias)
         # tp_size > 1 would all-gather here.
         if logits.shape[-1] != self.vocab_size:
             logits = logits[..., :self.vocab_size]

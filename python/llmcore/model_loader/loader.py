@@ -44,6 +44,8 @@ def get_model(model_config: ModelConfig, device="cpu") -> nn.Module:
             qm = getattr(module, "quant_method", None)
             if qm is not None:
                 qm.process_weights_after_loading(module)
+            elif hasattr(module, "process_weights_after_loading"):
+                module.process_weights_after_loading()
     model.eval()
     model.load_time_s = time.perf_counter() - t0
     return model

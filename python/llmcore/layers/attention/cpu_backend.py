@@ -10,8 +10,8 @@
   whole batch (GQA through enable_gqa). The gather indices and the mask are built once
   per step and shared by all layers through attn_metadata.extra.
   fp32 on the CPU: a C++ kernel (llmcore._core.paged_decode_attention_f32) reads the
-  paged cache in place instead (no gather, no mask) when USE_PAGED_DECODE_KERNEL is
-  set (off, see below); the torch path is the default and the fallback for other dtypes.
+  paged cache in place instead (no gather, no mask); the torch path is the fallback for
+  other dtypes and layouts.
 """
 
 from __future__ import annotations
@@ -30,18 +30,20 @@ _EXTRA_KEY = "cpu_attn"
 # measured no gain on 2 cores, so it is off; kept for larger caches than L2 on bigger hosts.
 _DECODE_CHUNK_BYTES = 0
 
-# Off: in bench_forward (SmolLM2-135M, batch 64, ctx 128-160, 2 cores) the C++ kernel took
-# ~48 ms/step vs ~37 ms for gather+SDPA, although in isolation (warm cache) it runs a layer
-# in 0.57 ms vs 1.2-3.9 ms; cause not yet found (cold K/V? torch's spinning OpenMP threads?).
-USE_PAGED_DECODE_KERNEL = False
+# The C++ kernel reads K/V in place (no gather into a padded copy, no mask). Its threads
+# are OpenMP's, i.e. torch's own pool: with threads of its own it lost to gather + SDPA
+# (torch's workers still spin after each GEMM and took the cores). Measured in-model
+# (SmolLM2-135M fp32, 2 cores, decode step at batch 64): ctx 128 172 ms vs 221 ms,
+# ctx 512 309 ms vs 486 ms, batch 8 43 ms vs 50 ms.
+USE_PAGED_DECODE_KERNEL = True
 _paged_decode_f32 = None
 if USE_PAGED_DECODE_KERNEL:
     try:
         from llmcore._core import paged_decode_attention_f32 as _paged_decode_f32
     except ImportError:  # an older build of the extension
         _paged_decode_f32 = None
-# Threads of the C++ decode kernel (0: all cores).
-_DECODE_THREADS = 1
+# Threads of the C++ decode kernel (0: all of OpenMP's, as torch's ops use).
+_DECODE_THREADS = 0
 
 
 def _sdpa(q, k, v, *, scale, mask=None, causal=False):
