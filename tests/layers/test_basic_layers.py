@@ -77,3 +77,46 @@ def test_embedding_and_tied_lm_head():
     logits = LogitsProcessor(50)(head, h)
     assert logits.dtype == torch.float32 and logits.shape == (2, 50)
     torch.testing.assert_close(logits, h @ w.T)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_cpu_packed_linear_matches_dense(bias):
+    """After loading, fp32 CPU linear weights are repacked for oneDNN (layers/cpu_gemm.py);
+    the layer must compute what F.linear computes with the dense weight, for any batch."""
+    from llmcore.layers import cpu_gemm
+
+    torch.manual_seed(0)
+    layer = RowParallelLinear(48, 40, bias=bias)
+    w = torch.randn(40, 48)
+    layer.weight.weight_loader(layer.weight, w)
+    if bias:
+        layer.bias.weight_loader(layer.bias, torch.randn(40))
+    b = None if layer.bias is None else layer.bias.detach().clone()
+    layer.quant_method.process_weights_after_loading(layer)
+    if not cpu_gemm.can_pack(w):
+        pytest.skip("torch has no oneDNN linear ops here")
+    assert layer.weight.is_mkldnn and tuple(layer.weight.shape) == (40, 48)
+    for rows in (0, 1, 7, 64):
+        x = torch.randn(rows, 48)
+        torch.testing.assert_close(layer(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+    # a strided input (a column slice, as the model's q/k/v views are)
+    x = torch.randn(5, 96)[:, 48:]
+    torch.testing.assert_close(layer(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_lm_head_keeps_the_tied_embedding():
+    emb = VocabParallelEmbedding(50, 16)
+    w = torch.randn(50, 16)
+    emb.weight.weight_loader(emb.weight, w)
+    head = ParallelLMHead(50, 16).tie_weights(emb)
+    head.process_weights_after_loading()
+    ids = torch.tensor([3, 49])
+    torch.testing.assert_close(emb(ids), w[ids])  # the embedding table is untouched
+    h = torch.randn(3, 16)
+    torch.testing.assert_close(LogitsProcessor(50)(head, h), h @ w.T, atol=1e-5, rtol=1e-5)
+
+
+def test_non_fp32_weights_stay_dense():
+    layer = RowParallelLinear(16, 8, params_dtype=torch.bfloat16)
+    layer.quant_method.process_weights_after_loading(layer)
+    assert not layer.weight.is_mkldnn
