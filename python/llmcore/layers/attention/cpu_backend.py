@@ -42,8 +42,9 @@ if USE_PAGED_DECODE_KERNEL:
         from llmcore._core import paged_decode_attention_f32 as _paged_decode_f32
     except ImportError:  # an older build of the extension
         _paged_decode_f32 = None
-# Threads of the C++ decode kernel (0: all of OpenMP's, as torch's ops use).
-_DECODE_THREADS = 0
+# Threads of the C++ decode kernel: torch's intra-op thread count (torch.set_num_threads),
+# passed explicitly since OpenMP's own default is per thread and the engine may run the
+# model outside the thread that set it.
 
 
 def _sdpa(q, k, v, *, scale, mask=None, causal=False):
@@ -201,7 +202,7 @@ class CpuAttentionBackend(AttentionBackend):
                               value_cache.data_ptr(), bt.data_ptr(), lens.data_ptr(), nd, H,
                               KV, D, md.block_size, bt.shape[1], float(scale),
                               -1 if sliding_window is None else int(sliding_window),
-                              out.data_ptr(), H * D, _DECODE_THREADS)
+                              out.data_ptr(), H * D, torch.get_num_threads())
             return out
         blocks, L, valid = plan["decode"]
         nb = key_cache.shape[0]
