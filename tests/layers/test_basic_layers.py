@@ -120,3 +120,17 @@ def test_non_fp32_weights_stay_dense():
     layer = RowParallelLinear(16, 8, params_dtype=torch.bfloat16)
     layer.quant_method.process_weights_after_loading(layer)
     assert not layer.weight.is_mkldnn
+
+
+def test_packed_untied_lm_head_replaces_its_weight():
+    from llmcore.layers import cpu_gemm
+
+    head = ParallelLMHead(50, 16)
+    w = torch.randn(50, 16)
+    head.weight.weight_loader(head.weight, w)
+    head.process_weights_after_loading()
+    if not cpu_gemm.can_pack(w):
+        pytest.skip("torch has no oneDNN linear ops here")
+    assert head.weight.is_mkldnn and head.packed_weight is head.weight
+    h = torch.randn(4, 16)
+    torch.testing.assert_close(LogitsProcessor(50)(head, h), h @ w.T, atol=1e-5, rtol=1e-5)

@@ -48,6 +48,7 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, bias: bool = False, **kw):
         super().__init__(num_embeddings, embedding_dim, **kw)
+        self.tied = False
         if bias:
             self.bias = nn.Parameter(torch.zeros(self.num_embeddings_per_partition,
                                                  dtype=self.weight.dtype, device=self.weight.device),
@@ -58,12 +59,20 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def tie_weights(self, embed: VocabParallelEmbedding) -> "ParallelLMHead":
         self.weight = embed.weight
+        self.tied = True
         return self
 
     def process_weights_after_loading(self) -> None:
-        # CPU fp32: a oneDNN-packed copy for the logits GEMM (see cpu_gemm). A copy, not a
-        # replacement: a tied weight is also the embedding table.
-        self.packed_weight = cpu_gemm.pack(self.weight) if cpu_gemm.can_pack(self.weight) else None
+        # CPU fp32: the logits GEMM through oneDNN with a packed weight (see cpu_gemm). A
+        # tied weight is also the embedding table, so it gets a packed copy; an untied one
+        # is replaced (no second copy of vocab x hidden floats).
+        self.packed_weight = None
+        if not cpu_gemm.can_pack(self.weight):
+            return
+        self.packed_weight = cpu_gemm.pack(self.weight)
+        if not self.tied:
+            del self.weight
+            self.register_buffer("weight", self.packed_weight, persistent=False)
 
     def forward(self, input_):
         raise RuntimeError("LM head weights are used through LogitsProcessor / compute_logits")
