@@ -116,10 +116,25 @@ def test_packed_lm_head_keeps_the_tied_embedding():
     torch.testing.assert_close(LogitsProcessor(50)(head, h), h @ w.T, atol=1e-5, rtol=1e-5)
 
 
-def test_non_fp32_weights_stay_dense():
-    layer = RowParallelLinear(16, 8, params_dtype=torch.bfloat16)
+def test_fp16_weights_stay_dense():
+    layer = RowParallelLinear(16, 8, params_dtype=torch.float16)
     layer.quant_method.process_weights_after_loading(layer)
     assert not layer.weight.is_mkldnn
+
+
+def test_bf16_packed_only_where_onednn_has_bf16():
+    from llmcore.layers import cpu_gemm
+
+    torch.manual_seed(0)
+    layer = RowParallelLinear(64, 32, params_dtype=torch.bfloat16)
+    w = torch.randn(32, 64, dtype=torch.bfloat16)
+    layer.weight.weight_loader(layer.weight, w)
+    layer.quant_method.process_weights_after_loading(layer)
+    assert layer.weight.is_mkldnn == cpu_gemm._bf16_supported()
+    x = torch.randn(8, 64, dtype=torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), x.float() @ w.float().T, atol=5e-2, rtol=2e-2)
 
 
 def test_packed_untied_lm_head_replaces_its_weight():
