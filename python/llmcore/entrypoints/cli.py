@@ -74,13 +74,12 @@ def prepare(argv: Optional[Sequence[str]] = None):
         if path is not None and not os.path.isfile(path):
             raise StartupError(f"{flag}: cannot read {path!r}", 2)
     if frontend_args.middleware:
-        import importlib  # noqa: PLC0415
+        from llmcore.entrypoints.openai.api_server import load_middleware  # noqa: PLC0415
         for path in frontend_args.middleware:
-            module_name, _, attr = path.rpartition(".")
             try:
-                getattr(importlib.import_module(module_name), attr)
-            except (ImportError, AttributeError, ValueError) as e:
-                raise StartupError(f"--middleware {path!r} cannot be imported: {e}", 2) from None
+                load_middleware(path)
+            except ValueError as e:
+                raise StartupError(str(e), 2) from None
     api_key = frontend_args.api_key or os.environ.get("LLMCORE_API_KEY") or None
     return engine_args, frontend_args, api_key, chat_template
 

@@ -226,8 +226,9 @@ def build_app(engine: Any, frontend_args: Optional[FrontendArgs] = None,
     return app
 
 
-def add_import_middleware(app: FastAPI, path: str) -> None:
-    """--middleware: an import path to an ASGI middleware class or an http middleware function."""
+def load_middleware(path: str) -> Any:
+    """--middleware: import `module.attribute`, which must be an ASGI middleware class or an
+    async http middleware function. ValueError (naming the flag) otherwise."""
     module_name, _, attr = path.rpartition(".")
     if not module_name:
         raise ValueError(f"--middleware {path!r}: expected module.attribute")
@@ -235,12 +236,17 @@ def add_import_middleware(app: FastAPI, path: str) -> None:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"--middleware {path!r} cannot be imported: {e}") from None
+    if not (inspect.isclass(obj) or inspect.iscoroutinefunction(obj)):
+        raise ValueError(f"--middleware {path!r} is neither a class nor an async function")
+    return obj
+
+
+def add_import_middleware(app: FastAPI, path: str) -> None:
+    obj = load_middleware(path)
     if inspect.isclass(obj):
         app.add_middleware(obj)
-    elif inspect.iscoroutinefunction(obj):
-        app.middleware("http")(obj)
     else:
-        raise ValueError(f"--middleware {path!r} is neither a class nor an async function")
+        app.middleware("http")(obj)
 
 
 if __name__ == "__main__":
