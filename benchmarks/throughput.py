@@ -64,14 +64,20 @@ def run_llmcore(args, prompts) -> dict:
     return dict(elapsed_s=elapsed, output_tokens=out_tokens, **info)
 
 
+def baseline_dtype_name(args) -> str:
+    """--dtype for the baselines (HF, vLLM): "auto" is float32 on the CPU, else bfloat16."""
+    if args.dtype == "auto":
+        return "float32" if args.device_resolved == "cpu" else "bfloat16"
+    return args.dtype
+
+
 def run_vllm(args, prompts, model_config) -> dict:
     """The same workload through vLLM in another interpreter (benchmarks/vllm_worker.py)."""
     import tempfile
     if args.load_format == "dummy":
         raise ValueError("--vllm-python needs real weights (vLLM's dummy loading differs)")
-    dtype = {"auto": "float32" if args.device_resolved == "cpu" else "bfloat16"}.get(args.dtype,
-                                                                                    args.dtype)
-    workload = dict(model=model_config.weights_path or model_config.model_path, dtype=dtype,
+    workload = dict(model=model_config.weights_path or model_config.model_path,
+                    dtype=baseline_dtype_name(args),
                     prompts=prompts, output_len=args.output_len, seed=args.seed,
                     max_model_len=args.max_model_len or args.input_len + args.output_len + 16,
                     max_num_seqs=args.max_num_seqs,
@@ -91,9 +97,8 @@ def run_vllm(args, prompts, model_config) -> dict:
 
 def load_hf_model(args, model_config):
     from transformers import AutoConfig, AutoModelForCausalLM
-    dtype = {"auto": torch.float32 if args.device_resolved == "cpu" else torch.bfloat16,
-             "float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
-             "float16": torch.float16, "half": torch.float16}[args.dtype]
+    dtype = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+             "float16": torch.float16, "half": torch.float16}[baseline_dtype_name(args)]
     if args.load_format == "dummy":
         config = AutoConfig.from_pretrained(args.model)
         with torch.device(args.device_resolved):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 
 def _bf16_supported() -> bool:
@@ -41,9 +42,22 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), None)
 
 
-def packed_linear(x: torch.Tensor, packed: torch.Tensor,
-                  bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """x [..., in] @ packed^T (+ bias) -> [..., out], like F.linear."""
+def pack_in_place(module: torch.nn.Module) -> Optional[torch.Tensor]:
+    """Replace `module.weight` by its packed form, a non-persistent buffer of the same name
+    and shape (the dense weight is not kept). Returns it, or None when it cannot be packed."""
+    if not can_pack(module.weight):
+        return None
+    packed = pack(module.weight)
+    del module.weight
+    module.register_buffer("weight", packed, persistent=False)
+    return packed
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor,
+           bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """F.linear for a dense or a packed weight: x [..., in] @ weight^T (+ bias)."""
+    if not weight.is_mkldnn:
+        return F.linear(x, weight, bias)
     if not x.is_contiguous():
         x = x.contiguous()
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")

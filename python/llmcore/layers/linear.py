@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llmcore.layers import cpu_gemm
@@ -54,17 +53,11 @@ class UnquantizedLinearMethod(LinearMethodBase):
         layer.register_parameter("weight", weight)
 
     def apply(self, layer, x, bias):
-        if layer.weight.is_mkldnn:
-            return cpu_gemm.packed_linear(x, layer.weight, bias)
-        return F.linear(x, layer.weight, bias)
+        return cpu_gemm.linear(x, layer.weight, bias)
 
     def process_weights_after_loading(self, layer) -> None:
-        # CPU fp32: pack for oneDNN once (see cpu_gemm); the packed tensor replaces the
-        # dense parameter, keeping its name and shape.
-        if cpu_gemm.can_pack(layer.weight):
-            packed = cpu_gemm.pack(layer.weight)
-            del layer.weight
-            layer.register_buffer("weight", packed, persistent=False)
+        # CPU fp32 (bf16 where supported): pack for oneDNN once (see cpu_gemm)
+        cpu_gemm.pack_in_place(layer)
 
 
 class LinearBase(nn.Module):

@@ -49,6 +49,7 @@ class ParallelLMHead(VocabParallelEmbedding):
     def __init__(self, num_embeddings: int, embedding_dim: int, bias: bool = False, **kw):
         super().__init__(num_embeddings, embedding_dim, **kw)
         self.tied = False
+        self.packed_weight: Optional[torch.Tensor] = None  # see process_weights_after_loading
         if bias:
             self.bias = nn.Parameter(torch.zeros(self.num_embeddings_per_partition,
                                                  dtype=self.weight.dtype, device=self.weight.device),
@@ -66,13 +67,10 @@ class ParallelLMHead(VocabParallelEmbedding):
         # CPU fp32: the logits GEMM through oneDNN with a packed weight (see cpu_gemm). A
         # tied weight is also the embedding table, so it gets a packed copy; an untied one
         # is replaced (no second copy of vocab x hidden floats).
-        self.packed_weight = None
-        if not cpu_gemm.can_pack(self.weight):
-            return
-        self.packed_weight = cpu_gemm.pack(self.weight)
         if not self.tied:
-            del self.weight
-            self.register_buffer("weight", self.packed_weight, persistent=False)
+            self.packed_weight = cpu_gemm.pack_in_place(self)
+        elif cpu_gemm.can_pack(self.weight):
+            self.packed_weight = cpu_gemm.pack(self.weight)
 
     def forward(self, input_):
         raise RuntimeError("LM head weights are used through LogitsProcessor / compute_logits")
@@ -87,11 +85,8 @@ class LogitsProcessor(nn.Module):
         self.scale = scale
 
     def forward(self, lm_head: ParallelLMHead, hidden_states: torch.Tensor) -> torch.Tensor:
-        packed = getattr(lm_head, "packed_weight", None)
-        if packed is not None and hidden_states.device.type == "cpu":
-            logits = cpu_gemm.packed_linear(hidden_states, packed, lm_head.bias)
-        else:
-            logits = F.linear(hidden_states, lm_head.weight, lm_head.bias)
+        weight = lm_head.weight if lm_head.packed_weight is None else lm_head.packed_weight
+        logits = cpu_gemm.linear(hidden_states, weight, lm_head.bias)
         # tp_size > 1 would all-gather here.
         if logits.shape[-1] != self.vocab_size:
             logits = logits[..., :self.vocab_size]

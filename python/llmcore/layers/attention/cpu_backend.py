@@ -35,16 +35,10 @@ _DECODE_CHUNK_BYTES = 0
 # (torch's workers still spin after each GEMM and took the cores). Measured in-model
 # (SmolLM2-135M fp32, 2 cores, decode step at batch 64): ctx 128 172 ms vs 221 ms,
 # ctx 512 309 ms vs 486 ms, batch 8 43 ms vs 50 ms.
-USE_PAGED_DECODE_KERNEL = True
-_paged_decode_f32 = None
-if USE_PAGED_DECODE_KERNEL:
-    try:
-        from llmcore._core import paged_decode_attention_f32 as _paged_decode_f32
-    except ImportError:  # an older build of the extension
-        _paged_decode_f32 = None
-# Threads of the C++ decode kernel: torch's intra-op thread count (torch.set_num_threads),
-# passed explicitly since OpenMP's own default is per thread and the engine may run the
-# model outside the thread that set it.
+try:
+    from llmcore._core import paged_decode_attention_f32 as _paged_decode_f32
+except ImportError:  # an older build of the extension
+    _paged_decode_f32 = None
 
 
 def _sdpa(q, k, v, *, scale, mask=None, causal=False):
@@ -107,21 +101,32 @@ class CpuAttentionBackend(AttentionBackend):
             if md.block_tables.shape[1] < nblk:
                 raise ValueError(f"block_tables has {md.block_tables.shape[1]} columns but a "
                                  f"decode sequence of {max_len} tokens needs {nblk} blocks")
+            plan["decode_nblk"] = nblk
+            plan["decode_native"] = (
+                md.block_tables[md.num_prefills:].to(torch.int32).contiguous(),
+                md.seq_lens[md.num_prefills:].to(torch.int32).contiguous())
+        md.extra[key] = plan
+        return plan
+
+    @staticmethod
+    def _gather_plan(md: AttentionMetadata, plan: dict, sliding_window: Optional[int], device):
+        """Block ids, padded length and mask of the torch decode path (gather + SDPA),
+        built on its first use in a step: the C++ kernel needs none of them."""
+        gather = plan.get("decode")
+        if gather is None:
+            nblk = plan["decode_nblk"]
             bt = md.block_tables[md.num_prefills:, :nblk]
-            L = nblk * bs
+            L = nblk * md.block_size
             pos = torch.arange(L, device=device)
             lens = md.seq_lens[md.num_prefills:].to(device=device, dtype=torch.int64)
             valid = pos[None, :] < lens[:, None]
             if sliding_window is not None:
                 valid &= pos[None, :] >= (lens[:, None] - sliding_window)
-            plan["decode_native"] = (
-                md.block_tables[md.num_prefills:].to(torch.int32).contiguous(),
-                md.seq_lens[md.num_prefills:].to(torch.int32).contiguous())
             # flat block ids: index_select over [num_blocks, block_size*KV*D] rows is a
             # memcpy per block (3-4x faster than advanced indexing)
-            plan["decode"] = (bt.reshape(-1).to(torch.int64), L, valid[:, None, None, :])
-        md.extra[key] = plan
-        return plan
+            gather = plan["decode"] = (bt.reshape(-1).to(torch.int64), L,
+                                       valid[:, None, None, :])
+        return gather
 
     # ------------------------------------------------------------------ forward
     def forward(self, q, k, v, key_cache, value_cache, attn_metadata, scale, sliding_window):
@@ -202,9 +207,12 @@ class CpuAttentionBackend(AttentionBackend):
                               value_cache.data_ptr(), bt.data_ptr(), lens.data_ptr(), nd, H,
                               KV, D, md.block_size, bt.shape[1], float(scale),
                               -1 if sliding_window is None else int(sliding_window),
+                              # torch's intra-op thread count, passed explicitly: OpenMP's
+                              # default is per thread, and the engine may run the model
+                              # outside the thread that called torch.set_num_threads
                               out.data_ptr(), H * D, torch.get_num_threads())
             return out
-        blocks, L, valid = plan["decode"]
+        blocks, L, valid = self._gather_plan(md, plan, sliding_window, qd.device)
         nb = key_cache.shape[0]
         kc2, vc2 = key_cache.view(nb, -1), value_cache.view(nb, -1)
         per_seq = 2 * L * KV * D * key_cache.element_size()
