@@ -81,6 +81,26 @@ step thr_8b_1000_fp8kv 340 python benchmarks/throughput.py --model $M8 --load-fo
 echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
 exit 0
 fi
+if [ "$SUITE" = h200a ]; then
+step kernel_tests 120 python -m pytest -q -x -p no:cacheprovider tests/kernels/test_norm_act_rotary.py \
+  tests/kernels/test_gpu_engine.py tests/kernels/test_attention_decode.py tests/kernels/test_sampling.py \
+  tests/kernels/test_cache_kernel.py
+step lat_8b_bs1 100 python benchmarks/latency.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_8b_bs1.json"
+step lat_smol_graphs 45 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_smol_graphs.json"
+step lat_smol_eager 30 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --enforce-eager --output-json "$OUT/lat_smol_eager.json"
+step thr_8b_128 100 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --num-prompts 1000 --hf-max-batch-size 256 --output-json "$OUT/thr_8b_128.json"
+step thr_8b_1000 170 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 1000 --output-len 1000 --num-prompts 1000 --skip-hf --output-json "$OUT/thr_8b_1000.json"
+step thr_8b_1000_s512 170 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 1000 --output-len 1000 --num-prompts 1000 --max-num-seqs 512 --skip-hf \
+  --output-json "$OUT/thr_8b_1000_s512.json"
+echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
+exit 0
+fi
 if [ "$SUITE" = serving ]; then
 python benchmarks/synthetic_tokenizer.py --vocab-size 128256 --out /tmp/tok8b >> "$OUT/setup.log" 2>&1
 python -m llmcore.entrypoints.openai.api_server --model $M8 --load-format dummy --dtype bfloat16 \
