@@ -101,6 +101,20 @@ step thr_8b_1000_s512 170 python benchmarks/throughput.py --model $M8 --load-for
 echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
 exit 0
 fi
+if [ "$SUITE" = h200b ]; then
+step kernel_tests 90 python -m pytest -q -p no:cacheprovider tests/kernels/test_gpu_engine.py \
+  tests/kernels/test_attention_prefill.py
+step bench_kernels 40 python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"
+for kv in auto fp8; do
+  step step_profile_256x1500_$kv 50 python benchmarks/step_profile.py --model $M8 --batch-size 256 \
+    --context 1500 --kv-cache-dtype $kv --profile --output-json "$OUT/step_profile_256x1500_$kv.json"
+done
+step thr_8b_1000_fp8_s512 290 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 1000 --output-len 1000 --num-prompts 1000 --kv-cache-dtype fp8 --max-num-seqs 512 \
+  --hf-num-prompts 256 --hf-max-batch-size 256 --output-json "$OUT/thr_8b_1000_fp8_s512.json"
+echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
+exit 0
+fi
 if [ "$SUITE" = serving ]; then
 python benchmarks/synthetic_tokenizer.py --vocab-size 128256 --out /tmp/tok8b >> "$OUT/setup.log" 2>&1
 python -m llmcore.entrypoints.openai.api_server --model $M8 --load-format dummy --dtype bfloat16 \

@@ -27,12 +27,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--kv-cache-dtype", default="auto")
     p.add_argument("--profile", action="store_true", help="torch profiler over 3 steps")
     p.add_argument("--output-json", default=None)
     a = p.parse_args()
     from llmcore import LLM, SamplingParams
     llm = LLM(model=a.model, load_format="dummy", dtype=a.dtype, max_num_seqs=a.batch_size,
-              skip_tokenizer_init=True, enforce_eager=a.enforce_eager)
+              skip_tokenizer_init=True, enforce_eager=a.enforce_eager, kv_cache_dtype=a.kv_cache_dtype)
     eng = llm.llm_engine
     cuda = eng.device.type == "cuda"
 
@@ -53,7 +54,7 @@ def main() -> None:
     for _ in range(3):
         eng.step()
     sync()
-    res = {"batch_size": a.batch_size, "context": a.context,
+    res = {"batch_size": a.batch_size, "context": a.context, "kv_cache_dtype": a.kv_cache_dtype,
            "prefill_s": round(time.perf_counter() - t, 3)}
 
     def timed(fn, n):
