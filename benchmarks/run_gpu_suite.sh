@@ -115,6 +115,19 @@ step thr_8b_1000_fp8_s512 290 python benchmarks/throughput.py --model $M8 --load
 echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
 exit 0
 fi
+if [ "$SUITE" = h200c ]; then
+step decode_tests 60 python -m pytest -q -x -p no:cacheprovider tests/kernels/test_attention_decode.py
+step bench_kernels 40 python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"
+step thr_8b_1000_fp8_s512 170 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 1000 --output-len 1000 --num-prompts 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf \
+  --output-json "$OUT/thr_8b_1000_fp8_s512.json"
+step thr_8b_1000 170 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+  --input-len 1000 --output-len 1000 --num-prompts 1000 --skip-hf --output-json "$OUT/thr_8b_1000.json"
+step lat_smol_eager 50 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
+  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --enforce-eager --output-json "$OUT/lat_smol_eager.json"
+echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
+exit 0
+fi
 if [ "$SUITE" = serving ]; then
 python benchmarks/synthetic_tokenizer.py --vocab-size 128256 --out /tmp/tok8b >> "$OUT/setup.log" 2>&1
 python -m llmcore.entrypoints.openai.api_server --model $M8 --load-format dummy --dtype bfloat16 \

@@ -99,7 +99,7 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
     if (g < gcount) {
       const auto qv = load_vec<T, V>(q + (int64_t)row * q_stride + (int64_t)(h0 + g) * HD + lane * V);
 #pragma unroll
-      for (int v = 0; v < V; ++v) qr[g][v] = to_float<T>(qv.v[v]) * scale;
+      for (int v = 0; v < V; ++v) qr[g][v] = to_float<T>(qv.v[v]) * scale * ks;
     }
   }
 
@@ -122,24 +122,31 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
   float m_mine = -INFINITY, l_mine = 0.f;
 
   const int* bt = block_tables + (int64_t)seq * mbps;
+  // Block sizes are powers of two in practice (8/16/32): shift and mask instead of a runtime
+  // integer division per token, which costs more instructions than the token's dot products.
+  const bool pow2_block = (block_size & (block_size - 1)) == 0;
+  const int block_shift = __ffs(block_size) - 1;
   for (int t0 = start + warp * U; t0 < end; t0 += nwarps * U) {
     VecArr<S, V> kr[U], vr[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int t = min(t0 + u, end - 1);
-      const int64_t page = bt[t / block_size];
-      const int64_t off = ((page * block_size + t % block_size) * num_kv_heads + kvh) * HD + lane * V;
+      const int blk = pow2_block ? t >> block_shift : t / block_size;
+      const int pos = pow2_block ? t & (block_size - 1) : t - blk * block_size;
+      const int64_t off = (((int64_t)bt[blk] * block_size + pos) * num_kv_heads + kvh) * HD + lane * V;
       kr[u] = load_vec<S, V>(kc + off);
       vr[u] = load_vec<S, V>(vc + off);
     }
     float x[NV];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
+      float kf[V];
+      cache_to_float<T, KIND>(kr[u].v, kf);
 #pragma unroll
       for (int g = 0; g < GC; ++g) {
         float d = 0.f;
 #pragma unroll
-        for (int v = 0; v < V; ++v) d += qr[g][v] * Tr::load(&kr[u].v[v], ks);
+        for (int v = 0; v < V; ++v) d += qr[g][v] * kf[v];
         x[u * GC + g] = d;
       }
     }
@@ -174,11 +181,16 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
       const float c = s_corr[warp][g];
 #pragma unroll
       for (int v = 0; v < V; ++v) acc[g][v] *= c;
+    }
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < U; ++u) {
+      float vf[V];
+      cache_to_float<T, KIND>(vr[u].v, vf);
+#pragma unroll
+      for (int g = 0; g < GC; ++g) {
         const float pu = s_p[warp][u * GC + g];
 #pragma unroll
-        for (int v = 0; v < V; ++v) acc[g][v] += pu * Tr::load(&vr[u].v[v], vs);
+        for (int v = 0; v < V; ++v) acc[g][v] += pu * vf[v];
       }
     }
     warp_sync();
@@ -207,7 +219,7 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
         A += s_acc[w][g][d] * f;
       }
     }
-    const float o = Ls > 0.f ? A / Ls : 0.f;
+    const float o = Ls > 0.f ? A / Ls * vs : 0.f;  // v_scale folded out of the loop
     if (num_splits == 1) {
       out[(int64_t)row * out_stride + (int64_t)(h0 + g) * HD + d] = from_float<T>(o);
     } else {

@@ -11,7 +11,7 @@ HEADS = [(8, 8), (8, 2), (16, 1), (32, 2)]  # (num_heads, num_kv_heads): MHA, GQ
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("head_dim", [64, 128])
-@pytest.mark.parametrize("block_size", [8, 16, 32])
+@pytest.mark.parametrize("block_size", [8, 16, 32, 24])  # 24: the non-power-of-two page math
 @pytest.mark.parametrize("heads", HEADS)
 def test_paged_decode(ops, dtype, head_dim, block_size, heads):
     from llmcore.ops import reference as ref
@@ -71,9 +71,10 @@ def test_paged_decode_fp8_cache(ops, dtype, fp8, head_dim):
                                       k_scale=0.05, v_scale=0.02, seed=4)
     q = torch.randn(len(seq_lens), 4, head_dim, device="cuda", dtype=dtype)
     exp = ref.paged_attention_decode(q, kc, vc, bt, sl, 0.1, k_scale=ks, v_scale=vs)
-    out = ops.paged_attention_decode(q, kc, vc, bt, sl, 0.1, k_scale=ks, v_scale=vs)
     atol, rtol = tol(dtype)
-    torch.testing.assert_close(out.float(), exp.float(), atol=atol, rtol=rtol)
+    for ns in (None, 1, 3):  # the scales are folded into q and the output, split or not
+        out = ops.paged_attention_decode(q, kc, vc, bt, sl, 0.1, k_scale=ks, v_scale=vs, num_splits=ns)
+        torch.testing.assert_close(out.float(), exp.float(), atol=atol, rtol=rtol, msg=f"num_splits={ns}")
 
 
 def test_paged_decode_strided_q_and_out(ops):

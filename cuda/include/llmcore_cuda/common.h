@@ -142,6 +142,32 @@ template <typename T> struct CacheTraits<T, kFp8E5M2> {
   static __device__ __forceinline__ storage store(float v, float inv_s) { return float_to_fp8<kFp8E5M2>(v * inv_s); }
 };
 
+// A vector of cache elements as floats, unscaled (callers fold the fp8 scale into q and the
+// output). fp8 pairs go through one cvt (e4m3x2/e5m2x2 -> f16x2) instead of two.
+template <typename T, int KIND, typename S, int N>
+__device__ __forceinline__ void cache_to_float(const S (&r)[N], float (&f)[N]) {
+  if constexpr (KIND == kFp8E4M3 || KIND == kFp8E5M2) {
+#if defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__)
+#pragma unroll
+    for (int i = 0; i < N; ++i) f[i] = fp8_to_float<KIND>(r[i]);
+#else
+    static_assert(N % 2 == 0, "fp8 pairs");
+#pragma unroll
+    for (int i = 0; i < N; i += 2) {
+      const auto pair = (__nv_fp8x2_storage_t)(r[i] | (r[i + 1] << 8));
+      const __half2_raw h =
+          __nv_cvt_fp8x2_to_halfraw2(pair, KIND == kFp8E4M3 ? __NV_E4M3 : __NV_E5M2);
+      const float2 x = __half22float2(__half2(h));
+      f[i] = x.x;
+      f[i + 1] = x.y;
+    }
+#endif
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) f[i] = to_float<T>(r[i]);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Warp / block reductions (WARP_SIZE aware).
 // ---------------------------------------------------------------------------
