@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: install carried wheels, put the prebuilt (or freshly built) kernels in place,
-# run the GPU engine test and the GPU benchmarks; logs and JSON go to $OUT.
+# then run one suite of GPU tests and benchmarks (SUITE=..., below); logs and JSON go to $OUT.
+#   SUITE=h200a bash benchmarks/run_gpu_suite.sh     (RESULTS.md names the suite of each figure)
 # Carry: .whl (prometheus-client, gguf wheels) and .gpubuild (_core/_cuda .so for this python).
 set -u
 FINAL=${OUT:-/tmp/out}; OUT=/tmp/gpu_suite; mkdir -p "$OUT" "$FINAL"
@@ -35,141 +36,115 @@ python -c "from llmcore import ops; print('cuda_available', ops.cuda_available()
 tail -5 "$OUT/setup.log" >> "$OUT/summary.log"
 M8=benchmarks/configs/llama3-8b; SM=benchmarks/configs/smollm2-135m
 SUITE=${SUITE:-full}
-if [ "$SUITE" = check ]; then
-step kernel_tests 150 python -m pytest -q -x -p no:cacheprovider tests/kernels/test_attention_decode.py \
-  tests/kernels/test_sampling.py tests/kernels/test_gpu_engine.py
-step step_profile_1x128 60 python benchmarks/step_profile.py --model $M8 --batch-size 1 \
-  --context 128 --temperature 0 --steps 50 --profile --output-json "$OUT/step_profile_1x128.json"
-step step_profile_256x1000 90 python benchmarks/step_profile.py --model $M8 --batch-size 256 \
-  --context 1000 --output-json "$OUT/step_profile_256x1000.json"
-step lat_8b_bs1 90 python benchmarks/latency.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --output-json "$OUT/lat_8b_bs1.json"
-step lat_smol_graphs 45 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --output-json "$OUT/lat_smol_graphs.json"
-echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
-exit 0
-fi
-if [ "$SUITE" = final1 ]; then
-step test_gpu_engine 110 python -m pytest -q -s -p no:cacheprovider tests/kernels/test_gpu_engine.py
-step lat_8b_bs1 150 python benchmarks/latency.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_8b_bs1.json"
-step lat_smol_graphs 60 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_smol_graphs.json"
-step lat_smol_eager 40 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --enforce-eager --output-json "$OUT/lat_smol_eager.json"
-step thr_8b_128 200 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --num-prompts 1000 --hf-max-batch-size 256 --output-json "$OUT/thr_8b_128.json"
-echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
-exit 0
-fi
-if [ "$SUITE" = final2 ]; then
-step thr_8b_1000 560 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 1000 --output-len 1000 --num-prompts 1000 --hf-num-prompts 128 --hf-max-batch-size 128 \
-  --output-json "$OUT/thr_8b_1000.json"
-step thr_8b_1000_fp8kv 240 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 1000 --output-len 1000 --num-prompts 1000 --kv-cache-dtype fp8 --skip-hf \
-  --output-json "$OUT/thr_8b_1000_fp8kv.json"
-echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
-exit 0
-fi
-if [ "$SUITE" = fp8 ]; then
-step kernel_tests 200 python -m pytest -q -s -x -p no:cacheprovider tests/kernels/test_gpu_engine.py \
-  tests/kernels/test_attention_decode.py tests/kernels/test_attention_prefill.py tests/kernels/test_cache_kernel.py
-step thr_8b_1000_fp8kv 340 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 1000 --output-len 1000 --num-prompts 1000 --kv-cache-dtype fp8 --skip-hf \
-  --output-json "$OUT/thr_8b_1000_fp8kv.json"
-echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
-exit 0
-fi
-if [ "$SUITE" = h200a ]; then
-step kernel_tests 120 python -m pytest -q -x -p no:cacheprovider tests/kernels/test_norm_act_rotary.py \
-  tests/kernels/test_gpu_engine.py tests/kernels/test_attention_decode.py tests/kernels/test_sampling.py \
-  tests/kernels/test_cache_kernel.py
-step lat_8b_bs1 100 python benchmarks/latency.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_8b_bs1.json"
-step lat_smol_graphs 45 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_smol_graphs.json"
-step lat_smol_eager 30 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --enforce-eager --output-json "$OUT/lat_smol_eager.json"
-step thr_8b_128 100 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --num-prompts 1000 --hf-max-batch-size 256 --output-json "$OUT/thr_8b_128.json"
-step thr_8b_1000 170 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 1000 --output-len 1000 --num-prompts 1000 --skip-hf --output-json "$OUT/thr_8b_1000.json"
-step thr_8b_1000_s512 170 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 1000 --output-len 1000 --num-prompts 1000 --max-num-seqs 512 --skip-hf \
-  --output-json "$OUT/thr_8b_1000_s512.json"
-echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
-exit 0
-fi
-if [ "$SUITE" = h200b ]; then
-step kernel_tests 90 python -m pytest -q -p no:cacheprovider tests/kernels/test_gpu_engine.py \
-  tests/kernels/test_attention_prefill.py
-step bench_kernels 40 python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"
-for kv in auto fp8; do
-  step step_profile_256x1500_$kv 50 python benchmarks/step_profile.py --model $M8 --batch-size 256 \
-    --context 1500 --kv-cache-dtype $kv --profile --output-json "$OUT/step_profile_256x1500_$kv.json"
-done
-step thr_8b_1000_fp8_s512 290 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 1000 --output-len 1000 --num-prompts 1000 --kv-cache-dtype fp8 --max-num-seqs 512 \
-  --hf-num-prompts 256 --hf-max-batch-size 256 --output-json "$OUT/thr_8b_1000_fp8_s512.json"
-echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
-exit 0
-fi
-if [ "$SUITE" = h200c ]; then
-step decode_tests 60 python -m pytest -q -x -p no:cacheprovider tests/kernels/test_attention_decode.py
-step bench_kernels 40 python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"
-step thr_8b_1000_fp8_s512 170 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 1000 --output-len 1000 --num-prompts 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf \
-  --output-json "$OUT/thr_8b_1000_fp8_s512.json"
-step thr_8b_1000 170 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 1000 --output-len 1000 --num-prompts 1000 --skip-hf --output-json "$OUT/thr_8b_1000.json"
-step lat_smol_eager 50 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --enforce-eager --output-json "$OUT/lat_smol_eager.json"
-echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
-exit 0
-fi
-if [ "$SUITE" = serving ]; then
-python benchmarks/synthetic_tokenizer.py --vocab-size 128256 --out /tmp/tok8b >> "$OUT/setup.log" 2>&1
-python -m llmcore.entrypoints.openai.api_server --model $M8 --load-format dummy --dtype bfloat16 \
-  --tokenizer /tmp/tok8b --port 8000 > "$OUT/server.log" 2>&1 &
-SRV=$!
-for i in $(seq 1 150); do
-  curl -sf localhost:8000/health > /dev/null && break
-  kill -0 $SRV 2> /dev/null || { echo "server exited:"; tail -5 "$OUT/server.log"; } >> "$OUT/summary.log"
-  kill -0 $SRV 2> /dev/null || exit 1
-  sleep 1
-done
-echo "server up after $i s" >> "$OUT/summary.log"
-for spec in "4 200" "16 400" "inf 500"; do
-  set -- $spec
-  step serving_rate_$1 150 python benchmarks/serving.py --base-url http://127.0.0.1:8000 \
-    --random-input-len 128 --random-output-len 128 --num-prompts $2 --request-rate $1 --ignore-eos \
-    --save-result --result-dir "$OUT" --result-filename serving_rate_$1.json
-done
-kill $SRV
-echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
-exit 0
-fi
-if [ "$SUITE" = profile ]; then
-step bench_kernels 90 python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"
-step step_profile_256x1000 200 python benchmarks/step_profile.py --model $M8 --batch-size 256 \
-  --context 1000 --profile --output-json "$OUT/step_profile_256x1000.json"
-step decode_breakdown_8b 60 python benchmarks/decode_breakdown.py --model $M8 --output-json "$OUT/decode_breakdown_8b.json"
-echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
-exit 0
-fi
-if [ "$SUITE" = full ]; then
-step test_gpu_engine 110 python -m pytest -q -s -p no:cacheprovider tests/kernels/test_gpu_engine.py
-step lat_8b_bs1 140 python benchmarks/latency.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_8b_bs1.json"
-step lat_smol_graphs 45 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --hf-num-iters 1 --output-json "$OUT/lat_smol_graphs.json"
-step lat_smol_eager 40 python benchmarks/latency.py --model $SM --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 --skip-hf --enforce-eager --output-json "$OUT/lat_smol_eager.json"
-fi
-step decode_breakdown_8b 60 python benchmarks/decode_breakdown.py --model $M8 --output-json "$OUT/decode_breakdown_8b.json"
-step thr_8b_128 220 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 128 --output-len 128 --num-prompts 1000 --hf-max-batch-size 256 --output-json "$OUT/thr_8b_128.json"
-step thr_8b_1000 400 python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
-  --input-len 1000 --output-len 1000 --num-prompts 1000 --skip-hf --output-json "$OUT/thr_8b_1000.json"
+K=tests/kernels
+
+# Jobs. Each is one `step` (its log is $OUT/NAME.log; the benchmarks also write $OUT/NAME.json).
+kernel_tests() {  # kernel_tests NAME TIMEOUT [pytest args]
+  local name=$1 t=$2; shift 2
+  step "$name" "$t" python -m pytest -q -p no:cacheprovider "$@"
+}
+lat() {  # lat NAME TIMEOUT MODEL [latency.py flags]: batch 1, 128 in / 128 out, bf16
+  local name=$1 t=$2 model=$3; shift 3
+  step "$name" "$t" python benchmarks/latency.py --model "$model" --load-format dummy --dtype bfloat16 \
+    --input-len 128 --output-len 128 --batch-size 1 --num-iters 5 "$@" --output-json "$OUT/$name.json"
+}
+thr() {  # thr NAME TIMEOUT LEN [throughput.py flags]: Llama-3-8B, 1000 prompts of LEN in / LEN out
+  local name=$1 t=$2 len=$3; shift 3
+  step "$name" "$t" python benchmarks/throughput.py --model $M8 --load-format dummy --dtype bfloat16 \
+    --input-len "$len" --output-len "$len" --num-prompts 1000 "$@" --output-json "$OUT/$name.json"
+}
+profile() {  # profile NAME TIMEOUT [step_profile.py flags]: Llama-3-8B
+  local name=$1 t=$2; shift 2
+  step "$name" "$t" python benchmarks/step_profile.py --model $M8 "$@" --output-json "$OUT/$name.json"
+}
+bench_kernels() { step bench_kernels "$1" python benchmarks/bench_kernels.py --quick --json "$OUT/bench_kernels.json"; }
+decode_breakdown() {
+  step decode_breakdown_8b "$1" python benchmarks/decode_breakdown.py --model $M8 \
+    --output-json "$OUT/decode_breakdown_8b.json"
+}
+serving() {  # llmcore-server with Llama-3-8B, then benchmarks/serving.py at rates 4, 16, inf
+  python benchmarks/synthetic_tokenizer.py --vocab-size 128256 --out /tmp/tok8b >> "$OUT/setup.log" 2>&1
+  python -m llmcore.entrypoints.openai.api_server --model $M8 --load-format dummy --dtype bfloat16 \
+    --tokenizer /tmp/tok8b --port 8000 > "$OUT/server.log" 2>&1 &
+  local srv=$! i
+  for i in $(seq 1 150); do
+    curl -sf localhost:8000/health > /dev/null && break
+    if ! kill -0 $srv 2> /dev/null; then
+      { echo "server exited:"; tail -5 "$OUT/server.log"; } >> "$OUT/summary.log"
+      return 1
+    fi
+    sleep 1
+  done
+  echo "server up after $i s" >> "$OUT/summary.log"
+  local spec
+  for spec in "4 200" "16 400" "inf 500"; do
+    set -- $spec
+    step serving_rate_$1 150 python benchmarks/serving.py --base-url http://127.0.0.1:8000 \
+      --random-input-len 128 --random-output-len 128 --num-prompts $2 --request-rate $1 --ignore-eos \
+      --save-result --result-dir "$OUT" --result-filename serving_rate_$1.json
+  done
+  kill $srv
+}
+
+case "$SUITE" in
+  full)
+    kernel_tests test_gpu_engine 110 -s $K/test_gpu_engine.py
+    lat lat_8b_bs1 140 $M8 --hf-num-iters 1
+    lat lat_smol_graphs 45 $SM --hf-num-iters 1
+    lat lat_smol_eager 40 $SM --skip-hf --enforce-eager
+    decode_breakdown 60
+    thr thr_8b_128 220 128 --hf-max-batch-size 256
+    thr thr_8b_1000 400 1000 --skip-hf ;;
+  check)  # H100: step profiles after kernel changes
+    kernel_tests kernel_tests 150 -x $K/test_attention_decode.py $K/test_sampling.py $K/test_gpu_engine.py
+    profile step_profile_1x128 60 --batch-size 1 --context 128 --temperature 0 --steps 50 --profile
+    profile step_profile_256x1000 90 --batch-size 256 --context 1000
+    lat lat_8b_bs1 90 $M8 --skip-hf
+    lat lat_smol_graphs 45 $SM --skip-hf ;;
+  final1)  # H100: latency and 128/128 with HF
+    kernel_tests test_gpu_engine 110 -s $K/test_gpu_engine.py
+    lat lat_8b_bs1 150 $M8 --hf-num-iters 1
+    lat lat_smol_graphs 60 $SM --hf-num-iters 1
+    lat lat_smol_eager 40 $SM --skip-hf --enforce-eager
+    thr thr_8b_128 200 128 --hf-max-batch-size 256 ;;
+  final2)  # H100: 1000/1000 with HF on its first 128 prompts
+    thr thr_8b_1000 560 1000 --hf-num-prompts 128 --hf-max-batch-size 128
+    thr thr_8b_1000_fp8kv 240 1000 --kv-cache-dtype fp8 --skip-hf ;;
+  fp8)
+    kernel_tests kernel_tests 200 -s -x $K/test_gpu_engine.py $K/test_attention_decode.py \
+      $K/test_attention_prefill.py $K/test_cache_kernel.py
+    thr thr_8b_1000_fp8kv 340 1000 --kv-cache-dtype fp8 --skip-hf ;;
+  profile)
+    bench_kernels 90
+    profile step_profile_256x1000 200 --batch-size 256 --context 1000 --profile
+    decode_breakdown 60 ;;
+  serving)
+    serving || exit 1 ;;
+  h200a)  # H200: kernel tests, latency, 128/128 with HF, 1000/1000 at 256 and 512 sequences
+    kernel_tests kernel_tests 120 -x $K/test_norm_act_rotary.py $K/test_gpu_engine.py \
+      $K/test_attention_decode.py $K/test_sampling.py $K/test_cache_kernel.py
+    lat lat_8b_bs1 100 $M8 --hf-num-iters 1
+    lat lat_smol_graphs 45 $SM --hf-num-iters 1
+    lat lat_smol_eager 30 $SM --skip-hf --enforce-eager
+    thr thr_8b_128 100 128 --hf-max-batch-size 256
+    thr thr_8b_1000 170 1000 --skip-hf
+    thr thr_8b_1000_s512 170 1000 --max-num-seqs 512 --skip-hf ;;
+  h200b)  # H200: step profiles (bf16 / fp8 cache), fp8 1000/1000 with HF at batch 256
+    kernel_tests kernel_tests 90 $K/test_gpu_engine.py $K/test_attention_prefill.py
+    bench_kernels 40
+    for kv in auto fp8; do
+      profile step_profile_256x1500_$kv 50 --batch-size 256 --context 1500 --kv-cache-dtype $kv --profile
+    done
+    thr thr_8b_1000_fp8_s512 290 1000 --kv-cache-dtype fp8 --max-num-seqs 512 \
+      --hf-num-prompts 256 --hf-max-batch-size 256 ;;
+  h200c)  # H200: after a decode-kernel change
+    kernel_tests decode_tests 60 -x $K/test_attention_decode.py
+    bench_kernels 40
+    thr thr_8b_1000_fp8_s512 170 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf
+    thr thr_8b_1000 170 1000 --skip-hf
+    lat lat_smol_eager 50 $SM --skip-hf --enforce-eager ;;
+  *)
+    echo "unknown SUITE=$SUITE" | tee -a "$OUT/summary.log"
+    exit 2 ;;
+esac
 echo "total $(( $(date +%s) - T0 )) s" >> "$OUT/summary.log"
