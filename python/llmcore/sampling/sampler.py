@@ -310,23 +310,26 @@ class Sampler:
     @staticmethod
     def _uniform(rows: torch.Tensor, width: int, slots: torch.Tensor,
                  seeded_b: Optional[torch.Tensor], state: SamplingBatchState,
-                 V: int, ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """U(0,1) noise [len(rows), width]. Seeded rows always draw V values from their
-        own generator (indexed by token id, gathered at `ids` for candidate rows), so
-        their draw does not depend on the batch or on the sampling path."""
+                 seeded_width: Optional[int] = None,
+                 ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """U(0,1) noise [len(rows), width]. Unseeded rows draw from the shared generator.
+        A seeded row draws `seeded_width` (default `width`) values from its own generator,
+        gathered at its `ids` row when given (candidate rows draw V values indexed by token
+        id), so its draw does not depend on the batch or on the sampling path."""
         q = torch.empty((rows.numel(), width), dtype=torch.float32, device=slots.device)
-        sp = None
-        if seeded_b is not None:
-            sd = seeded_b[rows]
-            sp = sd.nonzero().squeeze(1)
-        if sp is None or sp.numel() == 0:
+        if seeded_b is None:
+            return q.uniform_(generator=state.generator)
+        sd = seeded_b[rows]
+        sp = sd.nonzero().squeeze(1)
+        if sp.numel() == 0:
             return q.uniform_(generator=state.generator)
         up = (~sd).nonzero().squeeze(1)
         if up.numel():
             q[up] = torch.empty((up.numel(), width), dtype=torch.float32,
                                 device=slots.device).uniform_(generator=state.generator)
+        n = width if seeded_width is None else seeded_width
         for pos, slot in zip(sp.tolist(), slots[rows[sp]].tolist()):
-            u = torch.empty(V, dtype=torch.float32, device=slots.device).uniform_(
+            u = torch.empty(n, dtype=torch.float32, device=slots.device).uniform_(
                 generator=state.generators[slot])
             q[pos] = u if ids is None else u[ids[pos]]
         return q
@@ -344,30 +347,11 @@ class Sampler:
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         cdf = torch.sub(xr, m).exp_().cumsum_(dim=-1)
         total = cdf[:, -1:]
-        u = cls._uniform_draw(rows, 1, slots, seeded_b, state)
+        u = cls._uniform(rows, 1, slots, seeded_b, state)
         # u < 1 strictly, and `right=True` skips zero-probability tokens (flat cdf runs)
         target = torch.minimum(u * total, total * (1.0 - 1e-6))
         tok = torch.searchsorted(cdf, target, right=True).squeeze(1)
         return tok.clamp_(max=xr.shape[1] - 1)
-
-    @staticmethod
-    def _uniform_draw(rows, width, slots, seeded_b, state) -> torch.Tensor:
-        """U(0,1) [len(rows), width]; seeded rows draw exactly `width` values each from
-        their own generator, unseeded rows from the shared one."""
-        q = torch.empty((rows.numel(), width), dtype=torch.float32, device=slots.device)
-        if seeded_b is None:
-            return q.uniform_(generator=state.generator)
-        sd = seeded_b[rows]
-        sp = sd.nonzero().squeeze(1)
-        if sp.numel() == 0:
-            return q.uniform_(generator=state.generator)
-        up = (~sd).nonzero().squeeze(1)
-        if up.numel():
-            q[up] = torch.empty((up.numel(), width), dtype=torch.float32,
-                                device=slots.device).uniform_(generator=state.generator)
-        for pos, slot in zip(sp.tolist(), slots[rows[sp]].tolist()):
-            q[pos].uniform_(generator=state.generators[slot])
-        return q
 
     @classmethod
     def _sample_random(cls, x: torch.Tensor, slots: torch.Tensor, is_rand: torch.Tensor,
@@ -389,7 +373,8 @@ class Sampler:
             in_cand = torch.zeros(N, dtype=torch.bool, device=x.device)
             in_cand[c_rows] = True
             full_rows = rand_rows[~in_cand[rand_rows]]
-            q = cls._uniform(c_rows, c_ids.shape[1], slots, seeded_b, state, V, c_ids)
+            q = cls._uniform(c_rows, c_ids.shape[1], slots, seeded_b, state,
+                             seeded_width=V, ids=c_ids)
             scores = torch.sub(c_vals, _log_exp_noise_(q), out=q)
             token_ids[c_rows] = c_ids.gather(1, scores.argmax(dim=-1, keepdim=True)).squeeze(1)
         else:
@@ -406,7 +391,7 @@ class Sampler:
                 full_rows = full_rows[~nofilt]
         if full_rows.numel():
             # rows with top-k/top-p not resolved by candidates: token-indexed noise over V
-            q = cls._uniform(full_rows, V, slots, seeded_b, state, V)
+            q = cls._uniform(full_rows, V, slots, seeded_b, state)
             xr = x if full_rows.numel() == N else x[full_rows]
             scores = torch.sub(xr, _log_exp_noise_(q), out=q)
             token_ids[full_rows] = scores.argmax(dim=-1)
