@@ -62,7 +62,7 @@ decode_breakdown() {
   step decode_breakdown_8b "$1" python benchmarks/decode_breakdown.py --model $M8 \
     --output-json "$OUT/decode_breakdown_8b.json"
 }
-serving() {  # llmcore-server with Llama-3-8B, then benchmarks/serving.py at rates 4, 16, inf
+serving() {  # serving "RATE PROMPTS"...: llmcore-server with Llama-3-8B, then benchmarks/serving.py
   python benchmarks/synthetic_tokenizer.py --vocab-size 128256 --out /tmp/tok8b >> "$OUT/setup.log" 2>&1
   python -m llmcore.entrypoints.openai.api_server --model $M8 --load-format dummy --dtype bfloat16 \
     --tokenizer /tmp/tok8b --port 8000 > "$OUT/server.log" 2>&1 &
@@ -77,7 +77,7 @@ serving() {  # llmcore-server with Llama-3-8B, then benchmarks/serving.py at rat
   done
   echo "server up after $i s" >> "$OUT/summary.log"
   local spec
-  for spec in "4 200" "16 400" "inf 500"; do
+  for spec in "$@"; do
     set -- $spec
     step serving_rate_$1 150 python benchmarks/serving.py --base-url http://127.0.0.1:8000 \
       --random-input-len 128 --random-output-len 128 --num-prompts $2 --request-rate $1 --ignore-eos \
@@ -119,7 +119,9 @@ case "$SUITE" in
     profile step_profile_256x1000 200 --batch-size 256 --context 1000 --profile
     decode_breakdown 60 ;;
   serving)
-    serving || exit 1 ;;
+    serving "4 200" "16 400" "inf 500" || exit 1 ;;
+  h200serving)  # H200: the serving benchmark with fewer prompts (what device time was left)
+    serving "4 100" "16 200" "inf 300" || exit 1 ;;
   h200a)  # H200: kernel tests, latency, 128/128 with HF, 1000/1000 at 256 and 512 sequences
     kernel_tests kernel_tests 120 -x $K/test_norm_act_rotary.py $K/test_gpu_engine.py \
       $K/test_attention_decode.py $K/test_sampling.py $K/test_cache_kernel.py
