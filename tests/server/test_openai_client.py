@@ -90,6 +90,30 @@ def test_streaming_completion(client, llm):
     assert len({c.id for c in chunks}) == 1
 
 
+def test_streaming_echo_logprobs_n2_matches_unary(client):
+    """Stream deltas per choice: with echo + logprobs and two prompts x n=2 (four choices
+    interleaved; seeded, so both runs sample alike), each choice's chunks concatenate to
+    the unary response's text and logprob tokens, and usage counts each token once."""
+    kw = dict(model="smol", prompt=[PROMPT, "1, 2, 3,"], max_tokens=5, temperature=0.7, n=2,
+              seed=1, echo=True, logprobs=1)
+    unary = client.completions.create(**kw)
+    chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True},
+                                            **kw))
+    texts: dict = {}
+    tokens: dict = {}
+    for c in chunks:
+        for ch in c.choices:
+            texts[ch.index] = texts.get(ch.index, "") + ch.text
+            tokens.setdefault(ch.index, []).extend(ch.logprobs.tokens if ch.logprobs else [])
+    assert sorted(texts) == [0, 1, 2, 3]
+    for ch in unary.choices:
+        assert texts[ch.index] == ch.text
+        assert tokens[ch.index] == ch.logprobs.tokens
+    assert chunks[-1].usage.completion_tokens == unary.usage.completion_tokens == 20
+    finishes = [ch.index for c in chunks for ch in c.choices if ch.finish_reason]
+    assert sorted(finishes) == [0, 1, 2, 3]
+
+
 def test_streaming_chat_n2(client):
     chunks = list(client.chat.completions.create(
         model="smol", messages=[{"role": "user", "content": "Say hi"}], max_tokens=6, n=2,

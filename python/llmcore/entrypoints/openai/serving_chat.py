@@ -13,7 +13,8 @@ from llmcore.entrypoints.openai.protocol import ChatCompletionRequest, now
 from llmcore.entrypoints.openai.serving_completion import dumps
 from llmcore.entrypoints.openai.serving_engine import (OpenAIServingBase, chain_first,
                                                        chat_logprobs, logger, random_id,
-                                                       run_until_disconnect, sse_stream)
+                                                       run_until_disconnect, sse_stream,
+                                                       StreamDeltas)
 
 _RESERVED_TEMPLATE_KWARGS = {"messages", "add_generation_prompt", "continue_final_message",
                              "bos_token", "eos_token"}
@@ -164,10 +165,7 @@ class OpenAIServingChat(OpenAIServingBase):
         tok = self.tokenizer
         n = request.n or 1
         echo = self._echo_text(request, messages, role)
-        prev_text: dict[int, int] = {}
-        prev_tokens: dict[int, int] = {}
-        done_choices: set[int] = set()
-        completion_tokens: dict[int, int] = {}
+        deltas = StreamDeltas()
         prompt_tokens = prompt_len
 
         def chunk(choices: list, usage: Any = "unset") -> str:
@@ -186,31 +184,21 @@ class OpenAIServingChat(OpenAIServingBase):
         async for out in stream:
             prompt_tokens = len(getattr(out, "prompt_token_ids", None) or []) or prompt_len
             for o in out.outputs:
-                idx = o.index
-                if idx in done_choices:
-                    continue
-                token_ids = list(o.token_ids)
-                t0 = prev_tokens.get(idx, 0)
-                delta_text = o.text[prev_text.get(idx, 0):]
-                delta_ids = token_ids[t0:]
-                steps = list(o.logprobs or [])[t0:]
-                prev_text[idx] = len(o.text)
-                prev_tokens[idx] = len(token_ids)
-                completion_tokens[idx] = len(token_ids)
-                if not delta_text and not delta_ids and o.finish_reason is None:
+                d = deltas.advance(o.index, o)
+                if d is None or (not d.text and not d.token_ids and o.finish_reason is None):
                     continue
                 logprobs = None
                 if request.logprobs:
-                    logprobs = chat_logprobs(tok, delta_ids, steps, request.top_logprobs or 0)
-                choice: dict[str, Any] = {"index": idx, "delta": {"content": delta_text}
-                                          if delta_text or o.finish_reason is None else {},
+                    logprobs = chat_logprobs(tok, d.token_ids, d.logprobs,
+                                             request.top_logprobs or 0)
+                choice: dict[str, Any] = {"index": o.index, "delta": {"content": d.text}
+                                          if d.text or o.finish_reason is None else {},
                                           "logprobs": logprobs,
                                           "finish_reason": o.finish_reason}
                 if o.finish_reason is not None:
-                    done_choices.add(idx)
                     choice["stop_reason"] = o.stop_reason
                 yield chunk([choice])
         if include_usage:
-            ct = sum(completion_tokens.values())
+            ct = deltas.completion_tokens
             yield chunk([], {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + ct,
                              "completion_tokens": ct})

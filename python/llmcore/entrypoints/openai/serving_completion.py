@@ -14,7 +14,8 @@ from llmcore.entrypoints.openai.protocol import CompletionRequest, now
 from llmcore.entrypoints.openai.serving_engine import (OpenAIServingBase, chain_first,
                                                        completion_logprobs, logger,
                                                        merge_generators, random_id,
-                                                       run_until_disconnect, sse_stream)
+                                                       run_until_disconnect, sse_stream,
+                                                       StreamDeltas)
 
 
 def dumps(obj: Any) -> str:
@@ -171,11 +172,8 @@ class OpenAIServingCompletion(OpenAIServingBase):
                       n: int) -> AsyncIterator[str]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         tok = self.tokenizer
-        prev_text: dict[int, int] = {}
-        prev_tokens: dict[int, int] = {}
-        done_choices: set[int] = set()
+        deltas = StreamDeltas()
         prompt_tokens: dict[int, int] = {}
-        completion_tokens: dict[int, int] = {}
         offsets: dict[int, int] = {}
         async for i, out in merge_generators(gens):
             p = prompts[i]
@@ -183,38 +181,26 @@ class OpenAIServingCompletion(OpenAIServingBase):
             prompt_tokens[i] = len(prompt_ids)
             for o in out.outputs:
                 idx = i * n + o.index
-                if idx in done_choices:
+                d = deltas.advance(idx, o)
+                if d is None:
                     continue
-                text_start = prev_text.get(idx, 0)
-                tok_start = prev_tokens.get(idx, 0)
-                delta_text = o.text[text_start:]
-                token_ids = list(o.token_ids)
-                delta_ids = token_ids[tok_start:]
-                steps = list(o.logprobs or [])[tok_start:]
-                first = idx not in prev_text
-                if first and request.echo:
-                    ptext = self._prompt_text(p)
-                    delta_text = ptext + delta_text
+                if d.first and request.echo:
+                    d.text = self._prompt_text(p) + d.text
                     if request.logprobs is not None:
                         plp = list(getattr(out, "prompt_logprobs", None) or [])
                         plp += [None] * (len(prompt_ids) - len(plp))
-                        delta_ids = prompt_ids + delta_ids
-                        steps = plp + steps
-                prev_text[idx] = len(o.text)
-                prev_tokens[idx] = len(token_ids)
-                completion_tokens[idx] = len(token_ids)
-                if not delta_text and not delta_ids and o.finish_reason is None:
+                        d.token_ids = prompt_ids + d.token_ids
+                        d.logprobs = plp + d.logprobs
+                if not d.text and not d.token_ids and o.finish_reason is None:
                     continue
                 logprobs = None
                 if request.logprobs is not None:
-                    logprobs = completion_logprobs(tok, delta_ids, steps, request.logprobs,
+                    logprobs = completion_logprobs(tok, d.token_ids, d.logprobs, request.logprobs,
                                                    offsets.get(idx, 0))
                     offsets[idx] = offsets.get(idx, 0) + sum(len(t) for t in logprobs["tokens"])
-                if o.finish_reason is not None:
-                    done_choices.add(idx)
                 chunk = {"id": request_id, "object": "text_completion", "created": created,
                          "model": model_name,
-                         "choices": [{"index": idx, "text": delta_text, "logprobs": logprobs,
+                         "choices": [{"index": idx, "text": d.text, "logprobs": logprobs,
                                       "finish_reason": o.finish_reason,
                                       "stop_reason": o.stop_reason}]}
                 if include_usage:
@@ -222,7 +208,7 @@ class OpenAIServingCompletion(OpenAIServingBase):
                 yield f"data: {dumps(chunk)}\n\n"
         if include_usage:
             pt = sum(prompt_tokens.values())
-            ct = sum(completion_tokens.values())
+            ct = deltas.completion_tokens
             chunk = {"id": request_id, "object": "text_completion", "created": created,
                      "model": model_name, "choices": [],
                      "usage": {"prompt_tokens": pt, "total_tokens": pt + ct,

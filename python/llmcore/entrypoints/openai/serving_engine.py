@@ -291,6 +291,46 @@ async def chain_first(first: Any, gen: AsyncIterator) -> AsyncIterator:
         yield item
 
 
+@dataclass
+class ChoiceDelta:
+    """What one streamed choice gained since its previous chunk."""
+    text: str
+    token_ids: list
+    logprobs: list          # the per-token logprob entries of token_ids
+    first: bool             # this is the choice's first chunk
+
+
+class StreamDeltas:
+    """Engine outputs carry each choice's whole text and token list so far; a stream sends
+    only what is new. Tracks that per choice index, the generated-token counts for usage,
+    and which choices have finished (nothing more is sent for them)."""
+
+    def __init__(self) -> None:
+        self._text: dict[int, int] = {}
+        self._tokens: dict[int, int] = {}
+        self._finished: set[int] = set()
+
+    def advance(self, idx: int, output: Any) -> Optional[ChoiceDelta]:
+        """Choice `idx`'s delta given its latest output; None once it has finished."""
+        if idx in self._finished:
+            return None
+        token_ids = list(output.token_ids)
+        start = self._tokens.get(idx, 0)
+        delta = ChoiceDelta(text=output.text[self._text.get(idx, 0):],
+                            token_ids=token_ids[start:],
+                            logprobs=list(output.logprobs or [])[start:],
+                            first=idx not in self._text)
+        self._text[idx] = len(output.text)
+        self._tokens[idx] = len(token_ids)
+        if output.finish_reason is not None:
+            self._finished.add(idx)
+        return delta
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(self._tokens.values())
+
+
 async def merge_generators(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]]:
     """Yield (index, item) from several async iterators as items arrive."""
     if len(gens) == 1:
