@@ -130,6 +130,24 @@ def test_health(client, channel, stubs):
         assert r.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_server_reflection(channel):
+    """Generic clients (grpcurl, Postman) discover the API without proto/: reflection lists
+    the services and resolves Generate's request and response types."""
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import \
+        ProtoReflectionDescriptorDatabase
+
+    db = ProtoReflectionDescriptorDatabase(channel)
+    assert {"llmcore.v1.Generation", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"} <= set(db.get_services())
+    service = DescriptorPool(db).FindServiceByName("llmcore.v1.Generation")
+    method = service.methods_by_name["Generate"]
+    assert method.server_streaming and not method.client_streaming
+    assert method.input_type.full_name == "llmcore.v1.GenerateRequest"
+    assert "sampling_params" in method.input_type.fields_by_name
+    assert method.output_type.full_name == "llmcore.v1.GenerateResponse"
+
+
 def test_list_models_and_server_info(client, stubs, engine):
     pb2, _ = stubs
     models = client.ListModels(pb2.ListModelsRequest()).models
@@ -258,6 +276,16 @@ def test_api_key(make_server, stubs):
         ok = [("authorization", "Bearer sekret")]
         assert stub.GenerateUnary(req, metadata=ok).finished
         assert list(stub.Generate(req, metadata=ok))[-1].finished
+        # reflection describes the API, so it needs the key like the API does
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            list(refl.ServerReflectionInfo(iter([ask])))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        names = {s.name for r in refl.ServerReflectionInfo(iter([ask]), metadata=ok)
+                 for s in r.list_services_response.service}
+        assert "llmcore.v1.Generation" in names
         # probes need no key
         assert stub.Health(pb2.HealthRequest()).status == pb2.HealthResponse.SERVING
         r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())

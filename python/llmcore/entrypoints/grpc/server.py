@@ -23,6 +23,7 @@ from typing import Any, Optional
 import grpc
 from grpc_health.v1 import health as _health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from llmcore.entrypoints.grpc._stubs import pb2, pb2_grpc
 from llmcore.entrypoints.grpc.convert import (RpcError, _full_response, _invalid,
@@ -406,8 +407,8 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
     """Start the gRPC server on `engine` at args.host:args.grpc_port and return it, listening.
 
     args: FrontendArgs (grpc_port, host, grpc_max_message_size, ssl_*, chat_template,
-    trust_request_chat_template). api_key: required as `authorization: Bearer <key>`; when
-    None, args.api_key or $LLMCORE_API_KEY (the same key as the HTTP server's --api-key).
+    trust_request_chat_template). api_key: required as `authorization: Bearer <key>` (on
+    every method but the health checks, server reflection included); when None, args.api_key.
     max_inflight: refuse new generations with UNAVAILABLE beyond this many (default: no limit).
     With grpc_port 0 a free port is chosen: it is in `server.llmcore_port`.
     """
@@ -426,6 +427,10 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
     pb2_grpc.add_GenerationServicer_to_server(servicer, server)
     health = _HealthServicer(servicer)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    # Server reflection: grpcurl and other generic clients discover the API without proto/.
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
 
     host = getattr(args, "host", None) or "[::]"
     if ":" in host and not host.startswith("["):
