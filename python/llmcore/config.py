@@ -363,6 +363,9 @@ class FrontendArgs:
     grpc_only: bool = arg(False, group=GROUP_SERVER, help="Serve gRPC only (needs --grpc-port).")
     grpc_max_message_size: int = arg(16 * 1024 * 1024, group=GROUP_SERVER,
                                      help="Max gRPC message size in bytes, both directions.")
+    grpc_max_inflight: Optional[int] = arg(None, group=GROUP_SERVER,
+                                           help="Refuse new gRPC generations with UNAVAILABLE "
+                                                "while this many run; unset: no limit.")
 
 
 def flag_name(field_name: str) -> str:

@@ -252,7 +252,7 @@ def test_unavailable_when_engine_dead(engine, make_server, stubs):
 
 def test_unavailable_when_overloaded(make_server, stubs):
     pb2, pb2_grpc = stubs
-    s = make_server(max_inflight=1)
+    s = make_server(grpc_max_inflight=1)
     with grpc.insecure_channel(s.target) as ch:
         stub = pb2_grpc.GenerationStub(ch)
         first = stub.Generate(_req(pb2, "Hi", max_tokens=200, ignore_eos=True))

@@ -167,6 +167,7 @@ def _run_cli(*args: str, env_extra=None) -> subprocess.CompletedProcess:
     (["--block-size", "7"], "--block-size"),
     (["--no-such-flag"], "--no-such-flag"),
     (["--grpc-only"], "--grpc-only"),
+    (["--grpc-max-inflight", "0"], "--grpc-max-inflight"),
     (["--chat-template", "/no/such/template.jinja"], "--chat-template"),
     (["--allowed-origins", "*"], "--allowed-origins"),
 ])

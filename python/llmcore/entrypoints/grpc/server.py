@@ -402,14 +402,13 @@ def _server_credentials(args: Any) -> Optional[grpc.ServerCredentials]:
 # ---------------------------------------------------------------------------------------------
 # entry points
 
-async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
-                     max_inflight: Optional[int] = None) -> grpc.aio.Server:
+async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None) -> grpc.aio.Server:
     """Start the gRPC server on `engine` at args.host:args.grpc_port and return it, listening.
 
-    args: FrontendArgs (grpc_port, host, grpc_max_message_size, ssl_*, chat_template,
-    trust_request_chat_template). api_key: required as `authorization: Bearer <key>` (on
-    every method but the health checks, server reflection included); when None, args.api_key.
-    max_inflight: refuse new generations with UNAVAILABLE beyond this many (default: no limit).
+    args: FrontendArgs (grpc_port, host, grpc_max_message_size, grpc_max_inflight, ssl_*,
+    chat_template, trust_request_chat_template). api_key: required as `authorization: Bearer
+    <key>` (on every method but the health checks, server reflection included); when None,
+    args.api_key.
     With grpc_port 0 a free port is chosen: it is in `server.llmcore_port`.
     """
     max_size = int(getattr(args, "grpc_max_message_size", 16 * 1024 * 1024))
@@ -423,7 +422,8 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
     api_key = api_key or getattr(args, "api_key", None)
     interceptors = [_ApiKeyInterceptor(api_key)] if api_key else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    servicer = GenerationServicer(engine, args, max_inflight=max_inflight)
+    servicer = GenerationServicer(engine, args,
+                                  max_inflight=getattr(args, "grpc_max_inflight", None))
     pb2_grpc.add_GenerationServicer_to_server(servicer, server)
     health = _HealthServicer(servicer)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -490,9 +490,9 @@ def _parse(argv):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             if isinstance(default, bool):
                 p.add_argument("--" + flag_name(f.name), dest=f.name, action="store_true")
-            elif f.name in ("grpc_port", "port", "grpc_max_message_size", "ssl_cert_reqs",
-                            "max_model_len", "max_num_seqs", "seed", "block_size",
-                            "num_gpu_blocks_override", "max_logprobs"):
+            elif f.name in ("grpc_port", "port", "grpc_max_message_size", "grpc_max_inflight",
+                            "ssl_cert_reqs", "max_model_len", "max_num_seqs", "seed",
+                            "block_size", "num_gpu_blocks_override", "max_logprobs"):
                 p.add_argument("--" + flag_name(f.name), dest=f.name, type=int, default=default)
             else:
                 p.add_argument("--" + flag_name(f.name), dest=f.name, default=default)
