@@ -68,26 +68,34 @@ def main():
 
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     # ---------------------------------------------------------------- decode attention
+    # Both kernels per shape: tensor-core (mma, the default) and CUDA-core (tc=off).
     H, Hkv, D, bs = 32, 8, 128, 16
-    for B, L in [(1, 1024), (1, 32768), (32, 1024), (32, 8192), (128, 2048), (256, 1024), (256, 4096)]:
-        if args.quick and B * L > 32 * 8192:
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for B, L in [(1, 1024), (1, 32768), (32, 1024), (32, 8192), (128, 2048), (256, 1024), (256, 1536), (256, 4096)]:
+        if args.quick and B * L > 32 * 8192 and (B, L) != (256, 1536):
             continue
         kc, vc, bt, sl = paged([L] * B, Hkv, D, bs, dt)
         q = torch.randn(B, H, D, device="cuda", dtype=dt)
         out = torch.empty_like(q)
-        us = bench(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, D ** -0.5, out=out, max_seq_len=L))
-        gbs = B * L * Hkv * D * 2 * 2 / us / 1e3
-        ns, _ = ops.decode_split_plan(B, H, Hkv, L, -1, torch.cuda.get_device_properties(0).multi_processor_count)
-        rec(f"paged_decode bf16 B={B} L={L} H={H}/{Hkv} D={D} bs={bs}", us, GBps=gbs, splits=ns)
+        ns, _ = ops.decode_split_plan(B, H, Hkv, L, -1, sms)
+        for tc in (True, False):
+            us = bench(lambda: ops.paged_attention_decode(q, kc, vc, bt, sl, D ** -0.5, out=out, max_seq_len=L,
+                                                          use_tensor_cores=tc))
+            gbs = B * L * Hkv * D * 2 * 2 / us / 1e3
+            rec(f"paged_decode bf16 B={B} L={L} H={H}/{Hkv} D={D} bs={bs} tc={'on' if tc else 'off'}", us,
+                GBps=gbs, splits=ns)
     # fp8 cache (GBps counts the fp8 bytes read)
     one = torch.ones(1, device="cuda")
-    for B, L in [(32, 8192), (256, 1024)]:
+    for B, L in [(32, 8192), (256, 1024), (256, 1536), (512, 1536)]:
         kc, vc, bt, sl = paged([L] * B, Hkv, D, bs, dt)
         kc8, vc8 = kc.to(torch.float8_e4m3fn), vc.to(torch.float8_e4m3fn)
         del kc, vc
         q = torch.randn(B, H, D, device="cuda", dtype=dt)
-        us = bench(lambda: ops.paged_attention_decode(q, kc8, vc8, bt, sl, D ** -0.5, k_scale=one, v_scale=one, max_seq_len=L))
-        rec(f"paged_decode bf16/fp8e4m3-cache B={B} L={L} H={H}/{Hkv}", us, GBps=B * L * Hkv * D * 2 / us / 1e3)
+        for tc in (True, False):
+            us = bench(lambda: ops.paged_attention_decode(q, kc8, vc8, bt, sl, D ** -0.5, k_scale=one, v_scale=one,
+                                                          max_seq_len=L, use_tensor_cores=tc))
+            rec(f"paged_decode bf16/fp8e4m3-cache B={B} L={L} H={H}/{Hkv} tc={'on' if tc else 'off'}", us,
+                GBps=B * L * Hkv * D * 2 / us / 1e3)
 
     # ---------------------------------------------------------------- prefill attention
     for S, L, ql in [(4, 2048, 2048), (1, 8192, 8192), (8, 8192, 512), (16, 1024, 1024)]:

@@ -145,6 +145,12 @@ case "$SUITE" in
     thr thr_8b_1000_fp8_s512 170 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf
     thr thr_8b_1000 170 1000 --skip-hf
     lat lat_smol_eager 50 $SM --skip-hf --enforce-eager ;;
+  h200d)  # H200: tensor-core decode kernel; the throughput runs only once the kernel tests pass
+    kernel_tests decode_tests 120 -x $K/test_attention_decode.py
+    grep -q " passed" "$OUT/decode_tests.log" && ! grep -q "failed\|error" "$OUT/decode_tests.log" || exit 1
+    bench_kernels 60
+    thr thr_8b_1000_fp8_s512 170 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf
+    thr thr_8b_1000 170 1000 --skip-hf ;;
   *)
     echo "unknown SUITE=$SUITE" | tee -a "$OUT/summary.log"
     exit 2 ;;

@@ -58,7 +58,7 @@ PYBIND11_MODULE(LLMCORE_MODULE_NAME, m) {
            ptr_t query_start_loc, int num_rows, int num_seqs, int num_heads, int num_kv_heads,
            int head_dim, int block_size, float scale, int sliding_window, int dtype,
            int cache_dtype, ptr_t k_scale, ptr_t v_scale, int num_splits, int partition_size,
-           ptr_t tmp_out, ptr_t tmp_ml, ptr_t stream) {
+           ptr_t tmp_out, ptr_t tmp_ml, int use_tensor_cores, ptr_t stream) {
           check(llmcore::paged_attention(
                     P_<void>(out), out_stride, P_<const void>(q), q_stride,
                     P_<const void>(key_cache), P_<const void>(value_cache),
@@ -66,7 +66,8 @@ PYBIND11_MODULE(LLMCORE_MODULE_NAME, m) {
                     P_<const int>(query_start_loc), num_rows, num_seqs, num_heads, num_kv_heads,
                     head_dim, block_size, scale, sliding_window, dtype, cache_dtype,
                     P_<const float>(k_scale), P_<const float>(v_scale), num_splits,
-                    partition_size, P_<float>(tmp_out), P_<float>(tmp_ml), S_(stream)),
+                    partition_size, P_<float>(tmp_out), P_<float>(tmp_ml), use_tensor_cores,
+                    S_(stream)),
                 "paged_attention");
         });
 

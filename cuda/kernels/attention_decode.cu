@@ -335,7 +335,8 @@ cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_
                             int num_kv_heads, int head_dim, int block_size, float scale,
                             int sliding_window, int dtype, int cache_dtype, const float* k_scale,
                             const float* v_scale, int num_splits, int partition_size,
-                            float* tmp_out, float* tmp_ml, cudaStream_t stream) {
+                            float* tmp_out, float* tmp_ml, int use_tensor_cores,
+                            cudaStream_t stream) {
   if (num_rows <= 0) return cudaSuccess;
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0 || block_size <= 0)
     return cudaErrorInvalidValue;
@@ -343,6 +344,33 @@ cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_
   if (num_splits > 1 && (tmp_out == nullptr || tmp_ml == nullptr))
     return cudaErrorInvalidValue;
   if (num_splits > 65535) return cudaErrorInvalidValue;
+  if ((cache_dtype == kFp8E4M3 || cache_dtype == kFp8E5M2) &&
+      (k_scale == nullptr || v_scale == nullptr))
+    return cudaErrorInvalidValue;
+#if !(defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__))
+  const int64_t elem = dtype == kFloat32 ? 4 : 2;
+  const bool q_aligned = reinterpret_cast<uintptr_t>(q) % 16 == 0 && (q_stride * elem) % 16 == 0;
+  if (use_tensor_cores && query_start_loc == nullptr && q_aligned && num_kv_heads <= 65535 &&
+      paged_attention_mma_supported(head_dim, num_heads, num_kv_heads, block_size, dtype,
+                                    cache_dtype)) {
+    cudaError_t err = paged_attention_mma(out, out_stride, q, q_stride, key_cache, value_cache,
+                                          block_tables, max_blocks_per_seq, seq_lens, num_rows,
+                                          num_heads, num_kv_heads, head_dim, block_size, scale,
+                                          sliding_window, dtype, cache_dtype, k_scale, v_scale,
+                                          num_splits, partition_size, tmp_out, tmp_ml, stream);
+    if (err != cudaSuccess || num_splits == 1) return err;
+    const dim3 grid(num_rows, num_heads);
+    if (dtype == kFloat16)
+      paged_attention_reduce_kernel<half_t><<<grid, head_dim, 0, stream>>>(
+          (half_t*)out, out_stride, tmp_out, tmp_ml, num_heads, num_splits, head_dim);
+    else
+      paged_attention_reduce_kernel<bf16_t><<<grid, head_dim, 0, stream>>>(
+          (bf16_t*)out, out_stride, tmp_out, tmp_ml, num_heads, num_splits, head_dim);
+    return cudaGetLastError();
+  }
+#else
+  (void)use_tensor_cores;
+#endif
 #define LLMCORE_PA_ARGS                                                                       \
   head_dim, (scalar_t*)out, out_stride, (const scalar_t*)q, q_stride, key_cache, value_cache, \
       block_tables, max_blocks_per_seq, seq_lens, query_start_loc, num_rows, num_seqs,         \

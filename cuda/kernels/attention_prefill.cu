@@ -8,6 +8,7 @@
 // dequantised through registers); P.V reads V with ldmatrix.trans.
 // TODO(perf): a wgmma + TMA path for sm_90a, and a split-KV variant for very long prefixes.
 #include "llmcore_cuda/attention.h"
+#include "llmcore_cuda/mma.h"
 
 #include <type_traits>
 
@@ -19,38 +20,6 @@ namespace {
 constexpr int BM = 64;   // query rows per block (4 warps x 16)
 constexpr int BN = 64;   // keys per tile
 constexpr int kPrefillThreads = 128;
-
-template <typename T> struct MmaOp;
-template <> struct MmaOp<half_t> {
-  static __device__ __forceinline__ void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-  }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-};
-template <> struct MmaOp<bf16_t> {
-  static __device__ __forceinline__ void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-  }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-};
 
 // Load 8 consecutive cache elements as T (dequantising fp8).
 template <typename T, int KIND>
@@ -419,7 +388,8 @@ cudaError_t prefill_attention(void* out, int64_t out_stride, const void* q, int6
   return paged_attention(out, out_stride, q, q_stride, key_cache, value_cache, block_tables,
                          max_blocks_per_seq, seq_lens, query_start_loc, num_tokens, num_seqs,
                          num_heads, num_kv_heads, head_dim, block_size, scale, sliding_window,
-                         dtype, cache_dtype, k_scale, v_scale, 1, 0, nullptr, nullptr, stream);
+                         dtype, cache_dtype, k_scale, v_scale, 1, 0, nullptr, nullptr,
+                         /*use_tensor_cores=*/0, stream);
 }
 
 }  // namespace llmcore

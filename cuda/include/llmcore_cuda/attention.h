@@ -10,7 +10,8 @@ namespace llmcore {
 // num_splits > 1 splits each row's keys into chunks of partition_size tokens (flash-decoding;
 // partition_size <= 0: each row's own key range split evenly into num_splits chunks);
 // then tmp_out (float [num_rows*num_heads*num_splits*head_dim]) and tmp_ml (float
-// [num_rows*num_heads*num_splits*2]) are required workspaces.
+// [num_rows*num_heads*num_splits*2]) are required workspaces. use_tensor_cores != 0 routes decode
+// (query_start_loc == nullptr) to the mma kernel where paged_attention_mma_supported() holds.
 cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_t q_stride,
                             const void* key_cache, const void* value_cache,
                             const int* block_tables, int max_blocks_per_seq, const int* seq_lens,
@@ -18,7 +19,23 @@ cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_
                             int num_kv_heads, int head_dim, int block_size, float scale,
                             int sliding_window, int dtype, int cache_dtype, const float* k_scale,
                             const float* v_scale, int num_splits, int partition_size,
-                            float* tmp_out, float* tmp_ml, cudaStream_t stream);
+                            float* tmp_out, float* tmp_ml, int use_tensor_cores,
+                            cudaStream_t stream);
+
+// Tensor-core decode (attention_decode_mma.cu): fp16/bf16 queries, same-dtype or fp8 caches,
+// head_dim 64/128, up to 8 query heads per KV head, power-of-two block sizes >= 8, sm_80+,
+// 16-byte aligned q rows; not on HIP. Same contract as paged_attention in decode mode.
+bool paged_attention_mma_supported(int head_dim, int num_heads, int num_kv_heads, int block_size,
+                                   int dtype, int cache_dtype);
+cudaError_t paged_attention_mma(void* out, int64_t out_stride, const void* q, int64_t q_stride,
+                                const void* key_cache, const void* value_cache,
+                                const int* block_tables, int max_blocks_per_seq,
+                                const int* seq_lens, int num_seqs, int num_heads,
+                                int num_kv_heads, int head_dim, int block_size, float scale,
+                                int sliding_window, int dtype, int cache_dtype,
+                                const float* k_scale, const float* v_scale, int num_splits,
+                                int partition_size, float* tmp_out, float* tmp_ml,
+                                cudaStream_t stream);
 
 // Varlen causal prefill / chunked prefill with cached prefixes; all K/V are read from the paged
 // cache (this step's K/V must already be written). Layouts as above; max_query_len bounds

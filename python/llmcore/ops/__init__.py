@@ -234,10 +234,12 @@ def paged_attention_decode(q: torch.Tensor, key_cache: torch.Tensor, value_cache
                            block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, *,
                            sliding_window: int = -1, k_scale=None, v_scale=None,
                            out: Optional[torch.Tensor] = None, max_seq_len: Optional[int] = None,
-                           num_splits: Optional[int] = None) -> torch.Tensor:
+                           num_splits: Optional[int] = None, use_tensor_cores: bool = True) -> torch.Tensor:
     """Paged decode attention: q ``[num_seqs, num_heads, head_dim]`` (the last position of each
     sequence) against the paged K/V (``seq_lens`` tokens each). ``max_seq_len`` (host int) avoids a
-    device sync when given; ``num_splits`` forces the split-K factor (default: heuristic)."""
+    device sync when given; ``num_splits`` forces the split-K factor (default: heuristic).
+    fp16/bf16 with up to 8 query heads per KV head run on tensor cores (mma.sync, sm_80+) unless
+    ``use_tensor_cores=False``; other shapes use the CUDA-core kernel."""
     code, ccode, qs, os_, out, H, Hkv, D = _check_attn(q, key_cache, value_cache, block_tables,
                                                         seq_lens, out, "paged_attention_decode")
     B = q.shape[0]
@@ -261,7 +263,7 @@ def paged_attention_decode(q: torch.Tensor, key_cache: torch.Tensor, value_cache
                          D, key_cache.shape[1], float(scale), int(sliding_window), code, ccode, ksp, vsp, ns,
                          0,  # each sequence split evenly over the ns partitions
                          tmp_out.data_ptr() if ns > 1 else 0, tmp_ml.data_ptr() if ns > 1 else 0,
-                         _stream(q))
+                         int(use_tensor_cores), _stream(q))
     return out
 
 
