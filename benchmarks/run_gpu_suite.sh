@@ -151,6 +151,19 @@ case "$SUITE" in
     bench_kernels 60
     thr thr_8b_1000_fp8_s512 170 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf
     thr thr_8b_1000 170 1000 --skip-hf ;;
+  h200e)  # H200: sampler on the CUDA kernel; fp8 step profile at 512; 1000/1000 fp8 with HF; latency
+    kernel_tests kernel_tests 110 -x $K/test_sampling.py $K/test_gpu_engine.py $K/test_attention_prefill.py \
+      $K/test_cache_kernel.py
+    grep -q " passed" "$OUT/kernel_tests.log" && ! grep -q "failed\|error" "$OUT/kernel_tests.log" || exit 1
+    profile step_profile_512x1500_fp8 50 --batch-size 512 --context 1500 --kv-cache-dtype fp8 --profile
+    thr thr_8b_1000_fp8_s512 300 1000 --kv-cache-dtype fp8 --max-num-seqs 512 \
+      --hf-num-prompts 256 --hf-max-batch-size 256
+    lat lat_8b_bs1 70 $M8 --skip-hf ;;
+  h200f)  # H200: every kernel test at the final kernels; bf16 1000/1000; 128/128 with HF; SmolLM2
+    kernel_tests kernel_tests_all 200 $K --ignore=$K/test_cuda_compiles.py --ignore=$K/test_hip_compiles.py
+    thr thr_8b_1000 170 1000 --skip-hf
+    thr thr_8b_128 110 128 --hf-max-batch-size 256
+    lat lat_smol_graphs 45 $SM --hf-num-iters 1 ;;
   *)
     echo "unknown SUITE=$SUITE" | tee -a "$OUT/summary.log"
     exit 2 ;;

@@ -116,3 +116,69 @@ def test_sample_edge_distributions(ops, case):
         u = torch.rand(B, device="cuda")
         got = ops.sample(logits, **kw, uniform=u)
         assert kept.gather(1, got.view(-1, 1)).all(), f"filtered token sampled ({case})"
+
+
+# ----------------------------------------------------------- engine Sampler on the GPU
+def _sampler_state(params, vocab, seed=0):
+    from llmcore.sampling import SamplingBatchState
+
+    st = SamplingBatchState(max(64, len(params)), vocab, 128, device=torch.device("cuda"), seed=seed)
+    for i, p in enumerate(params):
+        st.add(i, p, [])
+    return st
+
+
+@pytest.mark.parametrize("kind", ["plain", "temp", "seeded"])
+def test_engine_sampler_uses_kernel_without_filters(ops, monkeypatch, kind):
+    """A batch without top-k/top-p draws through ops.sample (one uniform per row) and still
+    follows softmax(logits / T), flat tail included (chi-square over 10 head tokens + tail)."""
+    import math
+
+    from llmcore.sampling import Sampler
+    from llmcore.sampling import sampler as sampler_mod
+    from llmcore.sampling_params import SamplingParams
+
+    calls = []
+    real = sampler_mod.ops.sample
+    monkeypatch.setattr(sampler_mod.ops, "sample", lambda *a, **k: calls.append(1) or real(*a, **k))
+    V, N, R = 3000, 2000, 10
+    head = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -1.5, -2.0, -3.0])
+    logits = torch.cat([head, torch.full((V - 10,), -6.0)]).cuda()
+    T = 0.5 if kind == "temp" else 1.0
+    params = [SamplingParams(temperature=T, seed=i if kind == "seeded" else None) for i in range(N)]
+    st = _sampler_state(params, V, seed=5)
+    counts = torch.zeros(V, dtype=torch.float64)
+    for _ in range(R):
+        out = Sampler(always_compute_logprobs=True).sample(logits.expand(N, V), torch.arange(N), st)
+        counts += torch.bincount(out.token_ids.cpu(), minlength=V).double()
+    assert len(calls) == R
+    probs = (logits.double().cpu() / T).softmax(-1)
+    counts = torch.cat([counts[:10], counts[10:].sum().reshape(1)])
+    probs = torch.cat([probs[:10], probs[10:].sum().reshape(1)])
+    exp = probs * N * R
+    m = exp > 5
+    chi2 = (((counts - exp) ** 2)[m] / exp[m]).sum().item()
+    dof = int(m.sum()) - 1
+    assert chi2 < dof + 5 * math.sqrt(2 * dof), (chi2, dof)
+
+
+def test_engine_sampler_seeded_rows_independent_of_batch(ops):
+    """A seeded row's tokens on the kernel path do not depend on the rows sampled beside it."""
+    from llmcore.sampling import Sampler
+    from llmcore.sampling_params import SamplingParams
+
+    V = 32000
+    g = torch.Generator().manual_seed(3)
+    steps = [(torch.randn(V, generator=g) * 2).cuda() for _ in range(5)]
+
+    def run(n_others):
+        params = [SamplingParams(temperature=1.0) for _ in range(n_others)] + [SamplingParams(seed=42)]
+        st = _sampler_state(params, V, seed=n_others)
+        toks = []
+        for lg in steps:
+            logits = torch.randn(n_others + 1, V, device="cuda") * 3
+            logits[-1] = lg
+            toks.append(Sampler().sample(logits, torch.arange(n_others + 1), st).token_ids[-1].item())
+        return toks
+
+    assert run(0) == run(7) == run(30)

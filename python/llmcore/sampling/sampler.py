@@ -22,7 +22,9 @@ when no active slot needs it:
                             argmax(l - log(E)), E ~ Exp(1) i.i.d. (== sampling from
                             softmax(l)): over the K candidates for top-k/top-p rows;
                             on the CPU, rows without top-k/top-p use one uniform and
-                            the inverse CDF instead (exact, no per-token noise). Seeded rows draw
+                            the inverse CDF instead (exact, no per-token noise); on a
+                            GPU, so does every row of a batch when no active slot has
+                            top-k/top-p (the CUDA sampling kernel). Seeded rows draw
                             from their own torch.Generator a fixed amount per path that
                             does not depend on the batch (token-indexed V values for
                             filtered rows), so their tokens do not depend on the batch
@@ -48,6 +50,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from llmcore import ops
 from llmcore.sampling.state import IndexLike, SamplingBatchState, as_long_tensor
 
 _NEG_INF = float("-inf")
@@ -379,9 +382,19 @@ class Sampler:
             token_ids[c_rows] = c_ids.gather(1, scores.argmax(dim=-1, keepdim=True)).squeeze(1)
         else:
             full_rows = rand_rows
+        if full_rows.numel() and x.is_cuda and not (state._topk_slots or state._topp_slots):
+            # No row has top-k/top-p (known on the host, so no sync): every row draws by
+            # inverse CDF in the CUDA sampling kernel, one uniform per row, instead of
+            # full-vocabulary noise (at batch 256 x 128k the race costs ~1.5 ms a step).
+            if ops.cuda_available():
+                xr = x if full_rows.numel() == N else x[full_rows]
+                u = cls._uniform(full_rows, 1, slots, seeded_b, state).squeeze(1)
+                token_ids[full_rows] = ops.sample(xr, uniform=u)
+                return token_ids
         if full_rows.numel() and x.device.type == "cpu":
-            # rows without top-k/top-p: inverse-CDF draw (no full-vocab noise). CPU only:
-            # on GPUs the RNG is cheap and the Gumbel race needs no scan.
+            # rows without top-k/top-p: inverse-CDF draw (no full-vocab noise). On GPUs
+            # without the kernel module, or with filtered rows in the batch, the Gumbel race
+            # below needs no scan and no host sync.
             fs = slots[full_rows]
             nofilt = (state.top_k[fs] >= V) & (state.top_p[fs] >= 1.0)
             if bool(nofilt.any()):
