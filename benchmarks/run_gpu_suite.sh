@@ -122,6 +122,8 @@ case "$SUITE" in
     serving "4 200" "16 400" "inf 500" || exit 1 ;;
   h200serving)  # H200: the serving benchmark with fewer prompts (what device time was left)
     serving "4 100" "16 200" "inf 300" || exit 1 ;;
+  h200inf)  # H200: rate inf only (A/B runs of two builds on one machine)
+    serving "inf 300" || exit 1 ;;
   h200a)  # H200: kernel tests, latency, 128/128 with HF, 1000/1000 at 256 and 512 sequences
     kernel_tests kernel_tests 120 -x $K/test_norm_act_rotary.py $K/test_gpu_engine.py \
       $K/test_attention_decode.py $K/test_sampling.py $K/test_cache_kernel.py
