@@ -76,15 +76,8 @@ paged_attention_kernel(T* __restrict__ out, int64_t out_stride, const T* __restr
     seq = row;
     L = seq_lens[row];
   }
-  const int kv_lo = window > 0 ? max(0, L - window) : 0;
-  int start = kv_lo, end = L;
-  if (num_splits > 1) {
-    // partition_size <= 0: each sequence's own length split evenly, so short sequences
-    // still use every split (a CUDA graph captured for max_model_len keeps its grid).
-    const int part = partition_size > 0 ? partition_size : (L - kv_lo + num_splits - 1) / num_splits;
-    start = kv_lo + split * part;
-    end = min(L, start + part);
-  }
+  int start, end;
+  decode_split_range(L, window, num_splits, partition_size, split, start, end);
   const float ks = (KIND == kFp8E4M3 || KIND == kFp8E5M2) ? *k_scale : 1.f;
   const float vs = (KIND == kFp8E4M3 || KIND == kFp8E5M2) ? *v_scale : 1.f;
 

@@ -111,13 +111,8 @@ paged_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* __r
   const int g = lane >> 2, c = lane & 3;
 
   const int L = seq_lens[row];
-  const int kv_lo = window > 0 ? max(0, L - window) : 0;
-  int start = kv_lo, end = L;
-  if (num_splits > 1) {
-    const int part = partition_size > 0 ? partition_size : (L - kv_lo + num_splits - 1) / num_splits;
-    start = kv_lo + split * part;
-    end = min(L, start + part);
-  }
+  int start, end;
+  decode_split_range(L, window, num_splits, partition_size, split, start, end);
   const float ks = kFp8 ? *k_scale : 1.f;
   const float vs = kFp8 ? *v_scale : 1.f;
   const float sl2 = scale * ks * kLog2e;  // scores in log2 units

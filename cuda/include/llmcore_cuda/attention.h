@@ -49,4 +49,24 @@ cudaError_t prefill_attention(void* out, int64_t out_stride, const void* q, int6
                               int block_size, float scale, int sliding_window, int dtype,
                               int cache_dtype, const float* k_scale, const float* v_scale,
                               int use_tensor_cores, cudaStream_t stream);
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+// Keys [start, end) of a decode row of length L seen by split `split`: the window's range cut
+// into num_splits partitions of partition_size keys (<= 0: the row's own range split evenly,
+// so short rows still use every split and a CUDA graph captured for max_model_len keeps its
+// grid). One definition for both decode kernels: their partials meet in one reduce kernel.
+__device__ __forceinline__ void decode_split_range(int L, int window, int num_splits,
+                                                   int partition_size, int split, int& start,
+                                                   int& end) {
+  const int kv_lo = window > 0 ? max(0, L - window) : 0;
+  start = kv_lo;
+  end = L;
+  if (num_splits > 1) {
+    const int part =
+        partition_size > 0 ? partition_size : (L - kv_lo + num_splits - 1) / num_splits;
+    start = kv_lo + split * part;
+    end = min(L, start + part);
+  }
+}
+#endif
 }  // namespace llmcore
