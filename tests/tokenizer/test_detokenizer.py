@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -85,3 +87,23 @@ def test_final_flag(smollm2_tokenizer):
     out = d.append(ids[1] if len(ids) == 2 else ids[1], final=True)
     assert d.text == tok.decode(ids[:2])
     assert out == d.text
+
+
+def test_fast_tokenizer_decodes_through_backend(smollm2_tokenizer):
+    """SmolLM2's tokenizer takes the direct Rust decode (so the tests above exercise it); a
+    class that overrides _decode keeps going through tokenizer.decode."""
+    tok = smollm2_tokenizer
+    assert IncrementalDetokenizer(tok)._backend_decode is not None
+
+    class Custom(type(tok)):
+        def _decode(self, token_ids, **kw):
+            return super()._decode(token_ids, **kw).upper()
+
+    custom = copy.copy(tok)
+    custom.__class__ = Custom
+    d = IncrementalDetokenizer(custom, skip_special_tokens=True)
+    assert d._backend_decode is None
+    ids = tok.encode("Hello world", add_special_tokens=False)
+    d.extend(ids)
+    d.flush()
+    assert d.text == custom.decode(ids, skip_special_tokens=True) == "HELLO WORLD"

@@ -22,9 +22,32 @@ through to ``decode``.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 _REPLACEMENT = "\ufffd"
+
+
+def _backend_decoder(tokenizer, skip_special_tokens: bool) -> Optional[Callable[[List[int]], str]]:
+    """The Rust `tokenizers.Tokenizer.decode` of a fast tokenizer, when
+    ``tokenizer.decode(ids, skip_special_tokens=s, clean_up_tokenization_spaces=False)`` is
+    exactly that call (the class overrides neither ``decode`` nor ``_decode``). The
+    transformers wrapper around it costs several times the decode itself, and a generated
+    token takes two decodes, so at hundreds of sequences per step it is a large share of
+    the engine's host time."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers import tokenization_utils_tokenizers as fast_mod
+    except ImportError:
+        return None
+    base_decodes = {getattr(getattr(fast_mod, name, None), "_decode", None)
+                    for name in ("PreTrainedTokenizerFast", "TokenizersBackend")} - {None}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    cls = type(tokenizer)
+    if (not getattr(tokenizer, "is_fast", False) or backend is None
+            or getattr(cls, "decode", None) is not PreTrainedTokenizerBase.decode
+            or getattr(cls, "_decode", None) not in base_decodes):
+        return None
+    return lambda ids: backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
 class IncrementalDetokenizer:
@@ -44,10 +67,13 @@ class IncrementalDetokenizer:
         if not getattr(tokenizer, "is_fast", True):
             kwargs["spaces_between_special_tokens"] = spaces_between_special_tokens
         self._kwargs = kwargs
+        self._backend_decode = _backend_decoder(tokenizer, skip_special_tokens)
 
     def _decode(self, ids: List[int]) -> str:
         if not ids:
             return ""
+        if self._backend_decode is not None:
+            return self._backend_decode(ids)
         return self.tokenizer.decode(ids, **self._kwargs)
 
     def append(self, token_id: int, final: bool = False) -> str:
