@@ -7,6 +7,7 @@ end exposes it at /metrics with `prometheus_client.generate_latest(metrics.regis
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 PREFIX = "vllm:"
 
@@ -14,6 +15,24 @@ _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 
                     7.5, 10.0, 20.0, 40.0, 80.0)
 _E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
                 120.0, 240.0, 480.0, 960.0)
+
+
+class HistogramAlias:
+    """Exposes a histogram's series under a second name. vLLM exports the per-token
+    time_per_output_token_seconds with the same values as inter_token_latency_seconds; one
+    observation per generated token instead of two (the engine thread observes every token
+    of every running sequence)."""
+
+    def __init__(self, source: Histogram, name: str, documentation: str):
+        self._source, self._name, self._doc = source, name, documentation
+
+    def collect(self):
+        for family in self._source.collect():
+            alias = Metric(self._name, self._doc, "histogram")
+            for s in family.samples:
+                alias.add_sample(self._name + s.name[len(family.name):], s.labels, s.value,
+                                 s.timestamp, s.exemplar)
+            yield alias
 
 
 class EngineMetrics:
@@ -46,11 +65,11 @@ class EngineMetrics:
                                         labels + ["finished_reason"], registry=r)
         self.time_to_first_token_seconds = hist("time_to_first_token_seconds",
                                                 "Time to first token.", _LATENCY_BUCKETS)
-        self.inter_token_latency_seconds = hist("inter_token_latency_seconds",
-                                                "Time between output tokens.", _LATENCY_BUCKETS)
-        self.time_per_output_token_seconds = hist("time_per_output_token_seconds",
-                                                  "Time per output token (alias of ITL).",
-                                                  _LATENCY_BUCKETS)
+        itl = Histogram(PREFIX + "inter_token_latency_seconds", "Time between output tokens.",
+                        labels, buckets=_LATENCY_BUCKETS, registry=r)
+        self.inter_token_latency_seconds = itl.labels(**self._label)
+        r.register(HistogramAlias(itl, PREFIX + "time_per_output_token_seconds",
+                                  "Time per output token (alias of inter_token_latency_seconds)."))
         self.e2e_request_latency_seconds = hist("e2e_request_latency_seconds",
                                                 "End-to-end request latency.", _E2E_BUCKETS)
         self._last_preemptions = 0

@@ -209,5 +209,6 @@ def test_metrics_names(server):
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
                  "vllm:gpu_cache_usage_perc", "vllm:prompt_tokens_total",
                  "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_bucket",
-                 "vllm:e2e_request_latency_seconds_count"):
+                 "vllm:e2e_request_latency_seconds_count", "vllm:inter_token_latency_seconds_bucket",
+                 "vllm:time_per_output_token_seconds_bucket"):
         assert name in text, name
