@@ -7,6 +7,7 @@ import time
 from typing import Optional
 
 from llmcore.engine.request import RequestState, SeqState
+from llmcore.tokenizer.detokenizer import backend_decoder
 from llmcore.tokenizer.stop_checker import StopCheckResult, check_stop, streamable_text_len
 from llmcore.outputs import CompletionOutput, RequestOutput, make_position_logprobs
 
@@ -16,6 +17,13 @@ class OutputProcessor:
         self.tokenizer = tokenizer
         self.eos_token_id = eos_token_id
         self.max_model_len = max_model_len
+        # decoded_token of logprob entries: tokenizer.decode([id]) (k + 1 per token when
+        # logprobs are requested), through the Rust decode when that is the same call.
+        fast = None
+        if tokenizer is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+            fast = backend_decoder(tokenizer, skip_special_tokens=False)
+        self._decode_one = (lambda tid: fast([tid])) if fast is not None else \
+            (lambda tid: tokenizer.decode([tid]))
 
     # ---------------------------------------------------------------- per token
     def append_token(self, req: RequestState, seq: SeqState, token_id: int, logprob: float,
@@ -46,7 +54,7 @@ class OutputProcessor:
     def _with_text(self, d: dict) -> dict:
         if self.tokenizer is not None:
             for tid, lp in d.items():
-                lp.decoded_token = self.tokenizer.decode([tid])
+                lp.decoded_token = self._decode_one(tid)
         return d
 
     def prompt_logprob_dicts(self, res, targets, k: int) -> list:

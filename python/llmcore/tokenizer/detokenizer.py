@@ -27,7 +27,7 @@ from typing import Callable, List, Optional, Sequence
 _REPLACEMENT = "\ufffd"
 
 
-def _backend_decoder(tokenizer, skip_special_tokens: bool) -> Optional[Callable[[List[int]], str]]:
+def backend_decoder(tokenizer, skip_special_tokens: bool) -> Optional[Callable[[List[int]], str]]:
     """The Rust `tokenizers.Tokenizer.decode` of a fast tokenizer, when
     ``tokenizer.decode(ids, skip_special_tokens=s, clean_up_tokenization_spaces=False)`` is
     exactly that call (the class overrides neither ``decode`` nor ``_decode``). The
@@ -67,7 +67,7 @@ class IncrementalDetokenizer:
         if not getattr(tokenizer, "is_fast", True):
             kwargs["spaces_between_special_tokens"] = spaces_between_special_tokens
         self._kwargs = kwargs
-        self._backend_decode = _backend_decoder(tokenizer, skip_special_tokens)
+        self._backend_decode = backend_decoder(tokenizer, skip_special_tokens)
 
     def _decode(self, ids: List[int]) -> str:
         if not ids:
