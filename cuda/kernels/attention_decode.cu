@@ -252,6 +252,16 @@ __global__ void paged_attention_reduce_kernel(T* __restrict__ out, int64_t out_s
   out[(int64_t)row * out_stride + (int64_t)h * head_dim + d] = from_float<T>(W > 0.f ? A / W : 0.f);
 }
 
+// Combines the split partials into `out` (both decode kernels write the same partials).
+template <typename T>
+void launch_split_reduce(T* out, int64_t out_stride, const float* tmp_out, const float* tmp_ml,
+                         int num_rows, int num_heads, int num_splits, int head_dim,
+                         cudaStream_t stream) {
+  const dim3 grid(num_rows, num_heads);
+  paged_attention_reduce_kernel<T><<<grid, head_dim, 0, stream>>>(out, out_stride, tmp_out, tmp_ml,
+                                                                  num_heads, num_splits, head_dim);
+}
+
 template <typename T, int KIND, int HD>
 cudaError_t launch_typed(T* out, int64_t out_stride, const T* q, int64_t q_stride, const void* kc,
                          const void* vc, const int* bt, int mbps, const int* seq_lens,
@@ -288,11 +298,9 @@ cudaError_t launch_typed(T* out, int64_t out_stride, const T* q, int64_t q_strid
         num_seqs, num_heads, num_kv_heads, block_size, scale, window, k_scale, v_scale,
         num_splits, partition_size, tmp_out, tmp_ml);
   }
-  if (num_splits > 1) {
-    const dim3 grid(num_rows, num_heads);
-    paged_attention_reduce_kernel<T><<<grid, HD, 0, stream>>>(out, out_stride, tmp_out, tmp_ml,
-                                                             num_heads, num_splits, HD);
-  }
+  if (num_splits > 1)
+    launch_split_reduce<T>(out, out_stride, tmp_out, tmp_ml, num_rows, num_heads, num_splits, HD,
+                           stream);
   return cudaGetLastError();
 }
 
@@ -352,13 +360,9 @@ cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_
                                           sliding_window, dtype, cache_dtype, k_scale, v_scale,
                                           num_splits, partition_size, tmp_out, tmp_ml, stream);
     if (err != cudaSuccess || num_splits == 1) return err;
-    const dim3 grid(num_rows, num_heads);
-    if (dtype == kFloat16)
-      paged_attention_reduce_kernel<half_t><<<grid, head_dim, 0, stream>>>(
-          (half_t*)out, out_stride, tmp_out, tmp_ml, num_heads, num_splits, head_dim);
-    else
-      paged_attention_reduce_kernel<bf16_t><<<grid, head_dim, 0, stream>>>(
-          (bf16_t*)out, out_stride, tmp_out, tmp_ml, num_heads, num_splits, head_dim);
+    LLMCORE_DISPATCH_FLOAT(dtype, launch_split_reduce<scalar_t>((scalar_t*)out, out_stride, tmp_out,
+                                                                tmp_ml, num_rows, num_heads,
+                                                                num_splits, head_dim, stream));
     return cudaGetLastError();
   }
 #else
@@ -374,7 +378,6 @@ cudaError_t paged_attention(void* out, int64_t out_stride, const void* q, int64_
     if constexpr (std::is_same<scalar_t, float>::value) {
       return cudaErrorInvalidValue;  // fp8 caches need fp16/bf16 queries
     } else {
-      if (k_scale == nullptr || v_scale == nullptr) return cudaErrorInvalidValue;
       if (cache_dtype == kFp8E4M3) return launch_hd<scalar_t, kFp8E4M3>(LLMCORE_PA_ARGS);
       if (cache_dtype == kFp8E5M2) return launch_hd<scalar_t, kFp8E5M2>(LLMCORE_PA_ARGS);
       return cudaErrorInvalidValue;
