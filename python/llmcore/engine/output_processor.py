@@ -7,7 +7,7 @@ import time
 from typing import Optional
 
 from llmcore.engine.request import RequestState, SeqState
-from llmcore.tokenizer.detokenizer import backend_decoder
+from llmcore.tokenizer.detokenizer import token_decoder
 from llmcore.tokenizer.stop_checker import StopCheckResult, check_stop, streamable_text_len
 from llmcore.outputs import CompletionOutput, RequestOutput, make_position_logprobs
 
@@ -17,13 +17,8 @@ class OutputProcessor:
         self.tokenizer = tokenizer
         self.eos_token_id = eos_token_id
         self.max_model_len = max_model_len
-        # decoded_token of logprob entries: tokenizer.decode([id]) (k + 1 per token when
-        # logprobs are requested), through the Rust decode when that is the same call.
-        fast = None
-        if tokenizer is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
-            fast = backend_decoder(tokenizer, skip_special_tokens=False)
-        self._decode_one = (lambda tid: fast([tid])) if fast is not None else \
-            (lambda tid: tokenizer.decode([tid]))
+        # decoded_token of logprob entries (k + 1 per token when logprobs are requested)
+        self._decode_one = token_decoder(tokenizer) if tokenizer is not None else None
 
     # ---------------------------------------------------------------- per token
     def append_token(self, req: RequestState, seq: SeqState, token_id: int, logprob: float,

@@ -382,15 +382,15 @@ class Sampler:
             token_ids[c_rows] = c_ids.gather(1, scores.argmax(dim=-1, keepdim=True)).squeeze(1)
         else:
             full_rows = rand_rows
-        if full_rows.numel() and x.is_cuda and not (state._topk_slots or state._topp_slots):
+        if (full_rows.numel() and x.is_cuda and not (state._topk_slots or state._topp_slots)
+                and ops.cuda_available()):
             # No row has top-k/top-p (known on the host, so no sync): every row draws by
             # inverse CDF in the CUDA sampling kernel, one uniform per row, instead of
             # full-vocabulary noise (at batch 256 x 128k the race costs ~1.5 ms a step).
-            if ops.cuda_available():
-                xr = x if full_rows.numel() == N else x[full_rows]
-                u = cls._uniform(full_rows, 1, slots, seeded_b, state).squeeze(1)
-                token_ids[full_rows] = ops.sample(xr, uniform=u)
-                return token_ids
+            xr = x if full_rows.numel() == N else x[full_rows]
+            u = cls._uniform(full_rows, 1, slots, seeded_b, state).squeeze(1)
+            token_ids[full_rows] = ops.sample(xr, uniform=u)
+            return token_ids
         if full_rows.numel() and x.device.type == "cpu":
             # rows without top-k/top-p: inverse-CDF draw (no full-vocab noise). On GPUs
             # without the kernel module, or with filtered rows in the batch, the Gumbel race

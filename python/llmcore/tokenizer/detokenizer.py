@@ -115,6 +115,13 @@ class IncrementalDetokenizer:
         return len(self.output_token_ids) - self.read_offset
 
 
-def decode_token(tokenizer, token_id: int, skip_special_tokens: bool = False) -> str:
-    """Text of a single token (for Logprob.decoded_token), vLLM style."""
-    return tokenizer.decode([int(token_id)], skip_special_tokens=skip_special_tokens)
+def token_decoder(tokenizer) -> Callable[[int], str]:
+    """`token_id -> tokenizer.decode([token_id])`, the text of one token (for
+    Logprob.decoded_token, vLLM style), through the Rust decode when that is the same call
+    (the tokenizer does not clean up tokenization spaces by default)."""
+    fast = None
+    if not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        fast = backend_decoder(tokenizer, skip_special_tokens=False)
+    if fast is not None:
+        return lambda token_id: fast([token_id])
+    return lambda token_id: tokenizer.decode([token_id])
