@@ -388,11 +388,7 @@ bool paged_attention_mma_supported(int head_dim, int num_heads, int num_kv_heads
   if (num_kv_heads <= 0 || num_heads % num_kv_heads != 0) return false;
   if (num_heads / num_kv_heads > kMaxGroup) return false;
   if (block_size < 8 || (block_size & (block_size - 1)) != 0) return false;
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-    return false;
-  return major >= 8;
+  return current_device_has_mma();
 #endif
 }
 

@@ -363,10 +363,7 @@ cudaError_t prefill_attention(void* out, int64_t out_stride, const void* q, int6
   const bool pow2_blocks = (block_size & (block_size - 1)) == 0;
   if (use_tensor_cores && pow2_blocks && (dtype == kFloat16 || dtype == kBFloat16) &&
       max_query_len > 0) {
-    int dev = 0, major = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    if (major >= 8) {
+    if (current_device_has_mma()) {
       if (dtype == kFloat16)
         return dispatch_mma<half_t>(cache_dtype, dtype, head_dim, out, out_stride, q, q_stride,
                                     key_cache, value_cache, block_tables, max_blocks_per_seq,

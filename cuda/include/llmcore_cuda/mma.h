@@ -1,12 +1,22 @@
 // Tensor-core helpers shared by the attention kernels: mma.sync.m16n8k16 (f32 accumulate) for
-// fp16/bf16 operands, fp32 -> operand packing, and fp8 -> f16 pair conversion. CUDA only
-// (sm_80+ at run time; the bodies compile to nothing for older targets).
+// fp16/bf16 operands, fp32 -> operand packing, fp8 -> f16 pair conversion and the device check.
+// CUDA only (sm_80+ at run time; the bodies compile to nothing for older targets).
 #pragma once
 
 #include "llmcore_cuda/common.h"
 
 #if !(defined(LLMCORE_HIP) || defined(__HIP_PLATFORM_AMD__))
 namespace llmcore {
+
+// Whether the current device runs mma.sync.m16n8k16 with bf16 (compute capability 8.0+); the
+// attention launchers ask before choosing their tensor-core kernels.
+inline bool current_device_has_mma() {
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+    return false;
+  return major >= 8;
+}
 
 template <typename T> struct MmaOp;
 template <> struct MmaOp<half_t> {
