@@ -63,27 +63,49 @@ decode_breakdown() {
     --output-json "$OUT/decode_breakdown_8b.json"
 }
 serving() {  # serving "RATE PROMPTS"...: llmcore-server with Llama-3-8B, then benchmarks/serving.py
+  # SERVER_PYTHONPATH runs the server from another tree (A/B of two builds, same client);
+  # TAG suffixes this run's file names; SPY=seconds samples the server's stacks with py-spy.
+  local tag=${TAG:-}
   python benchmarks/synthetic_tokenizer.py --vocab-size 128256 --out /tmp/tok8b >> "$OUT/setup.log" 2>&1
-  python -m llmcore.entrypoints.openai.api_server --model $M8 --load-format dummy --dtype bfloat16 \
-    --tokenizer /tmp/tok8b --port 8000 > "$OUT/server.log" 2>&1 &
+  PYTHONPATH=${SERVER_PYTHONPATH:-$PYTHONPATH} python -m llmcore.entrypoints.openai.api_server \
+    --model $M8 --load-format dummy --dtype bfloat16 \
+    --tokenizer /tmp/tok8b --port 8000 > "$OUT/server$tag.log" 2>&1 &
   local srv=$! i
   for i in $(seq 1 150); do
     curl -sf localhost:8000/health > /dev/null && break
     if ! kill -0 $srv 2> /dev/null; then
-      { echo "server exited:"; tail -5 "$OUT/server.log"; } >> "$OUT/summary.log"
+      { echo "server exited:"; tail -5 "$OUT/server$tag.log"; } >> "$OUT/summary.log"
       return 1
     fi
     sleep 1
   done
-  echo "server up after $i s" >> "$OUT/summary.log"
-  local spec
+  echo "server$tag up after $i s" >> "$OUT/summary.log"
+  local spec spy=
   for spec in "$@"; do
     set -- $spec
-    step serving_rate_$1 150 python benchmarks/serving.py --base-url http://127.0.0.1:8000 \
+    if [ -n "${SPY:-}" ] && [ -x /tmp/site/bin/py-spy ]; then  # only the GIL holder's stacks
+      /tmp/site/bin/py-spy record -p $srv -d "$SPY" -r 200 --threads --gil --nonblocking -f raw \
+        -o "$OUT/spy_rate_$1$tag.txt" > "$OUT/spy_rate_$1$tag.log" 2>&1 &
+      spy=$!
+    fi
+    step serving_rate_$1$tag 150 python benchmarks/serving.py --base-url http://127.0.0.1:8000 \
       --random-input-len 128 --random-output-len 128 --num-prompts $2 --request-rate $1 --ignore-eos \
-      --save-result --result-dir "$OUT" --result-filename serving_rate_$1.json
+      --save-result --result-dir "$OUT" --result-filename serving_rate_$1$tag.json
+    [ -n "${spy:-}" ] && { wait $spy; spy=; }
   done
-  kill $srv
+  kill $srv; wait $srv 2> /dev/null
+}
+worktree() {  # worktree REF: REF's python tree with kernels built for it (reused when cuda/, cpp/ match)
+  local dir=/tmp/tree_$1
+  git worktree add -f "$dir" "$1" >> "$OUT/setup.log" 2>&1 || return 1
+  if git diff --quiet "$1" -- cuda cpp CMakeLists.txt; then
+    cp python/llmcore/_core*.so python/llmcore/_cuda*.so "$dir/python/llmcore/"
+  else
+    (cd "$dir" && cmake -S . -B build/dev -G Ninja -DLLMCORE_CUDA=ON -DLLMCORE_PYTHON=ON \
+      -DLLMCORE_CUDA_ARCHS=90a -Dpybind11_DIR="$(python -c 'import pybind11;print(pybind11.get_cmake_dir())')" &&
+      cmake --build build/dev -j16 && cp build/dev/cpp/bindings/_core*.so build/dev/cuda/_cuda*.so python/llmcore/) \
+      >> "$OUT/build_$1.log" 2>&1 || return 1
+  fi
 }
 
 case "$SUITE" in
@@ -166,6 +188,17 @@ case "$SUITE" in
     thr thr_8b_1000 170 1000 --skip-hf
     thr thr_8b_128 110 128 --hf-max-batch-size 256
     lat lat_smol_graphs 45 $SM --hf-num-iters 1 ;;
+  h200g)  # H200: every kernel test at HEAD; both decode kernels; rate inf with the server's stacks sampled
+    kernel_tests kernel_tests_all 200 $K --ignore=$K/test_cuda_compiles.py --ignore=$K/test_hip_compiles.py
+    bench_kernels 60
+    SPY=${SPY:-20} serving "inf 300" || exit 1 ;;
+  h200ab)  # H200: rate inf, this tree against REFS (default 8abb14d), interleaved, py-spy on each
+    for r in ${REFS:-8abb14d}; do worktree $r || echo "worktree $r failed" >> "$OUT/summary.log"; done
+    SPY=${SPY:-15} TAG=_new serving "inf 300"
+    for r in ${REFS:-8abb14d}; do
+      SPY=${SPY:-15} TAG=_$r SERVER_PYTHONPATH=/tmp/tree_$r/python:/tmp/site serving "inf 300"
+    done
+    SPY=${SPY:-15} TAG=_new2 serving "4 100" "16 200" "inf 1000" ;;
   *)
     echo "unknown SUITE=$SUITE" | tee -a "$OUT/summary.log"
     exit 2 ;;

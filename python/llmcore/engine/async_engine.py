@@ -19,6 +19,7 @@ from typing import AsyncIterator, Optional
 from llmcore.config import EngineArgs
 from llmcore.engine.llm_engine import LLMEngine
 from llmcore.engine.protocol import EngineStats, PromptType
+from llmcore.engine.stat_logger import StatLogger
 from llmcore.outputs import RequestOutput
 from llmcore.sampling_params import SamplingParams
 
@@ -41,9 +42,16 @@ class _Stream:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+def _put_all(items: list) -> None:
+    for q, item in items:
+        q.put_nowait(item)
+
+
 class AsyncLLMEngine:
-    def __init__(self, engine: LLMEngine, start: bool = True):
+    def __init__(self, engine: LLMEngine, start: bool = True,
+                 stat_logger: Optional[StatLogger] = None):
         self.engine = engine
+        self._stat_logger = stat_logger
         self.model_info = engine.model_info
         self.tokenizer = engine.tokenizer
         self.chat_template = getattr(engine.tokenizer, "chat_template", None)
@@ -61,7 +69,8 @@ class AsyncLLMEngine:
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs, start_engine_loop: bool = True) -> "AsyncLLMEngine":
-        return cls(LLMEngine(engine_args), start=start_engine_loop)
+        return cls(LLMEngine(engine_args), start=start_engine_loop,
+                   stat_logger=None if engine_args.disable_log_stats else StatLogger())
 
     # ------------------------------------------------------------ client side
     def generate(self, prompt: PromptType, sampling_params: SamplingParams,
@@ -130,17 +139,17 @@ class AsyncLLMEngine:
                 self._drain_commands()
                 if not engine.has_unfinished_requests():
                     self._stats = engine.get_stats()
+                    if self._stat_logger is not None:
+                        self._stat_logger.maybe_log(self._stats)
                     self._wakeup.wait(timeout=0.5)
                     self._wakeup.clear()
                     continue
                 outputs = engine.step()
                 self._stats = copy.copy(engine._stats)
                 if outputs:
-                    with self._lock:
-                        streams = [(self._streams.get(o.request_id), o) for o in outputs]
-                    for stream, out in streams:
-                        if stream is not None:
-                            stream.put(out)
+                    self._deliver(outputs)
+                if self._stat_logger is not None:
+                    self._stat_logger.maybe_log(self._stats)
         except BaseException as e:  # noqa: BLE001 - the loop must report any death
             logger.exception("engine loop died")
             self._dead = e
@@ -148,6 +157,22 @@ class AsyncLLMEngine:
                 streams = list(self._streams.values())
             for s in streams:
                 s.put(EngineDeadError(f"engine loop died: {e!r}"))
+
+    def _deliver(self, outputs: list) -> None:
+        """Hand one step's outputs to their streams with one call_soon_threadsafe per event
+        loop, not one per request: each such call is a wake-up write to the loop's self-pipe
+        and a separate callback for the loop to run (256 of each per step at batch 256)."""
+        by_loop: dict = {}
+        with self._lock:
+            for out in outputs:
+                stream = self._streams.get(out.request_id)
+                if stream is not None:
+                    by_loop.setdefault(stream.loop, []).append((stream.queue, out))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that loop is closed: its consumers are gone, not ours to die of
+                logger.warning("dropping %d outputs for a closed event loop", len(items))
 
     def _drain_commands(self) -> None:
         engine = self.engine

@@ -314,14 +314,15 @@ class StreamDeltas:
         """Choice `idx`'s delta given its latest output; None once it has finished."""
         if idx in self._finished:
             return None
-        token_ids = list(output.token_ids)
+        # Slice only the new tail: outputs are cumulative, so copying them whole would make a
+        # stream quadratic in its length.
         start = self._tokens.get(idx, 0)
         delta = ChoiceDelta(text=output.text[self._text.get(idx, 0):],
-                            token_ids=token_ids[start:],
-                            logprobs=list(output.logprobs or [])[start:],
+                            token_ids=list(output.token_ids[start:]),
+                            logprobs=list(output.logprobs[start:]) if output.logprobs else [],
                             first=idx not in self._text)
         self._text[idx] = len(output.text)
-        self._tokens[idx] = len(token_ids)
+        self._tokens[idx] = len(output.token_ids)
         if output.finish_reason is not None:
             self._finished.add(idx)
         return delta
