@@ -85,12 +85,12 @@ serving() {  # serving "RATE PROMPTS"...: llmcore-server with Llama-3-8B, then b
     set -- $spec
     if [ -n "${SPY:-}" ] && [ -x /tmp/site/bin/py-spy ]; then  # only the GIL holder's stacks
       /tmp/site/bin/py-spy record -p $srv -d "$SPY" -r 200 --threads --gil --nonblocking -f raw \
-        -o "$OUT/spy_rate_$1$tag.txt" > "$OUT/spy_rate_$1$tag.log" 2>&1 &
+        -o "$OUT/spy_rate_$1_n$2$tag.txt" > "$OUT/spy_rate_$1_n$2$tag.log" 2>&1 &
       spy=$!
     fi
-    step serving_rate_$1$tag 150 python benchmarks/serving.py --base-url http://127.0.0.1:8000 \
+    step serving_rate_$1_n$2$tag 150 python benchmarks/serving.py --base-url http://127.0.0.1:8000 \
       --random-input-len 128 --random-output-len 128 --num-prompts $2 --request-rate $1 --ignore-eos \
-      --save-result --result-dir "$OUT" --result-filename serving_rate_$1$tag.json
+      --save-result --result-dir "$OUT" --result-filename serving_rate_$1_n$2$tag.json
     [ -n "${spy:-}" ] && { wait $spy; spy=; }
   done
   kill $srv; wait $srv 2> /dev/null
@@ -199,6 +199,12 @@ case "$SUITE" in
       SPY=${SPY:-15} TAG=_$r SERVER_PYTHONPATH=/tmp/tree_$r/python:/tmp/site serving "inf 300"
     done
     SPY=${SPY:-15} TAG=_new2 serving "4 100" "16 200" "inf 1000" ;;
+  h200gc)  # H200: rate inf, this tree against REF (the commit before the GC settings), two rounds
+    worktree ${REF:-bc3a61d} || exit 1
+    for round in 1 2; do
+      TAG=_new_r$round serving "inf 300" "inf 1000"
+      TAG=_ref_r$round SERVER_PYTHONPATH=/tmp/tree_${REF:-bc3a61d}/python:/tmp/site serving "inf 300" "inf 1000"
+    done ;;
   *)
     echo "unknown SUITE=$SUITE" | tee -a "$OUT/summary.log"
     exit 2 ;;

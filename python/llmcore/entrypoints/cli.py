@@ -19,6 +19,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from llmcore.config import EngineArgs, FrontendArgs
+from llmcore.entrypoints.gc_tuning import tune_gc_for_serving
 
 logger = logging.getLogger("llmcore.entrypoints.cli")
 
@@ -98,6 +99,7 @@ async def build_engine(engine_args: EngineArgs) -> Any:
     except Exception as e:  # noqa: BLE001 - any load failure is one line, no traceback
         raise StartupError(f"cannot load model {engine_args.model!r}: {type(e).__name__}: {e}") \
             from None
+    tune_gc_for_serving()  # after the model and its objects exist, so they are frozen
     return engine
 
 

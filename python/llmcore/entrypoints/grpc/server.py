@@ -25,6 +25,7 @@ from grpc_health.v1 import health as _health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from llmcore.entrypoints.gc_tuning import tune_gc_for_serving
 from llmcore.entrypoints.grpc._stubs import pb2, pb2_grpc
 from llmcore.entrypoints.grpc.convert import (RpcError, _full_response, _invalid,
                                               _is_unavailable_error, _StreamState,
@@ -509,6 +510,7 @@ async def _serve_standalone(engine_args, fe) -> None:
     from llmcore.engine.async_engine import AsyncLLMEngine
 
     engine = AsyncLLMEngine.from_engine_args(engine_args)
+    tune_gc_for_serving()
     api_key = fe.api_key or os.environ.get("LLMCORE_API_KEY") or None
     server = await serve_grpc(engine, fe, api_key)
     print(f"llmcore gRPC server listening on port {server.llmcore_port}", flush=True)
