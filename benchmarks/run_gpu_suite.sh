@@ -199,12 +199,17 @@ case "$SUITE" in
       SPY=${SPY:-15} TAG=_$r SERVER_PYTHONPATH=/tmp/tree_$r/python:/tmp/site serving "inf 300"
     done
     SPY=${SPY:-15} TAG=_new2 serving "4 100" "16 200" "inf 1000" ;;
-  h200gc)  # H200: rate inf, this tree against REF (the commit before the GC settings), two rounds
-    worktree ${REF:-bc3a61d} || exit 1
+  h200gc)  # H200: rate inf, this tree against itself with tune_gc_for_serving a no-op, two rounds
+    mkdir -p /tmp/tree_nogc && cp -r python /tmp/tree_nogc/ &&
+      sed -i 's/^    gc.collect()$/    return/' /tmp/tree_nogc/python/llmcore/entrypoints/gc_tuning.py &&
+      grep -q "^    return$" /tmp/tree_nogc/python/llmcore/entrypoints/gc_tuning.py || exit 1
     for round in 1 2; do
       TAG=_new_r$round serving "inf 300" "inf 1000"
-      TAG=_ref_r$round SERVER_PYTHONPATH=/tmp/tree_${REF:-bc3a61d}/python:/tmp/site serving "inf 300" "inf 1000"
+      TAG=_nogc_r$round SERVER_PYTHONPATH=/tmp/tree_nogc/python:/tmp/site serving "inf 300" "inf 1000"
     done ;;
+  h200final)  # H200: serving at every rate with the server's GIL sampled; 1000/1000 fp8 at 512
+    SPY=${SPY:-15} serving "4 100" "16 200" "inf 300" "inf 1000"
+    thr thr_8b_1000_fp8_s512 200 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf ;;
   *)
     echo "unknown SUITE=$SUITE" | tee -a "$OUT/summary.log"
     exit 2 ;;
