@@ -95,6 +95,18 @@ serving() {  # serving "RATE PROMPTS"...: llmcore-server with Llama-3-8B, then b
   done
   kill $srv; wait $srv 2> /dev/null
 }
+variant() {  # variant NAME FILE SED: a copy of this python tree with one edit (A/B of one change)
+  rm -rf /tmp/tree_$1 && mkdir -p /tmp/tree_$1 && cp -r python /tmp/tree_$1/ &&
+    sed -i "$3" /tmp/tree_$1/$2 && ! cmp -s $2 /tmp/tree_$1/$2 ||
+    { echo "variant $1: the edit did not apply" >> "$OUT/summary.log"; return 1; }
+}
+ab_rounds() {  # ab_rounds NAME: rate inf (300 and 1000 prompts), this tree vs variant NAME, two rounds
+  local round
+  for round in 1 2; do
+    TAG=_new_r$round serving "inf 300" "inf 1000"
+    TAG=_$1_r$round SERVER_PYTHONPATH=/tmp/tree_$1/python:/tmp/site serving "inf 300" "inf 1000"
+  done
+}
 worktree() {  # worktree REF: REF's python tree with kernels built for it (reused when cuda/, cpp/ match)
   local dir=/tmp/tree_$1
   git worktree add -f "$dir" "$1" >> "$OUT/setup.log" 2>&1 || return 1
@@ -200,13 +212,12 @@ case "$SUITE" in
     done
     SPY=${SPY:-15} TAG=_new2 serving "4 100" "16 200" "inf 1000" ;;
   h200gc)  # H200: rate inf, this tree against itself with tune_gc_for_serving a no-op, two rounds
-    mkdir -p /tmp/tree_nogc && cp -r python /tmp/tree_nogc/ &&
-      sed -i 's/^    gc.collect()$/    return/' /tmp/tree_nogc/python/llmcore/entrypoints/gc_tuning.py &&
-      grep -q "^    return$" /tmp/tree_nogc/python/llmcore/entrypoints/gc_tuning.py || exit 1
-    for round in 1 2; do
-      TAG=_new_r$round serving "inf 300" "inf 1000"
-      TAG=_nogc_r$round SERVER_PYTHONPATH=/tmp/tree_nogc/python:/tmp/site serving "inf 300" "inf 1000"
-    done ;;
+    variant nogc python/llmcore/entrypoints/gc_tuning.py 's/^    gc.collect()$/    return/' || exit 1
+    ab_rounds nogc ;;
+  h200merge)  # H200: rate inf, this tree against itself without merging a lagging stream's snapshots
+    variant nomerge python/llmcore/engine/async_engine.py \
+      's/and not item.finished and not q.empty():/and not item.finished and False:/' || exit 1
+    ab_rounds nomerge ;;
   h200final)  # H200: serving at every rate with the server's GIL sampled; 1000/1000 fp8 at 512
     SPY=${SPY:-15} serving "4 100" "16 200" "inf 300" "inf 1000"
     thr thr_8b_1000_fp8_s512 200 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf ;;

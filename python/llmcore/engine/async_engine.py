@@ -90,9 +90,23 @@ class AsyncLLMEngine:
         return self._iterate(request_id, stream)
 
     async def _iterate(self, request_id: str, stream: _Stream) -> AsyncIterator[RequestOutput]:
+        q = stream.queue
+        pending = None
         try:
             while True:
-                item = await stream.queue.get()
+                if pending is not None:
+                    item, pending = pending, None
+                else:
+                    item = await q.get()
+                # Outputs are cumulative snapshots: when the consumer has fallen behind, the
+                # newest supersedes those queued before it, so one chunk carries several steps'
+                # tokens (as in vLLM) instead of the event loop sending every stale snapshot.
+                while not isinstance(item, BaseException) and not item.finished and not q.empty():
+                    nxt = q.get_nowait()
+                    if isinstance(nxt, BaseException):
+                        pending = nxt  # deliver what came before the error first
+                        break
+                    item = nxt
                 if isinstance(item, BaseException):
                     raise item
                 yield item
