@@ -129,7 +129,7 @@ class _StreamState:
             if len(text) > st[0]:
                 chunk.text = text[st[0]:]
                 st[0] = len(text)
-            ids = list(c.token_ids)
+            ids = c.token_ids  # cumulative: read only the new tail (no copy of the whole list)
             if len(ids) > st[1]:
                 chunk.token_ids.extend(int(t) for t in ids[st[1]:])
                 if c.logprobs is not None:
