@@ -221,6 +221,8 @@ case "$SUITE" in
   h200final)  # H200: serving at every rate with the server's GIL sampled; 1000/1000 fp8 at 512
     SPY=${SPY:-15} serving "4 100" "16 200" "inf 300" "inf 1000"
     thr thr_8b_1000_fp8_s512 200 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf ;;
+  h200serve)  # H200: serving at every rate, 300 and 1000 prompts at rate inf
+    serving "4 100" "16 200" "inf 300" "inf 1000" ;;
   *)
     echo "unknown SUITE=$SUITE" | tee -a "$OUT/summary.log"
     exit 2 ;;
