@@ -177,7 +177,7 @@ class OpenAIServingCompletion(OpenAIServingBase):
         offsets: dict[int, int] = {}
         async for i, out in merge_generators(gens):
             p = prompts[i]
-            prompt_ids = list(getattr(out, "prompt_token_ids", None) or p.ids)
+            prompt_ids = getattr(out, "prompt_token_ids", None) or p.ids  # not copied per chunk
             prompt_tokens[i] = len(prompt_ids)
             for o in out.outputs:
                 idx = i * n + o.index
@@ -189,7 +189,7 @@ class OpenAIServingCompletion(OpenAIServingBase):
                     if request.logprobs is not None:
                         plp = list(getattr(out, "prompt_logprobs", None) or [])
                         plp += [None] * (len(prompt_ids) - len(plp))
-                        d.token_ids = prompt_ids + d.token_ids
+                        d.token_ids = list(prompt_ids) + d.token_ids
                         d.logprobs = plp + d.logprobs
                 if not d.text and not d.token_ids and o.finish_reason is None:
                     continue
