@@ -232,11 +232,8 @@ paged_attention_mma_kernel(T* __restrict__ out, int64_t out_stride, const T* __r
         mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
       }
-      const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-      const float b0 = mn0 == -INFINITY ? 0.f : mn0, b1 = mn1 == -INFINITY ? 0.f : mn1;
-      const float cr0 = exp2f(m0 - b0), cr1 = exp2f(m1 - b1);
-      m0 = mn0;
-      m1 = mn1;
+      float b0, b1;
+      const float cr0 = online_softmax_max(m0, mx0, b0), cr1 = online_softmax_max(m1, mx1, b1);
       float ps0 = 0.f, ps1 = 0.f;
 #pragma unroll
       for (int s = 0; s < TOK; ++s) {

@@ -68,5 +68,17 @@ __device__ __forceinline__ void decode_split_range(int L, int window, int num_sp
     end = min(L, start + part);
   }
 }
+
+// Online softmax over log2-scaled scores (the tensor-core decode and prefill kernels): row max
+// m takes this tile's max. Returns the factor that rescales what was accumulated under the old
+// max and sets base, the value to subtract before exp2f: 0 while the row has seen only masked
+// (-inf) scores, so exp2f(-inf - base) is 0 rather than NaN.
+__device__ __forceinline__ float online_softmax_max(float& m, float tile_max, float& base) {
+  const float mn = fmaxf(m, tile_max);
+  base = mn == -INFINITY ? 0.f : mn;
+  const float corr = exp2f(m - base);
+  m = mn;
+  return corr;
+}
 #endif
 }  // namespace llmcore
