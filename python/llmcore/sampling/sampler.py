@@ -220,7 +220,7 @@ class Sampler:
         # ---- 5: top-k / top-p
         cand = None
         mask_x_rows = None          # rows of x still to be masked at thr
-        if state._topk_slots or state._topp_slots:
+        if state.has_top_k_or_p:
             V = x.shape[1]
             k = state.top_k[slots]
             p = state.top_p[slots]
@@ -382,8 +382,7 @@ class Sampler:
             token_ids[c_rows] = c_ids.gather(1, scores.argmax(dim=-1, keepdim=True)).squeeze(1)
         else:
             full_rows = rand_rows
-        if (full_rows.numel() and x.is_cuda and not (state._topk_slots or state._topp_slots)
-                and ops.cuda_available()):
+        if full_rows.numel() and x.is_cuda and not state.has_top_k_or_p and ops.cuda_available():
             # No row has top-k/top-p (known on the host, so no sync): every row draws by
             # inverse CDF in the CUDA sampling kernel, one uniform per row, instead of
             # full-vocabulary noise (at batch 256 x 128k the race costs ~1.5 ms a step).

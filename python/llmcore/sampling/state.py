@@ -300,6 +300,11 @@ class SamplingBatchState:
     def num_active(self) -> int:
         return sum(p is not None for p in self._params)
 
+    @property
+    def has_top_k_or_p(self) -> bool:
+        """Some active slot filters by top-k or top-p (known on the host: no device sync)."""
+        return bool(self._topk_slots or self._topp_slots)
+
     # -------------------------------------------------------- sampler helpers
     def _bias_index(self):
         if self._bias_cat is None:
