@@ -268,7 +268,7 @@ _PARENT = textwrap.dedent("""
     sys.path[:0] = {path!r}
     from llmcore.engine.core_client import CoreProcessConfig, SyncMPClient
     c = SyncMPClient(CoreProcessConfig("fake_core:FakeEngineCore"))
-    print(c.core_pid, flush=True)
+    print(c.core_pid, c._tmpdir, flush=True)
     sys.stdin.read()  # until killed
 """)
 
@@ -277,11 +277,13 @@ def test_front_end_death_ends_the_core():
     parent = subprocess.Popen([sys.executable, "-c", _PARENT.format(path=sys.path)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        core_pid = int(parent.stdout.readline())
-        assert not wait_pid_gone(core_pid, 0)
+        pid, sock_dir = parent.stdout.readline().split()
+        core_pid = int(pid)
+        assert not wait_pid_gone(core_pid, 0) and os.path.isdir(sock_dir)
         parent.kill()
         parent.wait()
         assert wait_pid_gone(core_pid, DEATH_BOUND_S)
+        assert not os.path.exists(sock_dir)  # the orphaned core removed the socket dir
     finally:
         parent.kill()
         parent.wait()

@@ -49,6 +49,7 @@ OUTPUT_FRAME_UTILITY = b"\x01"   # payload: UtilityResult
 # Core methods that have their own message type (or must never be called remotely).
 _NOT_UTILITIES = frozenset({"add_request", "abort_requests", "step", "shutdown"})
 
+_PARENT_GONE = "front end is gone"
 _INPUT_POLL_MS = 100        # how often the input thread looks at its stop flag
 _SOCKET_LINGER_MS = 500     # bounded: a dead front end must not hold the exit
 
@@ -213,7 +214,7 @@ class _ParentWatcher(threading.Thread):
                 self._conn.recv_bytes()  # the front end never writes: only EOF ends this
         except (EOFError, OSError):
             pass
-        self._inputs.put(_Stop("front end is gone"))
+        self._inputs.put(_Stop(_PARENT_GONE))
 
 
 class CoreServer:
@@ -294,16 +295,20 @@ def run_engine_core(core_factory: str, factory_args: tuple, input_addr: str,
     Exits 0 on SHUTDOWN, SIGTERM/SIGINT or the front end's death; 1 when the core fails
     (start-up errors are also sent on `parent_conn`)."""
     parent_pid = os.getppid()
+    parent_gone = [False]
+
+    stopping = [False]   # once set, signals must not interrupt the clean-up
 
     def on_terminate(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        raise SystemExit(0)
+        if not stopping[0]:
+            stopping[0] = True
+            raise SystemExit(0)
 
     def on_parent_death(signum, frame):
         # PDEATHSIG fires when the *thread* that started us exits; only a real reparent
         # means the front end is gone.
         if os.getppid() != parent_pid:
+            parent_gone[0] = True
             on_terminate(signum, frame)
 
     signal.signal(signal.SIGTERM, on_terminate)
@@ -343,6 +348,8 @@ def run_engine_core(core_factory: str, factory_args: tuple, input_addr: str,
             output_thread.start()
             _ParentWatcher(parent_conn, inputs).start()
             reason = server.serve()
+            stopping[0] = True
+            parent_gone[0] = parent_gone[0] or reason == _PARENT_GONE
             logger.info("engine core stopping: %s", reason)
     except SystemExit:
         pass
@@ -350,6 +357,7 @@ def run_engine_core(core_factory: str, factory_args: tuple, input_addr: str,
         logger.error("engine core failed:\n%s", traceback.format_exc())
         exit_code = 1
     finally:
+        stopping[0] = True
         input_thread.stop()
         try:
             core.shutdown()
@@ -364,7 +372,25 @@ def run_engine_core(core_factory: str, factory_args: tuple, input_addr: str,
             elif thread.ident is None:
                 thread.close_unstarted()
         ctx.term()
+        if parent_gone[0]:
+            _remove_orphaned_socket_dir(input_addr, output_addr)
     sys.exit(exit_code)
+
+
+def _remove_orphaned_socket_dir(*addrs: str) -> None:
+    """The front end died without cleaning up: remove its ipc socket files and their
+    directory (rmdir only: it fails, harmlessly, if anything else is in there)."""
+    paths = [a[len("ipc://"):] for a in addrs if a.startswith("ipc://")]
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    for dirname in {os.path.dirname(p) for p in paths}:
+        try:
+            os.rmdir(dirname)
+        except OSError:
+            pass
 
 
 def _send_ready(conn: Connection, encoder: msgspec.msgpack.Encoder, msg: ReadyMessage) -> None:
