@@ -114,6 +114,9 @@ def _load_gguf_config(path: str):
     from transformers import AutoConfig
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
+    from llmcore.model_loader.gguf_check import check_gguf_file
+
+    check_gguf_file(path)  # before transformers' reader, which trusts the counts in the file
     try:
         parsed = load_gguf_checkpoint(path, return_tensors=False)
     except Exception as e:  # noqa: BLE001 - transformers raises several types

@@ -108,7 +108,9 @@ _GGUF_SUPPORTED = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1",
 def iterate_gguf_weights(path: str, hf_config) -> Iterator[tuple[str, torch.Tensor]]:
     import gguf
 
-    reader = gguf.GGUFReader(path)
+    from llmcore.model_loader.gguf_check import GGUFFormatError, open_gguf
+
+    reader = open_gguf(path)
     arch = None
     field = reader.fields.get("general.architecture")
     if field is not None:
@@ -122,15 +124,19 @@ def iterate_gguf_weights(path: str, hf_config) -> Iterator[tuple[str, torch.Tens
             continue
         qtype = t.tensor_type
         if qtype.name not in _GGUF_SUPPORTED:
-            raise ValueError(f"GGUF tensor {t.name} has unsupported type {qtype.name}")
-        if qtype.name == "F32":
-            arr = np.array(t.data)  # copy: the memmap is read-only
-        elif qtype.name == "F16":
-            arr = np.asarray(t.data).astype(np.float32)
-        else:
-            arr = gguf.quants.dequantize(t.data, qtype)
+            raise ValueError(f"{path}: GGUF tensor {t.name} has unsupported type {qtype.name}")
         shape = tuple(int(x) for x in reversed(t.shape.tolist()))
-        w = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(shape)
+        try:
+            if qtype.name == "F32":
+                arr = np.array(t.data)  # copy: the memmap is read-only
+            elif qtype.name == "F16":
+                arr = np.asarray(t.data).astype(np.float32)
+            else:
+                arr = gguf.quants.dequantize(t.data, qtype)
+            w = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(shape)
+        except (ValueError, RuntimeError, TypeError) as e:
+            raise GGUFFormatError(f"{path}: GGUF tensor {t.name} ({qtype.name}, shape {shape}) "
+                                  f"cannot be read: {e}") from None
         if permute and ".self_attn.q_proj." in hf_name:
             w = unpermute_rope(w, n_head)
         elif permute and ".self_attn.k_proj." in hf_name:
