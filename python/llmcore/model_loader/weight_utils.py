@@ -20,12 +20,26 @@ _PT_INDEX = "pytorch_model.bin.index.json"
 
 
 def _indexed_files(folder: str, index_name: str) -> Optional[list[str]]:
+    """The shard files an index names, each checked to be a file inside `folder`."""
     index = os.path.join(folder, index_name)
     if not os.path.isfile(index):
         return None
-    with open(index) as f:
-        weight_map = json.load(f)["weight_map"]
-    return [os.path.join(folder, name) for name in sorted(set(weight_map.values()))]
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{index}: not a valid weight index ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise ValueError(f"{index}: weight_map must map tensor names to file names")
+    files = []
+    for name in sorted(set(weight_map.values())):
+        path = os.path.join(folder, name)
+        # A shard outside the folder ("../x", "/etc/x") is refused, not read.
+        if os.path.dirname(os.path.normpath(name)) or not os.path.isfile(path):
+            raise ValueError(f"{index}: shard {name!r} is not a file in {folder}")
+        files.append(path)
+    return files
 
 
 def find_weight_files(folder: str, load_format: str = "auto") -> tuple[str, list[str]]:
@@ -48,16 +62,31 @@ def find_weight_files(folder: str, load_format: str = "auto") -> tuple[str, list
 
 def iterate_hf_weights(folder: str, load_format: str = "auto"
                        ) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs of every weight file; a malformed file raises a ValueError
+    naming it (the readers' own errors name neither the file nor, often, the problem)."""
     kind, files = find_weight_files(folder, load_format)
     if kind == "safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
         for path in files:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
+            try:
+                with safe_open(path, framework="pt", device="cpu") as f:
+                    for name in f.keys():
+                        tensor = f.get_tensor(name)
+                        yield name, tensor
+            except (SafetensorError, OSError) as e:
+                raise ValueError(f"{path}: not a valid safetensors file: {e}") from None
     else:
+        import pickle
         for path in files:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+                    TypeError, AttributeError, KeyError, IndexError) as e:
+                raise ValueError(f"{path}: not a loadable PyTorch checkpoint "
+                                 f"({type(e).__name__}: {e})") from None
+            if not isinstance(state, dict) or not all(
+                    isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+                raise ValueError(f"{path}: not a state dict (names -> tensors)")
             yield from state.items()
             del state
 
