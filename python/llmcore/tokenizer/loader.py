@@ -50,8 +50,10 @@ def load_tokenizer(model_config, tokenizer_mode: Optional[str] = None) -> Any:
                 tok.chat_template = read_gguf_chat_template(path)
         else:
             tok = AutoTokenizer.from_pretrained(path, use_fast=use_fast, trust_remote_code=False)
-    except ValueError:
-        raise
+    except ValueError as e:
+        if path in str(e):
+            raise
+        raise ValueError(f"cannot load the tokenizer from {path}: {e}") from e
     except Exception as e:  # noqa: BLE001 - transformers raises many types here
         raise ValueError(f"cannot load the tokenizer from {path}: {e}") from e
     if getattr(tok, "chat_template", None) is None:
