@@ -4,6 +4,7 @@ EngineArgs + the checkpoint's config (config.json or GGUF metadata)."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -18,6 +19,16 @@ _DTYPES = {"half": torch.float16, "float16": torch.float16, "bfloat16": torch.bf
 # GGUF general.architecture / HF model_type -> HF architecture name
 _ARCH_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                        "qwen2": "Qwen2ForCausalLM"}
+
+# Sanity bounds on the config's sizes: far above any real model, low enough that a
+# corrupt config.json is refused before the model (or its KV cache) is allocated.
+_DIM_BOUNDS = {
+    "hidden_size": 1 << 17, "num_attention_heads": 1 << 12, "num_key_value_heads": 1 << 12,
+    "num_hidden_layers": 1 << 12, "vocab_size": 1 << 24, "intermediate_size": 1 << 20,
+    "head_dim": 1 << 12,
+}
+_MAX_POSITIONS = 1 << 24  # the rotary cache is sized from these
+_MAX_ROPE_FACTOR = 1024
 
 _MAX_LEN_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
                  "max_sequence_length", "model_max_length")
@@ -83,7 +94,7 @@ class ModelConfig:
 def get_rope_params(hf_config) -> tuple[float, Optional[dict]]:
     """(rope_theta, scaling dict or None) from a transformers 4.x or 5.x config."""
     rp = getattr(hf_config, "rope_parameters", None)
-    if isinstance(rp, dict) and "rope_theta" in rp:
+    if isinstance(rp, dict) and rp.get("rope_theta") is not None:
         theta = float(rp["rope_theta"])
         scaling = dict(rp) if rp.get("rope_type", rp.get("type", "default")) != "default" else None
     else:
@@ -110,22 +121,101 @@ def _set_rope_params(hf_config, theta: float, scaling: Optional[dict]) -> None:
         hf_config.rope_scaling = scaling
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v))
+
+
+def check_hf_config(hf_config, source: str) -> None:
+    """Refuse a config whose sizes are missing, not integers, or out of bounds, with a
+    ValueError naming `source` (the config file) and the field. Run before anything is
+    sized from the config."""
+    def bad(key: str, why: str) -> ValueError:
+        return ValueError(f"{source}: {key} {why}")
+
+    for key, limit in _DIM_BOUNDS.items():
+        v = getattr(hf_config, key, None)
+        if v is None and key in ("num_key_value_heads", "head_dim", "intermediate_size"):
+            continue  # optional: derived from the others
+        if not _is_int(v):
+            raise bad(key, f"must be an integer, got {v!r}")
+        if not 1 <= v <= limit:
+            raise bad(key, f"must be in [1, {limit}], got {v}")
+    heads = hf_config.num_attention_heads
+    kv = getattr(hf_config, "num_key_value_heads", None) or heads
+    if heads % kv:
+        raise bad("num_attention_heads", f"({heads}) must be a multiple of num_key_value_heads "
+                  f"({kv})")
+    if getattr(hf_config, "head_dim", None) is None and hf_config.hidden_size % heads:
+        raise bad("hidden_size", f"({hf_config.hidden_size}) must be a multiple of "
+                  f"num_attention_heads ({heads}) when head_dim is not given")
+    for key in _MAX_LEN_KEYS:
+        v = getattr(hf_config, key, None)
+        if v is not None and not (_is_int(v) and v <= _MAX_POSITIONS):
+            raise bad(key, f"must be an integer <= {_MAX_POSITIONS}, got {v!r}")
+    sw = getattr(hf_config, "sliding_window", None)
+    if sw is not None and not (_is_int(sw) and sw >= 0) and not (
+            isinstance(sw, list) and all(w is None or (_is_int(w) and w >= 0) for w in sw)):
+        raise bad("sliding_window", f"must be a non-negative integer or null, got {sw!r}")
+    archs = getattr(hf_config, "architectures", None)
+    if archs is not None and not (isinstance(archs, list)
+                                  and all(isinstance(a, str) for a in archs)):
+        raise bad("architectures", f"must be a list of class names, got {archs!r}")
+    for key in ("eos_token_id", "bos_token_id"):
+        v = getattr(hf_config, key, None)
+        if v is not None and not (_is_int(v) and v >= 0) and not (
+                isinstance(v, list) and all(_is_int(t) and t >= 0 for t in v)):
+            raise bad(key, f"must be a token id or a list of token ids, got {v!r}")
+    for key in ("rope_theta", "rms_norm_eps"):
+        v = getattr(hf_config, key, None)
+        if v is not None and not (_is_number(v) and v > 0):
+            raise bad(key, f"must be a positive number, got {v!r}")
+    for key in ("rope_scaling", "rope_parameters"):
+        v = getattr(hf_config, key, None)
+        if v is None:
+            continue
+        if not isinstance(v, dict):
+            raise bad(key, f"must be an object, got {v!r}")
+        for sub in ("factor", "rope_theta", "original_max_position_embeddings"):
+            if sub in v and v[sub] is not None and not (_is_number(v[sub]) and v[sub] > 0):
+                raise bad(f"{key}.{sub}", f"must be a positive number, got {v[sub]!r}")
+        factor = v.get("factor")
+        if factor is not None and factor > _MAX_ROPE_FACTOR:
+            raise bad(f"{key}.factor", f"must be <= {_MAX_ROPE_FACTOR}, got {factor!r}")
+        orig = v.get("original_max_position_embeddings")
+        if orig is not None and orig > _MAX_POSITIONS:
+            raise bad(f"{key}.original_max_position_embeddings",
+                      f"must be <= {_MAX_POSITIONS}, got {orig!r}")
+
+
 def _load_gguf_config(path: str):
     from transformers import AutoConfig
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
+    from llmcore.model_loader.gguf_check import check_gguf_file
+
+    check_gguf_file(path)  # before transformers' reader, which trusts the counts in the file
     try:
         parsed = load_gguf_checkpoint(path, return_tensors=False)
     except Exception as e:  # noqa: BLE001 - transformers raises several types
         raise ValueError(f"cannot read GGUF metadata from {path}: {e}") from e
     cfg = dict(parsed["config"])
-    model_type = cfg.pop("model_type")
+    model_type = cfg.pop("model_type", None)
     cfg.pop("_model_name_or_path", None)
-    if model_type not in _ARCH_BY_MODEL_TYPE:
-        raise ValueError(f"GGUF architecture {model_type!r} is not supported; supported: "
+    if not isinstance(model_type, str) or model_type not in _ARCH_BY_MODEL_TYPE:
+        raise ValueError(f"{path}: GGUF architecture {model_type!r} is not supported; supported: "
                          f"{sorted(_ARCH_BY_MODEL_TYPE)}")
-    hf_config = AutoConfig.for_model(model_type, **cfg)
+    try:
+        hf_config = AutoConfig.for_model(model_type, **cfg)
+    except Exception as e:  # noqa: BLE001 - a config class rejecting the GGUF's values
+        raise ValueError(f"{path}: the GGUF metadata is not a valid {model_type} config: {e}"
+                         ) from e
     hf_config.architectures = [_ARCH_BY_MODEL_TYPE[model_type]]
+    check_hf_config(hf_config, path)
     return hf_config
 
 
@@ -134,9 +224,11 @@ def _load_hf_config(path: str, trust_remote_code: bool):
 
     try:
         # Never run code from the folder: only built-in config classes.
-        return AutoConfig.from_pretrained(path, trust_remote_code=False)
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"cannot read the model config in {path}: {e}") from e
+    check_hf_config(hf_config, os.path.join(path, "config.json"))
+    return hf_config
 
 
 def _resolve_dtype(dtype: str, hf_config, device: torch.device) -> torch.dtype:
@@ -233,6 +325,10 @@ def load_model_config(engine_args, device="cpu") -> ModelConfig:
 
     # max_model_len
     derived = _derive_max_len(hf_config, scaling)
+    if derived > _MAX_POSITIONS and engine_args.max_model_len is None:
+        raise ValueError(f"the model's maximum length {derived} (from its config and rope "
+                         f"scaling) is larger than {_MAX_POSITIONS}; pass --max-model-len and "
+                         "check the config")
     if disable_sw and sliding_window is not None:
         derived = min(derived, int(sliding_window))
     max_model_len = engine_args.max_model_len

@@ -8,11 +8,20 @@ from typing import Any, Optional
 
 
 def read_gguf_chat_template(path: str) -> Optional[str]:
-    import gguf
+    """The GGUF's `tokenizer.chat_template` (None when absent). Raises GGUFFormatError
+    (a ValueError naming the file) for a malformed file or a non-string template."""
+    from llmcore.model_loader.gguf_check import GGUFFormatError, open_gguf
 
-    reader = gguf.GGUFReader(path)
-    field = reader.fields.get("tokenizer.chat_template")
-    return field.contents() if field is not None else None
+    field = open_gguf(path).fields.get("tokenizer.chat_template")
+    if field is None:
+        return None
+    try:
+        value = field.contents()
+    except Exception as e:  # noqa: BLE001 - a field of the wrong type
+        raise GGUFFormatError(f"{path}: tokenizer.chat_template cannot be read: {e}") from None
+    if not isinstance(value, str):
+        raise GGUFFormatError(f"{path}: tokenizer.chat_template is not a string")
+    return value
 
 
 def load_tokenizer(model_config, tokenizer_mode: Optional[str] = None) -> Any:
@@ -32,6 +41,8 @@ def load_tokenizer(model_config, tokenizer_mode: Optional[str] = None) -> Any:
     use_fast = mode == "auto"
     try:
         if os.path.isfile(path) and path.endswith(".gguf"):
+            from llmcore.model_loader.gguf_check import check_gguf_file
+            check_gguf_file(path)  # before transformers' reader, which trusts the counts
             tok = AutoTokenizer.from_pretrained(os.path.dirname(path),
                                                 gguf_file=os.path.basename(path),
                                                 use_fast=use_fast, trust_remote_code=False)
@@ -39,8 +50,10 @@ def load_tokenizer(model_config, tokenizer_mode: Optional[str] = None) -> Any:
                 tok.chat_template = read_gguf_chat_template(path)
         else:
             tok = AutoTokenizer.from_pretrained(path, use_fast=use_fast, trust_remote_code=False)
-    except ValueError:
-        raise
+    except ValueError as e:
+        if path in str(e):
+            raise
+        raise ValueError(f"cannot load the tokenizer from {path}: {e}") from e
     except Exception as e:  # noqa: BLE001 - transformers raises many types here
         raise ValueError(f"cannot load the tokenizer from {path}: {e}") from e
     if getattr(tok, "chat_template", None) is None:
