@@ -44,7 +44,8 @@ class VocabParallelEmbedding(nn.Module):
                              f"{param.shape[1]}")
         n = max(0, min(self.num_embeddings_per_partition,
                        loaded_weight.shape[0] - self.vocab_start))
-        param.data[:n].copy_(loaded_weight.narrow(0, self.vocab_start, n))
+        if n > 0:  # with much padding, the last ranks own no real rows
+            param.data[:n].copy_(loaded_weight.narrow(0, self.vocab_start, n))
         if n < param.shape[0]:
             param.data[n:].zero_()
 
