@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import torch
 
+from llmcore.layers.context import divide, per_rank_kv_heads
 from llmcore.model_loader.default_model import resolve_model_path
 
 _DTYPES = {"half": torch.float16, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -82,12 +83,43 @@ class ModelConfig:
             return [self.sliding_window if t == "sliding_attention" else None for t in types]
         return [self.sliding_window] * self.num_layers
 
-    def kv_cache_spec(self) -> tuple[int, int, int]:
-        return self.num_layers, self.num_kv_heads, self.head_dim
+    # ------------------------------------------------------------ per-rank sizes
+    def get_num_heads(self, tp_size: int = 1) -> int:
+        """Attention heads on each tensor-parallel rank."""
+        return divide(self.num_heads, tp_size, "number of attention heads")
 
-    def get_kv_bytes_per_token(self, dtype: Optional[torch.dtype] = None) -> int:
+    def get_num_kv_heads(self, tp_size: int = 1) -> int:
+        """Key/value heads on each tensor-parallel rank (1, replicated, when tp_size is a
+        multiple of num_kv_heads larger than it)."""
+        return per_rank_kv_heads(self.num_kv_heads, tp_size)[0]
+
+    def get_intermediate_size(self, tp_size: int = 1) -> Optional[int]:
+        """MLP intermediate size on each rank (None when the config has none)."""
+        total = getattr(self.hf_config, "intermediate_size", None)
+        return None if total is None else divide(int(total), tp_size, "intermediate size")
+
+    def get_vocab_size(self, tp_size: int = 1) -> int:
+        """Embedding / LM-head rows on each rank: ceil(vocab / tp_size); the last rank's
+        tail is zero padding (layers/vocab_embedding.py), so any vocabulary shards."""
+        return -(-self.vocab_size // tp_size)
+
+    def verify_tensor_parallel(self, tp_size: int) -> None:
+        """ValueError naming the numbers when the model cannot be split over tp_size ranks."""
+        if not isinstance(tp_size, int) or tp_size < 1:
+            raise ValueError(f"the tensor-parallel size must be a positive int, got {tp_size!r}")
+        self.get_num_heads(tp_size)
+        self.get_num_kv_heads(tp_size)
+        self.get_intermediate_size(tp_size)
+
+    def kv_cache_spec(self, tp_size: int = 1) -> tuple[int, int, int]:
+        """(layers, this rank's kv heads, head_dim) of one rank's KV cache."""
+        return self.num_layers, self.get_num_kv_heads(tp_size), self.head_dim
+
+    def get_kv_bytes_per_token(self, dtype: Optional[torch.dtype] = None,
+                               tp_size: int = 1) -> int:
+        """KV-cache bytes per token on one tensor-parallel rank."""
         elt = torch.empty((), dtype=dtype or self.dtype).element_size()
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elt
+        return 2 * self.num_layers * self.get_num_kv_heads(tp_size) * self.head_dim * elt
 
 
 # ---------------------------------------------------------------------- helpers
