@@ -87,11 +87,12 @@ def prepare(argv: Optional[Sequence[str]] = None):
 
 async def build_engine(engine_args: EngineArgs) -> Any:
     try:
-        from llmcore.engine.async_engine import AsyncLLMEngine  # noqa: PLC0415
+        from llmcore.engine.async_llm import AsyncLLM  # noqa: PLC0415
     except ImportError as e:
         raise StartupError(f"the engine is not available: {e}") from None
     try:
-        engine = AsyncLLMEngine.from_engine_args(engine_args)
+        # the engine core runs in its own process; this one keeps HTTP/gRPC and text
+        engine = AsyncLLM.from_engine_args(engine_args)
         if inspect.isawaitable(engine):
             engine = await engine
     except StartupError:
