@@ -188,8 +188,10 @@ def test_second_sigterm_exits_at_once(fake_process):
 
 
 def test_sigterm_drains_a_real_stream(start_server):
-    srv = start_server("--max-model-len", str(MAX_MODEL_LEN), *SMALL_KV)
-    client, stream, lines = _open_stream(srv.url, max_tokens=300, ignore_eos=True,
+    # --shutdown-timeout far beyond the stream's length, even on a slow machine.
+    srv = start_server("--max-model-len", str(MAX_MODEL_LEN), *SMALL_KV,
+                       "--shutdown-timeout", "600")
+    client, stream, lines = _open_stream(srv.url, max_tokens=200, ignore_eos=True,
                                          temperature=0)
     srv.proc.send_signal(signal.SIGTERM)
     _wait_for(lambda: httpx.get(srv.url + "/health").status_code == 503, "the drain to begin")

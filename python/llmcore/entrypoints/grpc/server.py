@@ -422,6 +422,7 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None,
     api_key = api_key or getattr(args, "api_key", None)
     interceptors = [_ApiKeyInterceptor(api_key)] if api_key else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
+    owns_lifecycle = lifecycle is None
     lifecycle = lifecycle if lifecycle is not None else ServerLifecycle(engine)
     lifecycle.start()
     servicer = GenerationServicer(engine, args, lifecycle=lifecycle,
@@ -461,6 +462,8 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None,
 
     async def stop(grace: Optional[float]):
         watcher.cancel()
+        if owns_lifecycle:
+            lifecycle.close()
         return await orig_stop(grace)
 
     server.stop = stop  # type: ignore[method-assign]

@@ -153,6 +153,7 @@ def build_app(engine: Any, frontend_args: Optional[FrontendArgs] = None,
     """
     fa = frontend_args or FrontendArgs()
     config = make_server_config(engine, fa, engine_args, chat_template)
+    owns_lifecycle = lifecycle is None
     lifecycle = lifecycle if lifecycle is not None else ServerLifecycle(engine)
     completion = OpenAIServingCompletion(engine, config, lifecycle)
     chat = OpenAIServingChat(engine, config, lifecycle)
@@ -161,6 +162,8 @@ def build_app(engine: Any, frontend_args: Optional[FrontendArgs] = None,
     async def lifespan(_app: FastAPI):
         lifecycle.start()
         yield
+        if owns_lifecycle:
+            lifecycle.close()
 
     app = FastAPI(title="llmcore OpenAI-compatible server", version=llmcore.__version__,
                   lifespan=lifespan)
