@@ -116,6 +116,8 @@ class ServerLifecycle:
 
     async def wait_idle(self, timeout: Optional[float]) -> bool:
         """Wait until no admitted request is in flight; False if `timeout` passed first."""
+        if self._active == 0:
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except asyncio.TimeoutError:
