@@ -419,6 +419,11 @@ class FrontendArgs:
     grpc_max_inflight: Optional[int] = arg(None, group=GROUP_SERVER,
                                            help="Refuse new gRPC generations with UNAVAILABLE "
                                                 "while this many run; unset: no limit.")
+    shutdown_timeout: float = arg(30.0, group=GROUP_SERVER,
+                                  help="On SIGTERM/SIGINT, stop accepting requests and wait at "
+                                       "most this many seconds for those in flight to finish "
+                                       "(then end them with an error) before exiting; a second "
+                                       "signal exits at once.")
 
 
 def flag_name(field_name: str) -> str:
