@@ -7,8 +7,8 @@ length) are decided here; stop strings are the front end's, which then aborts th
 
 With async scheduling the core launches step k before reading step k-1's tokens: every
 sequence sampled in k-1 holds a placeholder in the scheduler, and the runner takes its
-value from k-1's samples on the device. Requests with n/best_of > 1, beam search or prompt
-logprobs run synchronous steps while they are live.
+value from k-1's samples on the device. A request with beam
+search runs synchronous steps while it is live.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ logger = logging.getLogger(__name__)
 
 
 def _pipelinable(req: CoreRequest) -> bool:
-    """The pipelined step serves one-sequence requests without prompt logprobs."""
-    return not req.is_beam and req.num_seqs_total == 1 and req.params.prompt_logprobs is None
+    """The pipelined step serves every request but beam search (whose next inputs depend on
+    the host's choice among candidates)."""
+    return not req.is_beam
 
 
 class EngineCore:
@@ -200,9 +201,17 @@ class EngineCore:
         seq_ids = np.asarray(plan.seq_ids)
         qsl = np.asarray(plan.query_start_loc)
         sample_pos = np.flatnonzero(np.asarray(plan.do_sample))
-        normal = [self._seqs[sid] for sid in seq_ids[sample_pos].tolist()]
+        sample_ids = seq_ids[sample_pos].tolist()
         rows = (qsl[sample_pos + 1] - 1).astype(np.int64)
-        step = self._step_input(plan, sample_seq_ids=seq_ids[sample_pos].tolist(), sample_rows=rows,
+        lens = np.asarray(plan.seq_lens)[sample_pos]
+        normal = [self._seqs[sid] for sid in sample_ids]
+        if any(req.pending_fork for req, _ in normal):
+            # n / best_of > 1: the samples fork from the prompt's last row, each drawing its own
+            normal, rows, lens = self._fork_pending(normal, rows, lens)
+            sample_ids = [s.seq_id for _, s in normal]
+        jobs = self._prompt_logprob_jobs(plan, seq_ids, qsl)
+        step = self._step_input(plan, sample_seq_ids=sample_ids, sample_rows=rows,
+                                sample_seq_lens=lens, prompt_logprob_jobs=jobs,
                                 use_device_tokens=True)
         pending = self.executor.execute_model(step)
         # the device runs step k; the host finishes step k-1 meanwhile
@@ -210,6 +219,8 @@ class EngineCore:
             self._finish_inflight(prev, batch)
         self._stats.prompt_tokens_total += int(qsl[plan.num_prefill_seqs])
         if not normal:  # only prefill chunks that sample nothing
+            if jobs:
+                self._inflight = (pending, [], set(), jobs)
             return
         ph_ids = []
         placeholders = set()
@@ -226,12 +237,27 @@ class EngineCore:
                 placeholders.add(seq.seq_id)
         if ph_ids:
             self.scheduler.append_placeholders(np.asarray(ph_ids, dtype=np.int64))
-        self._inflight = (pending, normal, placeholders)
+        self._inflight = (pending, normal, placeholders, jobs)
+
+    def _fork_pending(self, normal, rows, lens):
+        out_normal, out_rows, out_lens = [], [], []
+        for (req, seq), row, n in zip(normal, rows.tolist(), lens.tolist()):
+            group = [seq]
+            if req.pending_fork:
+                req.pending_fork = False
+                group += self._fork_children(req, seq)
+            for s in group:
+                out_normal.append((req, s))
+                out_rows.append(row)
+                out_lens.append(n)
+        return out_normal, np.asarray(out_rows, dtype=np.int64), np.asarray(out_lens, dtype=np.int64)
 
     def _finish_inflight(self, inflight, batch: OutputBatch) -> None:
         """Process a launched step's sampled tokens (waits for them)."""
-        pending, normal, placeholders = inflight
+        pending, normal, placeholders, jobs = inflight
         out = pending.get()
+        for job, res in zip(jobs, out.prompt_logprobs):
+            batch.prompt_logprobs(job, res)
         tokens, lps, top = out.sampled_token_ids, out.logprobs, out.topk
         fix_ids, fix_tokens = [], []
         for i, (req, seq) in enumerate(normal):

@@ -91,6 +91,10 @@ class LLMEngine:
         return self.core._inflight
 
     @property
+    def _num_unpipelinable(self) -> int:
+        return self.core._num_unpipelinable
+
+    @property
     def requests(self) -> dict:
         return self.frontend.requests
 

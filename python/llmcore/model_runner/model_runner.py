@@ -300,12 +300,11 @@ class ModelRunner:
             tensors.update(token_ids=out.token_ids, logprobs=out.logprobs, topk_ids=out.topk_ids,
                            topk_logprobs=out.topk_logprobs, ranks=out.ranks)
             if step.use_device_tokens:
-                seq_lens = np.asarray(plan.seq_lens)
-                pos_of = {sid: i for i, sid in enumerate(np.asarray(plan.seq_ids).tolist())}
+                # next step, a sequence of this length + 1 ends in this step's sample
                 self._prev_tokens = out.token_ids
-                for i, sid in enumerate(step.sample_seq_ids):
-                    self._prev_row_of_seq[sid] = i
-                    self._prev_len_of_seq[sid] = int(seq_lens[pos_of[sid]]) + 1
+                self._prev_row_of_seq = {sid: i for i, sid in enumerate(step.sample_seq_ids)}
+                self._prev_len_of_seq = dict(zip(step.sample_seq_ids,
+                                                 (step.sample_seq_lens + 1).tolist()))
             off = n_sample
         n_beam = 0 if step.beam_rows is None else len(step.beam_rows)
         if n_beam:

@@ -47,6 +47,7 @@ class StepInput:
     plan: Any                                    # llmcore._core.SchedulerOutput
     sample_seq_ids: list = field(default_factory=list)   # sampled sequences, row order
     sample_rows: Optional[np.ndarray] = None     # token index of each sampled row
+    sample_seq_lens: Optional[np.ndarray] = None  # its sequence's length after this step
     beam_rows: Optional[np.ndarray] = None       # token index of each beam row
     beam_k: int = 0                              # candidates per beam row (2 x width)
     prompt_logprob_jobs: list = field(default_factory=list)
