@@ -148,6 +148,16 @@ bool BlockAllocator::register_block(int32_t b, uint64_t hash, uint64_t parent_ha
   return true;
 }
 
+void BlockAllocator::uncache_block(int32_t b) {
+  check_device(b);
+  if (!prefix_caching_ || !cached_[b]) return;
+  if (in_lru_[b]) {
+    lru_remove(b);
+    free_.push_back(b);
+  }
+  uncache(b);
+}
+
 bool BlockAllocator::is_cached(int32_t b) const {
   check_device(b);
   return prefix_caching_ && cached_[b];

@@ -61,6 +61,9 @@ class BlockAllocator {
   // holds that hash.
   bool register_block(int32_t block, uint64_t hash, uint64_t parent_hash,
                       uint64_t extra_key, const int32_t* tokens);
+  // Drops the block's hash (its contents are about to change); an evictable block
+  // becomes a plain free one. No-op when the block is not cached.
+  void uncache_block(int32_t block);
   bool is_cached(int32_t block) const;
   bool is_evictable(int32_t block) const;
   uint64_t block_hash(int32_t block) const;
