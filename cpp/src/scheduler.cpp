@@ -89,6 +89,7 @@ void Scheduler::commit_tokens(Sequence* s, int32_t n) {
       out_->blocks_to_copy.push_back(dst);
       alloc_.decref(slot);
       slot = dst;
+      table_changed(s);
     } else if (cfg_.enable_prefix_caching) {
       // Only after a rollback into it can a partially computed block be cached (a
       // sibling holding it full registered it): its contents are about to change.
@@ -203,6 +204,7 @@ void Scheduler::swap_out(Request* r) {
     for (auto it = s->block_table.rbegin(); it != s->block_table.rend(); ++it)
       alloc_.decref(*it);
     s->block_table.clear();
+    table_changed(s);
   }
   r->state = RequestState::kSwapped;
   swapped_.insert(r);
@@ -225,6 +227,7 @@ void Scheduler::free_seq_blocks(Sequence* s) {
   for (auto it = s->block_table.rbegin(); it != s->block_table.rend(); ++it)
     alloc_.decref(*it);
   s->block_table.clear();
+  table_changed(s);
   for (int32_t cb : s->cpu_block_table) alloc_.decref_cpu(cb);
   s->cpu_block_table.clear();
 }
@@ -252,6 +255,7 @@ bool Scheduler::try_swap_in(Request* r) {
   ++stamp_;
   for (Sequence* s : r->seqs) {
     s->block_table.clear();
+    table_changed(s);
     s->block_table.reserve(s->cpu_block_table.size());
     for (int32_t cb : s->cpu_block_table) {
       int32_t b;
@@ -330,6 +334,7 @@ bool Scheduler::try_admit(Request* r) {
   for (const Planned& p : plan_) {
     Sequence* s = p.seq;
     s->block_table.clear();
+    table_changed(s);
     for (int32_t k = 0; k < p.num_hit_blocks; ++k) {
       const int32_t b = hit_scratch_[h++];
       alloc_.incref(b);

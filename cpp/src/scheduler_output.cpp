@@ -42,6 +42,9 @@ void SchedulerOutput::clear() {
   positions.clear();
   slot_mapping.clear();
   block_tables.clear();
+  row_table_version.clear();
+  row_table_len.clear();
+  table_rows = table_stride = 0;
 }
 
 void SchedulerOutput::begin_step() {
@@ -82,7 +85,11 @@ void Scheduler::build_output(SchedulerOutput& out) {
   out.input_ids.resize(static_cast<size_t>(total));
   out.positions.resize(static_cast<size_t>(total));
   out.slot_mapping.resize(static_cast<size_t>(total));
+  // Rows this object already holds (same layout) are patched, not rewritten.
+  const size_t valid_rows = out.table_stride == max_blocks ? static_cast<size_t>(out.table_rows) : 0;
   out.block_tables.resize(n * static_cast<size_t>(max_blocks));
+  out.row_table_version.resize(n);
+  out.row_table_len.resize(n);
   // The per-row / per-token arrays were not cleared (begin_step): resize() keeps
   // their storage and does not zero what every row overwrites below.
 
@@ -111,13 +118,23 @@ void Scheduler::build_output(SchedulerOutput& out) {
     tok += k;
     out.query_start_loc[row + 1] = tok;
     int32_t* dst = out.block_tables.data() + row * static_cast<size_t>(max_blocks);
-    const size_t nb = s->block_table.size();
-    std::memcpy(dst, table, sizeof(int32_t) * nb);
-    std::memset(dst + nb, 0, sizeof(int32_t) * (static_cast<size_t>(max_blocks) - nb));
+    const int32_t nb = static_cast<int32_t>(s->block_table.size());
+    int32_t from = 0;
+    if (row < valid_rows && out.row_table_version[row] == s->table_version &&
+        out.row_table_len[row] <= nb) {
+      from = out.row_table_len[row];  // same table plus appended blocks; padding is 0
+    } else {
+      std::memset(dst + nb, 0, sizeof(int32_t) * static_cast<size_t>(max_blocks - nb));
+    }
+    std::memcpy(dst + from, table + from, sizeof(int32_t) * static_cast<size_t>(nb - from));
+    out.row_table_version[row] = s->table_version;
+    out.row_table_len[row] = nb;
     ++row;
   };
   for (const auto& e : prefills_) emit(e);
   for (const auto& e : decodes_) emit(e);
+  out.table_rows = static_cast<int32_t>(n);
+  out.table_stride = max_blocks;
 }
 
 }  // namespace llmcore

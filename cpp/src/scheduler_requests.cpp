@@ -48,6 +48,7 @@ void Scheduler::add_request(int64_t request_id, int64_t seq_id, const int32_t* p
   seq->req = req.get();
   seq->tokens.reserve(prompt_len + 16);
   seq->tokens.assign(prompt, prompt + prompt_len);
+  table_changed(seq.get());
   req->seqs.push_back(seq.get());
   Request* r = req.get();
   seqs_.emplace(seq_id, std::move(seq));
@@ -72,6 +73,7 @@ void Scheduler::fork(int64_t parent_seq_id, int64_t child_seq_id) {
   c->num_registered = p->num_registered;
   c->block_table = p->block_table;
   c->block_hashes = p->block_hashes;
+  table_changed(c);
   for (int32_t b : c->block_table) alloc_.incref(b);
   p->req->seqs.push_back(c);
   ++num_running_seqs_;

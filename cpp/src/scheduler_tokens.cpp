@@ -163,6 +163,7 @@ void Scheduler::rollback_seq(Sequence* s, int32_t k) {
     // The kept last block is no longer full for this sequence and will be written
     // again; its hash would describe tokens it is about to lose.
     if (len % bs != 0) alloc_.uncache_block(s->block_table[keep - 1]);
+    table_changed(s);
   } else if (s->req->state == RequestState::kSwapped) {
     for (size_t b = s->cpu_block_table.size(); b > keep; --b)
       alloc_.decref_cpu(s->cpu_block_table[b - 1]);

@@ -67,6 +67,15 @@ struct SchedulerOutput {
   std::vector<int64_t> finished_seq_ids;
   std::vector<int64_t> preempted_seq_ids;
 
+  // Scheduler bookkeeping, not step data: the block-table version each row of
+  // block_tables holds, so that a recycled output rewrites only the rows (and the
+  // appended blocks) that changed. The arrays are views of this storage: read them,
+  // never write them.
+  std::vector<uint64_t> row_table_version;
+  std::vector<int32_t> row_table_len;
+  int32_t table_rows = 0;
+  int32_t table_stride = 0;
+
   SchedulerOutput();
   void clear();
   // Scheduler use: resets the counts and the lists that are appended to during a
@@ -197,6 +206,8 @@ class Scheduler {
   std::shared_ptr<SchedulerOutput> acquire_output();
   void resolve_seqs(const int64_t* seq_ids, size_t n);  // -> update_scratch_
   void rollback_seq(Sequence* s, int32_t num_tokens);
+  // Call after any change of s->block_table other than appending blocks.
+  void table_changed(Sequence* s) { s->table_version = ++table_versions_; }
 
   SchedulerConfig cfg_;
   BlockAllocator alloc_;
@@ -234,6 +245,7 @@ class Scheduler {
   std::vector<Sequence*> update_scratch_;
   std::vector<int64_t> finished_since_schedule_;
   uint32_t op_stamp_ = 0;
+  uint64_t table_versions_ = 0;
 };
 
 }  // namespace llmcore
