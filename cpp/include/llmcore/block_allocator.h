@@ -7,8 +7,9 @@
 #pragma once
 
 #include <cstdint>
-#include <unordered_map>
 #include <vector>
+
+#include "llmcore/block_hash_map.h"
 
 namespace llmcore {
 
@@ -121,7 +122,7 @@ class BlockAllocator {
   std::vector<uint64_t> parent_hash_;
   std::vector<uint64_t> extra_key_;
   std::vector<int32_t> tokens_;  // num_device_blocks * block_size
-  std::unordered_map<uint64_t, int32_t> cache_;
+  BlockHashMap cache_;
 
   // Intrusive LRU list of evictable blocks (cached, ref 0); head = oldest.
   std::vector<int32_t> lru_prev_;
