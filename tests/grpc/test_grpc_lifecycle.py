@@ -77,8 +77,18 @@ def procs():
             p.wait()
 
 
+def _grpc_fake_engine():
+    """tests/grpc/fake_engine.py by path: tests/server has a module of the same name, and
+    whichever was imported first in a session owns `fake_engine` in sys.modules."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("grpc_fake_engine", HERE / "fake_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.FakeEngine
+
+
 def test_engine_death_in_flight_unavailable(stubs):
-    from fake_engine import FakeEngine
+    FakeEngine = _grpc_fake_engine()
 
     pb2, pb2_grpc = stubs
     engine = FakeEngine(step_s=0.01)

@@ -226,6 +226,7 @@ class CoreServer:
         self.inputs = inputs
         self.outputs = outputs
         self._errors: list[EngineCoreOutput] = []   # refused requests, sent with the next outputs
+        self._stats_due = False                     # an abort changed the core's state
         self._encoder = msgspec.msgpack.Encoder()
 
     def serve(self) -> str:
@@ -253,9 +254,17 @@ class CoreServer:
                     outputs.outputs.extend(self._errors)
                     self._errors = []
                 self.outputs.put(outputs)
-            elif self._errors:
-                self.outputs.put(EngineCoreOutputs(outputs=self._errors, timestamp=time.time()))
+            elif self._errors or self._stats_due:
+                # idle now (refusals, or aborts that emptied it): the front end's gauges
+                # would otherwise keep the last step's numbers
+                self.outputs.put(EngineCoreOutputs(outputs=self._errors, stats=self._stats(),
+                                                   timestamp=time.time()))
                 self._errors = []
+            self._stats_due = False
+
+    def _stats(self):
+        get_stats = getattr(self.core, "get_stats", None)
+        return get_stats() if callable(get_stats) else None
 
     def _handle(self, kind: EngineCoreRequestType, payload: Any) -> None:
         if kind is EngineCoreRequestType.ADD:
@@ -266,6 +275,7 @@ class CoreServer:
                     request_id=payload.request_id, finish_reason="error", error=str(e)))
         elif kind is EngineCoreRequestType.ABORT:
             self.core.abort_requests(payload)
+            self._stats_due = True
         elif kind is EngineCoreRequestType.UTILITY:
             self.outputs.put(self._call_utility(payload))
 
