@@ -16,6 +16,7 @@ the call that notices raises a RuntimeError naming the rank, and every later cal
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mpc
@@ -74,15 +75,16 @@ class MultiprocExecutor(Executor):
         self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._conns)
         ctx = mp.get_context("spawn")
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")   # inherited by the workers
-        for rank in range(ws):
-            parent_end, child_end = ctx.Pipe(duplex=True)
-            proc = ctx.Process(target=_worker_main, name=f"llmcore-tp{rank}", daemon=True,
-                               args=(cfg, rank, ws, init_method, backend, self.eos_token_id,
-                                     child_end))
-            proc.start()
-            child_end.close()
-            self._procs.append(proc)
-            self._conns.append(parent_end)
+        with _children_allowed():
+            for rank in range(ws):
+                parent_end, child_end = ctx.Pipe(duplex=True)
+                proc = ctx.Process(target=_worker_main, name=f"llmcore-tp{rank}", daemon=True,
+                                   args=(cfg, rank, ws, init_method, backend, self.eos_token_id,
+                                         child_end))
+                proc.start()
+                child_end.close()
+                self._procs.append(proc)
+                self._conns.append(parent_end)
         try:
             self._read_replies()   # "ready" from every rank, once its model is loaded
         except WorkerFailure:
@@ -185,6 +187,22 @@ class MultiprocExecutor(Executor):
         raise WorkerFailure(message)
 
 
+@contextlib.contextmanager
+def _children_allowed():
+    """The engine-core process is a daemon (it dies with its front end), and multiprocessing
+    refuses children to daemons only because it would not join them at exit. Our workers
+    are joined by the finalizer and watch their parent, so lift the flag while starting."""
+    me = mp.current_process()
+    was = me.daemon
+    if was:
+        me.daemon = False
+    try:
+        yield
+    finally:
+        if was:
+            me.daemon = True
+
+
 def _stop_workers(procs: list, conns: list) -> None:
     """Ask each worker to exit, then kill what is left; closes the pipes."""
     for conn in conns:
@@ -251,6 +269,11 @@ def _worker_main(config, rank: int, world_size: int, init_method: str, backend: 
 
         if dist.is_initialized():
             dist.destroy_process_group()
+    # Nothing of this process outlives it: skip the interpreter's teardown of torch (seconds
+    # on a busy host, which the parent's shutdown would wait for).
+    logging.shutdown()
+    conn.close()
+    os._exit(0)
 
 
 def _serve(worker, rank: int, conn) -> None:
