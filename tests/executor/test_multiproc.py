@@ -108,6 +108,19 @@ def test_a_killed_worker_fails_the_next_step_and_deletion_stops_the_rest(tiny_ll
     gc.collect()
 
 
+def test_a_worker_that_raises_fails_the_engine_with_its_error(tiny_llama):
+    llm = _llm(tiny_llama, 2)
+    ex = _executor(llm)
+    pids = ex.worker_pids
+    blocks = ex.collective_rpc("determine_num_blocks")
+    assert len(blocks) == 2 and blocks[0] == blocks[1]    # every rank answers, in rank order
+    with pytest.raises(WorkerFailure, match="rank 0 failed: AttributeError: .*no_such_method"):
+        ex.collective_rpc("no_such_method")
+    assert not any(_alive(p) for p in pids)
+    with pytest.raises(WorkerFailure, match="rank 0 failed"):
+        _greedy(llm)
+
+
 def test_async_scheduling_and_deleting_the_llm_stops_its_workers(tiny_llama, tp1_tokens):
     # async: the core launches step k before reading step k-1's answer from the workers
     llm = _llm(tiny_llama, 2, async_scheduling=True)

@@ -74,7 +74,6 @@ class MultiprocExecutor(Executor):
         # the finalizer holds the lists, not self: dropping the executor stops the workers
         self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._conns)
         ctx = mp.get_context("spawn")
-        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")   # inherited by the workers
         with _children_allowed():
             for rank in range(ws):
                 parent_end, child_end = ctx.Pipe(duplex=True)
@@ -241,6 +240,7 @@ def _worker_main(config, rank: int, world_size: int, init_method: str, backend: 
                  eos_token_id: Optional[int], conn) -> None:
     import signal
 
+    os.environ["NCCL_NVLS_ENABLE"] = "0"   # before NCCL reads it: NVLink multicast stays off
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C and stops us
     _watch_parent()
     import torch
