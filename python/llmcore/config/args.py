@@ -163,12 +163,10 @@ class EngineArgs:
                                       unsupported="pipeline parallelism is not supported yet",
                                       help="Pipeline parallel stages.")
     tensor_parallel_size: int = arg(1, group=GROUP_PARALLEL, aliases=("-tp",),
-                                    unsupported="tensor parallelism is not supported yet",
-                                    help="Tensor parallel replicas.")
+                                    help="Tensor parallel ranks (one worker process each).")
     distributed_executor_backend: Optional[str] = arg(None, group=GROUP_PARALLEL, choices=["ray", "mp"],
-                                                      unsupported="distributed executors are not "
-                                                                  "supported yet",
-                                                      help="Backend for distributed serving.")
+                                                      help="Backend for distributed serving: mp "
+                                                           "(worker processes; the default).")
     worker_use_ray: bool = arg(False, group=GROUP_PARALLEL,
                                unsupported="Ray workers are not supported yet",
                                help="Deprecated: use --distributed-executor-backend=ray.")
@@ -283,6 +281,11 @@ class EngineArgs:
             choices = meta.get("choices")
             if choices is not None and value is not None and value not in choices:
                 raise ValueError(f"--{flag_name(f.name)}: {value!r} is not one of {choices}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError("--tensor-parallel-size must be >= 1")
+        if self.distributed_executor_backend == "ray":
+            raise ValueError("--distributed-executor-backend ray is not supported: Ray workers are "
+                             "not built yet; use mp")
         if self.device in ("neuron", "tpu"):
             raise ValueError(f"--device {self.device} is not supported: llmcore runs on cpu and cuda")
         if self.load_format in ("npcache", "tensorizer", "bitsandbytes"):

@@ -1,4 +1,5 @@
 from llmcore.executor.base import Executor
+from llmcore.executor.multiproc import MultiprocExecutor, WorkerFailure
 from llmcore.executor.uniproc import UniProcExecutor
 
-__all__ = ["Executor", "UniProcExecutor"]
+__all__ = ["Executor", "MultiprocExecutor", "UniProcExecutor", "WorkerFailure"]

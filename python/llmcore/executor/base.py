@@ -1,7 +1,7 @@
 """The executor interface: how the engine core reaches its workers.
 
-`UniProcExecutor` drives one in-process worker. Multiprocess and Ray executors (one worker
-per rank, started and stopped by the engine) implement the same calls; the engine core
+`UniProcExecutor` drives one in-process worker; `MultiprocExecutor` one worker process per
+tensor-parallel rank, started and stopped by the engine. Both implement the same calls; the engine core
 cannot tell them apart.
 """
 
@@ -22,10 +22,17 @@ class Executor(ABC):
 
     @staticmethod
     def get_class(config: EngineConfig) -> type["Executor"]:
-        backend = config.parallel_config.distributed_executor_backend
-        if config.parallel_config.world_size == 1 and backend in (None, "uni", "mp"):
+        pc = config.parallel_config
+        backend = pc.distributed_executor_backend
+        if pc.world_size == 1 and backend in (None, "uni", "mp"):
             from llmcore.executor.uniproc import UniProcExecutor
             return UniProcExecutor
+        if pc.pipeline_parallel_size == 1 and backend in (None, "mp"):
+            from llmcore.executor.multiproc import MultiprocExecutor
+            return MultiprocExecutor
+        if backend == "ray":
+            raise ValueError("--distributed-executor-backend ray is not supported: Ray workers "
+                             "are not built yet; use mp")
         raise ValueError(f"--distributed-executor-backend {backend!r} with tensor x pipeline size "
                          f"{config.parallel_config.world_size} is not supported yet")
 

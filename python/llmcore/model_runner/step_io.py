@@ -11,6 +11,7 @@ The runner answers with host values only — token ids and logprobs, never logit
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -42,9 +43,47 @@ class PromptLogprobJob:
     k: int
 
 
+# The plan fields a runner reads. The runner takes a `_core.SchedulerOutput` or a
+# PlanArrays alike (same attribute names).
+PLAN_ARRAY_FIELDS = ("seq_ids", "num_tokens", "context_lens", "seq_lens", "do_sample",
+                     "query_start_loc", "input_ids", "positions", "slot_mapping", "block_tables",
+                     "blocks_to_swap_in", "blocks_to_swap_out", "blocks_to_copy")
+
+
+@dataclass
+class PlanArrays:
+    """A picklable copy of the runner's view of a `_core.SchedulerOutput` (whose arrays are
+    views into C++ memory): what a worker in another process needs of the plan."""
+
+    num_seqs: int
+    num_prefill_seqs: int
+    num_batched_tokens: int
+    seq_ids: np.ndarray
+    num_tokens: np.ndarray
+    context_lens: np.ndarray
+    seq_lens: np.ndarray
+    do_sample: np.ndarray
+    query_start_loc: np.ndarray
+    input_ids: np.ndarray
+    positions: np.ndarray
+    slot_mapping: np.ndarray
+    block_tables: np.ndarray
+    blocks_to_swap_in: np.ndarray
+    blocks_to_swap_out: np.ndarray
+    blocks_to_copy: np.ndarray
+
+    @classmethod
+    def from_plan(cls, plan: Any) -> "PlanArrays":
+        if isinstance(plan, PlanArrays):
+            return plan
+        return cls(num_seqs=int(plan.num_seqs), num_prefill_seqs=int(plan.num_prefill_seqs),
+                   num_batched_tokens=int(plan.num_batched_tokens),
+                   **{f: np.array(getattr(plan, f)) for f in PLAN_ARRAY_FIELDS})
+
+
 @dataclass
 class StepInput:
-    plan: Any                                    # llmcore._core.SchedulerOutput
+    plan: Any                                    # llmcore._core.SchedulerOutput or PlanArrays
     sample_seq_ids: list = field(default_factory=list)   # sampled sequences, row order
     sample_rows: Optional[np.ndarray] = None     # token index of each sampled row
     sample_seq_lens: Optional[np.ndarray] = None  # its sequence's length after this step
@@ -56,6 +95,10 @@ class StepInput:
     # async scheduling: the last token of a continuing sequence is a placeholder whose
     # value is the previous step's sample, still on the device
     use_device_tokens: bool = False
+
+    def portable(self) -> "StepInput":
+        """This step with its plan as PlanArrays: picklable, for workers in other processes."""
+        return dataclasses.replace(self, plan=PlanArrays.from_plan(self.plan))
 
 
 @dataclass

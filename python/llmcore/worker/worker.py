@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from llmcore.config.engine_config import EngineConfig
+from llmcore.layers.context import LayerContext, ParallelGroup
 from llmcore.model_runner.model_runner import ModelRunner
 from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
 
@@ -18,11 +19,17 @@ logger = logging.getLogger(__name__)
 
 class Worker:
     def __init__(self, config: EngineConfig, rank: int = 0, local_rank: int = 0,
-                 eos_token_id: Optional[int] = None):
+                 eos_token_id: Optional[int] = None, tp_group: Optional[ParallelGroup] = None):
         self.config = config
         self.rank, self.local_rank = rank, local_rank
         self.eos_token_id = eos_token_id
+        self.tp_size = config.parallel_config.tensor_parallel_size
+        if self.tp_size > 1 and tp_group is None:
+            raise ValueError(f"rank {rank}: tensor-parallel size {self.tp_size} needs a tp_group")
+        self.tp_group = tp_group
         self.device = config.device
+        if self.device.type == "cuda" and self.device.index is None and self.tp_size > 1:
+            self.device = torch.device("cuda", local_rank)
         self.runner: Optional[ModelRunner] = None
 
     def init_device(self) -> None:
@@ -33,7 +40,12 @@ class Worker:
 
     def load_model(self) -> None:
         from llmcore.model_loader import get_model
-        model = get_model(self.config.model_config, self.device)
+        mc = self.config.model_config
+        ctx = None
+        if self.tp_size > 1:
+            ctx = LayerContext(device=self.device, dtype=mc.dtype, tp_rank=self.rank,
+                               tp_size=self.tp_size, tp_group=self.tp_group)
+        model = get_model(mc, self.device, layer_context=ctx)
         self.runner = ModelRunner(model, self.config, eos_token_id=self.eos_token_id)
 
     def determine_num_blocks(self) -> tuple[int, int]:

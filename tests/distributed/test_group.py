@@ -1,0 +1,99 @@
+"""TorchDistributedGroup on 2 gloo processes against torch references, and the init
+helpers' errors."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+
+import pytest
+import torch
+
+from llmcore.distributed import (TorchDistributedGroup, check_visible_devices,
+                                 free_tcp_init_method, init_distributed)
+
+
+def _part(rank: int, shape=(3, 5)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(100 + rank)
+    return torch.randn(shape, generator=g)
+
+
+def _rank_main(rank: int, world_size: int, init_method: str, conn) -> None:
+    try:
+        torch.set_num_threads(1)
+        init_distributed(rank, world_size, init_method, "gloo")
+        group = TorchDistributedGroup()
+        assert (group.rank, group.world_size) == (rank, world_size)
+        parts = [_part(r) for r in range(world_size)]
+        x = _part(rank).clone()
+        y = group.all_reduce(x)
+        torch.testing.assert_close(y, sum(parts), rtol=1e-6, atol=1e-6)
+        for dim in (0, 1, -1):
+            got = group.all_gather(_part(rank), dim)
+            assert torch.equal(got, torch.cat(parts, dim=dim)), dim
+        # a non-contiguous input (a transposed view) gathers its values, not its storage
+        got = group.all_gather(_part(rank).t(), 0)
+        assert torch.equal(got, torch.cat([p.t() for p in parts], dim=0))
+        # a wrong-rank re-init names both
+        try:
+            init_distributed((rank + 1) % world_size, world_size, init_method, "gloo")
+        except RuntimeError as e:
+            assert f"rank {rank} of {world_size}" in str(e)
+        else:
+            raise AssertionError("re-init as another rank did not raise")
+        torch.distributed.destroy_process_group()
+        conn.send("ok")
+    except BaseException:  # noqa: BLE001
+        conn.send(traceback.format_exc())
+
+
+def test_all_reduce_and_all_gather_on_two_gloo_ranks(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ctx = mp.get_context("spawn")
+    init_method = free_tcp_init_method()
+    pipes, procs = [], []
+    for rank in range(2):
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_rank_main, args=(rank, 2, init_method, child), daemon=True)
+        p.start()
+        child.close()
+        pipes.append(parent)
+        procs.append(p)
+    try:
+        results = [c.recv() for c in pipes]
+    finally:
+        for p in procs:
+            p.join()
+    assert results == ["ok", "ok"], results
+    assert [p.exitcode for p in procs] == [0, 0]
+
+
+def test_single_rank_collectives_are_the_identity():
+    init_distributed(0, 1, free_tcp_init_method(), "gloo")
+    try:
+        group = TorchDistributedGroup()
+        x = torch.arange(6.0).reshape(2, 3)
+        assert group.all_reduce(x) is x and group.all_gather(x, 1) is x
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_init_errors_name_the_numbers():
+    with pytest.raises(ValueError, match=r"rank must be in \[0, 2\), got 5"):
+        init_distributed(5, 2, "tcp://127.0.0.1:1", "gloo")
+    with pytest.raises(ValueError, match="world_size must be a positive int, got 0"):
+        init_distributed(0, 0, "tcp://127.0.0.1:1", "gloo")
+    with pytest.raises(RuntimeError, match=r"rank 0 of 1: torch.distributed gloo init at "
+                                           r"bogus://x failed"):
+        init_distributed(0, 1, "bogus://x", "gloo")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match=f"size {n + 1} needs {n + 1} GPUs, but {n} are visible"):
+        check_visible_devices(torch.device("cuda"), n + 1)
+    check_visible_devices(torch.device("cpu"), 64)   # the CPU has no such limit
+
+
+def test_group_needs_an_initialized_process_group():
+    assert not torch.distributed.is_initialized()
+    with pytest.raises(RuntimeError, match="init_distributed"):
+        TorchDistributedGroup()

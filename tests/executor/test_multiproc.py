@@ -1,0 +1,197 @@
+"""The mp executor on the CPU (gloo, fp32): TP=2 gives TP=1's greedy tokens on a tiny
+random Llama (4 heads, 2 KV heads); no worker outlives shutdown, deletion or its parent;
+a killed worker fails the next step with an error naming it."""
+
+from __future__ import annotations
+
+import gc
+import glob
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from llmcore import LLM, SamplingParams
+from llmcore.executor import MultiprocExecutor, WorkerFailure
+
+_CFG = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            rms_norm_eps=1e-6, tie_word_embeddings=False)
+_PROMPTS = [list(range(3, 8)), list(range(10, 27)), [5] * 9, list(range(40, 73))]
+_GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> str:
+    import transformers as tf
+
+    cfg = tf.LlamaConfig(**_CFG)
+    torch.manual_seed(0)
+    model = tf.LlamaForCausalLM(cfg).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    out = str(tmp_path_factory.mktemp("tiny_llama_tp"))
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")   # inherited by the spawned workers
+
+
+def _llm(folder: str, tp: int, **kw) -> LLM:
+    return LLM(model=folder, tensor_parallel_size=tp, skip_tokenizer_init=True, device="cpu",
+               dtype="float32", max_model_len=128, cpu_kv_cache_space=0.01, max_num_seqs=8,
+               seed=0, **kw)
+
+
+def _greedy(llm: LLM) -> list:
+    outs = llm.generate(prompt_token_ids=_PROMPTS, sampling_params=_GREEDY, use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped by its new parent, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _executor(llm: LLM) -> MultiprocExecutor:
+    ex = llm.llm_engine.core.executor
+    assert isinstance(ex, MultiprocExecutor)
+    return ex
+
+
+@pytest.fixture(scope="module")
+def tp1_tokens(tiny_llama) -> list:
+    llm = _llm(tiny_llama, 1)
+    return _greedy(llm)
+
+
+def test_tp2_greedy_tokens_equal_tp1_and_shutdown_stops_the_workers(tiny_llama, tp1_tokens):
+    want = tp1_tokens
+    llm = _llm(tiny_llama, 2)
+    ex = _executor(llm)
+    pids = ex.worker_pids
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    assert _greedy(llm) == want
+    assert _greedy(llm) == want        # the workers' sampling state was released and reused
+    llm.llm_engine.core.shutdown()
+    assert not any(_alive(p) for p in pids)
+    with pytest.raises(WorkerFailure, match="shut down"):
+        _greedy(llm)
+
+
+def test_a_killed_worker_fails_the_next_step_and_deletion_stops_the_rest(tiny_llama):
+    llm = _llm(tiny_llama, 2)
+    ex = _executor(llm)
+    pids = ex.worker_pids
+    os.kill(pids[1], signal.SIGKILL)
+    with pytest.raises(WorkerFailure, match=rf"rank 1 died \(pid {pids[1]}, exit code -9\)"):
+        _greedy(llm)
+    assert not any(_alive(p) for p in pids)   # rank 0 (stuck in a collective) was stopped
+    with pytest.raises(WorkerFailure, match="rank 1 died"):
+        _greedy(llm)                           # and the engine stays failed
+    del llm, ex
+    gc.collect()
+
+
+def test_a_worker_that_raises_fails_the_engine_with_its_error(tiny_llama):
+    llm = _llm(tiny_llama, 2)
+    ex = _executor(llm)
+    pids = ex.worker_pids
+    blocks = ex.collective_rpc("determine_num_blocks")
+    assert len(blocks) == 2 and blocks[0] == blocks[1]    # every rank answers, in rank order
+    with pytest.raises(WorkerFailure, match="rank 0 failed: AttributeError: .*no_such_method"):
+        ex.collective_rpc("no_such_method")
+    assert not any(_alive(p) for p in pids)
+    with pytest.raises(WorkerFailure, match="rank 0 failed"):
+        _greedy(llm)
+
+
+def test_async_scheduling_and_deleting_the_llm_stops_its_workers(tiny_llama, tp1_tokens):
+    # async: the core launches step k before reading step k-1's answer from the workers
+    llm = _llm(tiny_llama, 2, async_scheduling=True)
+    assert llm.llm_engine.async_scheduling
+    pids = _executor(llm).worker_pids
+    assert _greedy(llm) == tp1_tokens
+    del llm
+    gc.collect()
+    assert not any(_alive(p) for p in pids)
+
+
+def test_workers_exit_when_their_parent_is_killed(tiny_llama):
+    script = textwrap.dedent(f"""
+        import sys
+        from llmcore import LLM
+        llm = LLM(model={tiny_llama!r}, tensor_parallel_size=2, skip_tokenizer_init=True,
+                  device="cpu", dtype="float32", max_model_len=128, cpu_kv_cache_space=0.01)
+        print(*llm.llm_engine.core.executor.worker_pids, flush=True)
+        sys.stdin.read()   # until killed
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        line = parent.stdout.readline()
+        assert line, "the parent process failed to start its engine"
+        pids = [int(x) for x in line.split()]
+        # pidfds become readable when their process exits: an event, no polling
+        fds = [os.pidfd_open(p) for p in pids]
+    finally:
+        parent.kill()
+        parent.wait()
+    try:
+        pending = set(fds)
+        while pending:
+            ready, _, _ = select.select(list(pending), [], [])
+            pending -= set(ready)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_bad_parallel_settings_fail_before_any_worker_starts(tiny_llama):
+    with pytest.raises(ValueError, match="4 attention heads are not divisible by "
+                                         "--tensor-parallel-size 3"):
+        _llm(tiny_llama, 3)
+    with pytest.raises(ValueError, match="ray is not supported"):
+        _llm(tiny_llama, 2, distributed_executor_backend="ray")
+    with pytest.raises(ValueError, match="pipeline-parallel-size"):
+        _llm(tiny_llama, 2, pipeline_parallel_size=2)
+
+
+async def test_async_llm_runs_tp2_workers_under_its_engine_core_process(tiny_llama, tp1_tokens):
+    # the engine core runs in its own (daemon) process, which starts the TP workers
+    from llmcore.config import EngineArgs
+    from llmcore.engine.async_llm import AsyncLLM
+
+    engine = AsyncLLM(EngineArgs(model=tiny_llama, tensor_parallel_size=2, skip_tokenizer_init=True,
+                                 device="cpu", dtype="float32", max_model_len=128,
+                                 cpu_kv_cache_space=0.01, max_num_seqs=8, seed=0,
+                                 disable_log_stats=True))
+    try:
+        last = None
+        async for out in engine.generate({"prompt_token_ids": _PROMPTS[1]}, _GREEDY,
+                                         request_id="r"):
+            last = out
+        assert list(last.outputs[0].token_ids) == tp1_tokens[1]
+        core_pid = engine.client._proc.pid
+        workers = [int(pid) for f in glob.glob(f"/proc/{core_pid}/task/*/children")
+                   for pid in open(f).read().split()]
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
+    finally:
+        engine.shutdown()
+    assert not any(_alive(p) for p in workers)   # the core stopped its workers before exiting
