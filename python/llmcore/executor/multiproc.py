@@ -149,6 +149,7 @@ class MultiprocExecutor(Executor):
         raised. Waits on the pipes and the processes' sentinels together."""
         self._check()
         results: list = [None] * self.world_size
+        errors: dict = {}   # rank -> error text: reported for the lowest rank, once all answered
         waiting = {conn: rank for rank, conn in enumerate(self._conns)}
         sentinels = {p.sentinel: rank for rank, p in enumerate(self._procs)}
         while waiting:
@@ -169,8 +170,11 @@ class MultiprocExecutor(Executor):
                     self._fail(f"tensor-parallel worker rank {rank} died "
                                f"({self._exit_text(rank)})")
                 if status != "ok":
-                    self._fail(f"tensor-parallel worker rank {rank} failed: {value}")
+                    errors[rank] = value
                 results[rank] = value
+        if errors:
+            rank = min(errors)
+            self._fail(f"tensor-parallel worker rank {rank} failed: {errors[rank]}")
         return results
 
     def _exit_text(self, rank: int) -> str:
