@@ -100,7 +100,8 @@ class LLMEngine:
         self.model_info = ServedModelInfo(
             served_model_names=list(mc.served_model_names), model_path=mc.model,
             max_model_len=mc.max_model_len, vocab_size=mc.vocab_size, dtype=str(mc.dtype).split(".")[-1],
-            block_size=engine_args.block_size, max_logprobs=engine_args.max_logprobs)
+            block_size=engine_args.block_size, max_logprobs=engine_args.max_logprobs,
+            eos_token_ids=list(mc.eos_token_ids), sampling_defaults=dict(mc.sampling_defaults))
         eos = getattr(self.tokenizer, "eos_token_id", None) if self.tokenizer else mc.eos_token_id
         self.eos_token_id = eos
         self.input_processor = InputProcessor(self.tokenizer, self.model_info,

@@ -136,7 +136,9 @@ async def serve(engine: Any, engine_args: EngineArgs, frontend_args: FrontendArg
         except ImportError as e:
             raise StartupError(f"--grpc-port: the gRPC front end is not available: {e}", 2) \
                 from None
-        grpc_server = serve_grpc(engine, frontend_args, api_key)
+        grpc_server = serve_grpc(engine, frontend_args, api_key,
+                                 log_requests=not engine_args.disable_log_requests,
+                                 max_log_len=engine_args.max_log_len)
         if inspect.isawaitable(grpc_server):
             grpc_server = await grpc_server
         logger.info("gRPC listening on port %s",

@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from llmcore.entrypoints.gc_tuning import tune_gc_for_serving
 from llmcore.entrypoints.grpc._stubs import pb2, pb2_grpc
+from llmcore.entrypoints.request_log import prompt_for_log
 from llmcore.entrypoints.grpc.convert import (RpcError, _full_response, _invalid,
                                               _is_unavailable_error, _StreamState,
                                               sampling_params_from_proto)
@@ -40,9 +41,12 @@ _NO_AUTH_METHODS = ("/grpc.health.v1.Health/", f"/{SERVICE_NAME}/Health")
 
 
 class GenerationServicer(pb2_grpc.GenerationServicer):
-    def __init__(self, engine: Any, args: Any, max_inflight: Optional[int] = None):
+    def __init__(self, engine: Any, args: Any, max_inflight: Optional[int] = None, *,
+                 log_requests: bool = False, max_log_len: Optional[int] = None):
         self.engine = engine
         self.args = args
+        self.log_requests = log_requests
+        self.max_log_len = max_log_len
         info = engine.model_info
         self.model_names = list(info.served_model_names) or [info.model_path]
         self.max_inflight = max_inflight
@@ -89,8 +93,9 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
         raise _invalid("prompt: set one of text or token_ids")
 
     def _params(self, request: Any, streaming: bool):
-        params = sampling_params_from_proto(request.sampling_params,
-                                            has_msg=request.HasField("sampling_params"))
+        params = sampling_params_from_proto(
+            request.sampling_params, has_msg=request.HasField("sampling_params"),
+            defaults=getattr(self.engine.model_info, "sampling_defaults", None))
         if streaming:
             n = getattr(params, "n", 1)
             best_of = getattr(params, "best_of", None) or n
@@ -105,8 +110,15 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
     async def _abort(self, context: Any, e: RpcError):
         await context.abort(e.code, e.message)
 
-    async def _run(self, prompt: Any, params: Any, request_id: str):
-        """Yield the engine's RequestOutputs; map engine errors to RpcError; abort on exit."""
+    def _log(self, request_id: str, prompt: Any, params: Any, priority: int) -> None:
+        if self.log_requests:
+            text, ids = prompt_for_log(prompt, self.max_log_len)
+            logger.info("request %s: prompt=%r prompt_token_ids=%s params=%s priority=%d",
+                        request_id, text, ids, params, priority)
+
+    async def _run(self, prompt: Any, params: Any, request_id: str, priority: int = 0):
+        """Yield the engine's RequestOutputs; map engine errors to RpcError; abort on exit.
+        priority 0 is the engine's default, so it is passed only when another is asked for."""
         if self.max_inflight is not None and self.inflight >= self.max_inflight:
             raise RpcError(grpc.StatusCode.UNAVAILABLE,
                            f"server overloaded: {self.inflight} requests in flight "
@@ -117,7 +129,10 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
         got_output = False
         try:
             try:
-                gen = self.engine.generate(prompt, params, request_id)
+                if priority:
+                    gen = self.engine.generate(prompt, params, request_id, priority=priority)
+                else:
+                    gen = self.engine.generate(prompt, params, request_id)
             except ValueError as e:  # validated synchronously, nothing queued
                 raise _invalid(str(e)) from None
             async with contextlib.aclosing(gen):
@@ -152,9 +167,11 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
     def _request_id(given: str) -> str:
         return given or f"grpc-{uuid.uuid4().hex}"
 
-    async def _stream(self, prompt: Any, params: Any, request_id: str, model: str, context: Any):
+    async def _stream(self, prompt: Any, params: Any, request_id: str, model: str, context: Any,
+                      priority: int = 0):
         state = _StreamState(request_id, model, params)
-        async for out in self._run(prompt, params, request_id):
+        self._log(request_id, prompt, params, priority)
+        async for out in self._run(prompt, params, request_id, priority):
             msg = state.delta(out)
             if msg is not None:
                 yield msg
@@ -166,7 +183,7 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             prompt = self._prompt(request)
             params = self._params(request, streaming=True)
             rid = self._request_id(request.request_id)
-            async for msg in self._stream(prompt, params, rid, model, context):
+            async for msg in self._stream(prompt, params, rid, model, context, request.priority):
                 yield msg
         except RpcError as e:
             await self._abort(context, e)
@@ -178,7 +195,8 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             params = self._params(request, streaming=False)
             rid = self._request_id(request.request_id)
             last = None
-            async for out in self._run(prompt, params, rid):
+            self._log(rid, prompt, params, request.priority)
+            async for out in self._run(prompt, params, rid, request.priority):
                 last = out
             if last is None:
                 raise RpcError(grpc.StatusCode.INTERNAL, "the engine returned no output")
@@ -192,7 +210,7 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             prompt = self._chat_prompt(request)
             params = self._params(request, streaming=True)
             rid = self._request_id(request.request_id)
-            async for msg in self._stream(prompt, params, rid, model, context):
+            async for msg in self._stream(prompt, params, rid, model, context, request.priority):
                 yield msg
         except RpcError as e:
             await self._abort(context, e)
@@ -403,13 +421,17 @@ def _server_credentials(args: Any) -> Optional[grpc.ServerCredentials]:
 # ---------------------------------------------------------------------------------------------
 # entry points
 
-async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None) -> grpc.aio.Server:
+async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
+                     log_requests: bool = False,
+                     max_log_len: Optional[int] = None) -> grpc.aio.Server:
     """Start the gRPC server on `engine` at args.host:args.grpc_port and return it, listening.
 
     args: FrontendArgs (grpc_port, host, grpc_max_message_size, grpc_max_inflight, ssl_*,
     chat_template, trust_request_chat_template). api_key: required as `authorization: Bearer
     <key>` (on every method but the health checks, server reflection included); when None,
     args.api_key.
+    log_requests / max_log_len: log each request (prompt cut to max_log_len characters or
+    token ids), as --disable-log-requests off / --max-log-len.
     With grpc_port 0 a free port is chosen: it is in `server.llmcore_port`.
     """
     max_size = int(getattr(args, "grpc_max_message_size", 16 * 1024 * 1024))
@@ -424,7 +446,8 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None) -> g
     interceptors = [_ApiKeyInterceptor(api_key)] if api_key else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     servicer = GenerationServicer(engine, args,
-                                  max_inflight=getattr(args, "grpc_max_inflight", None))
+                                  max_inflight=getattr(args, "grpc_max_inflight", None),
+                                  log_requests=log_requests, max_log_len=max_log_len)
     pb2_grpc.add_GenerationServicer_to_server(servicer, server)
     health = _HealthServicer(servicer)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -512,7 +535,9 @@ async def _serve_standalone(engine_args, fe) -> None:
     engine = AsyncLLMEngine.from_engine_args(engine_args)
     tune_gc_for_serving()
     api_key = fe.api_key or os.environ.get("LLMCORE_API_KEY") or None
-    server = await serve_grpc(engine, fe, api_key)
+    server = await serve_grpc(engine, fe, api_key,
+                              log_requests=not engine_args.disable_log_requests,
+                              max_log_len=engine_args.max_log_len)
     print(f"llmcore gRPC server listening on port {server.llmcore_port}", flush=True)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()

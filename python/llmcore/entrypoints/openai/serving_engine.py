@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 import anyio
 
 from llmcore.entrypoints.openai.errors import APIError, sse_error, value_error_to_api_error
+from llmcore.entrypoints.request_log import prompt_for_log
 
 logger = logging.getLogger("llmcore.entrypoints.openai")
 
@@ -306,30 +307,6 @@ class OpenAIServingBase:
         text, ids = prompt_for_log(prompt, self.config.max_log_len)
         logger.info("request %s: prompt=%r prompt_token_ids=%s params=%s user=%r priority=%d",
                     request_id, text, ids, params, user, priority)
-
-
-def prompt_for_log(prompt: Any, max_log_len: Optional[int]) -> tuple[Optional[str], Any]:
-    """(text, token ids) of a prompt for a request log line, each cut to max_log_len
-    (characters of a text prompt, ids of a token-id prompt; as vLLM's --max-log-len)."""
-    text: Optional[str] = None
-    ids: Any = None
-    if isinstance(prompt, str):
-        text = prompt
-    elif isinstance(prompt, dict):
-        text = prompt.get("prompt")
-        ids = prompt.get("prompt_token_ids")
-    elif isinstance(prompt, (list, tuple)):
-        ids = prompt
-    else:
-        text = repr(prompt)
-    if max_log_len is not None:
-        if text is not None:
-            text = text[:max_log_len]
-        if ids is not None:
-            ids = list(ids[:max_log_len])
-    elif ids is not None:
-        ids = list(ids)
-    return text, ids
 
 
 async def sse_stream(events: AsyncIterator[str], request_id: str,
