@@ -52,6 +52,7 @@ class FakeEngine:
         self.running: dict[str, asyncio.Event] = {}
         self.dead = False
         self.aborted: list[str] = []
+        self.calls: list = []   # (request_id, SamplingParams, priority) per generate()
 
     @property
     def errored(self) -> bool:
@@ -76,7 +77,9 @@ class FakeEngine:
             self.aborted.append(request_id)
         self.used.pop(request_id, None)
 
-    def generate(self, prompt, sampling_params: SamplingParams, request_id: str):
+    def generate(self, prompt, sampling_params: SamplingParams, request_id: str,
+                 priority: int = 0):
+        self.calls.append((request_id, sampling_params, priority))
         if self.dead:
             raise RuntimeError("EngineDeadError")
         if isinstance(prompt, dict):

@@ -10,8 +10,8 @@ Scaling variants follow transformers' definitions (modeling_rope_utils):
 - yarn: as transformers `_compute_yarn_parameters` (attention factor folded into cos/sin).
 - longrope (Phi-3; "su" is its old name): inv_freq = 1 / (ext * theta^(2i/d)) with ext the
   short_factor list below original_max_position_embeddings and the long_factor list from
-  there on, cos/sin scaled by attention_factor (default sqrt(1 + ln(s)/ln(orig)), s =
-  max_position/orig). The choice is per position, so a cached key never changes: as
+  there on, cos/sin scaled by attention_factor (default sqrt(1 + ln(s)/ln(orig)), s = factor,
+  else max_position/orig). The choice is per position, so a cached key never changes: as
   transformers while a sequence grows past orig (its cached keys keep the short factors);
   a single prompt longer than orig gets short factors for its first orig positions where
   transformers re-rotates all of them with the long ones (vLLM switches the whole batch).
@@ -83,7 +83,7 @@ def longrope_cache(rotary_dim: int, base: float, rope_scaling: dict, max_positio
         factors[key] = f
     attn = rope_scaling.get("attention_factor")
     if attn is None:
-        scale = max_position / orig
+        scale = float(rope_scaling.get("factor") or max_position / orig)
         attn = 1.0 if scale <= 1.0 else math.sqrt(1 + math.log(scale) / math.log(orig))
     attn = float(attn)
     mscales = {"short_factor": float(rope_scaling.get("short_mscale") or attn),
