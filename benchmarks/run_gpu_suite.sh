@@ -223,6 +223,17 @@ case "$SUITE" in
     thr thr_8b_1000_fp8_s512 200 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf ;;
   h200serve)  # H200: serving at every rate, 300 and 1000 prompts at rate inf
     serving "4 100" "16 200" "inf 300" "inf 1000" ;;
+  h200core1)  # H200, engine core v2 (1/2): GPU engine tests, bs1 latency, 1000 x 128/128 offline,
+    # the same with 10% of the requests at n=4
+    kernel_tests gpu_engine_tests 150 -x $K/test_gpu_engine.py $K/test_sampling.py
+    lat lat_8b_bs1 80 $M8 --skip-hf
+    thr thr_8b_128 100 128 --skip-hf
+    thr thr_8b_128_n4 100 128 --skip-hf --mixed-n-fraction 0.1 ;;
+  h200core2)  # H200, engine core v2 (2/2): offline then served 1000 x 128/128 in one call (the
+    # ratio), rate 16, 1000/1000 with the fp8 cache at 512 sequences
+    thr thr_8b_128 100 128 --skip-hf
+    serving "16 200" "inf 1000"
+    thr thr_8b_1000_fp8_s512 170 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf ;;
   *)
     echo "unknown SUITE=$SUITE" | tee -a "$OUT/summary.log"
     exit 2 ;;

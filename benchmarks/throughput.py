@@ -48,6 +48,12 @@ def run_llmcore(args, prompts) -> dict:
     llm = LLM(**kwargs)
     params = SamplingParams(n=args.n, temperature=1.0, top_p=1.0, ignore_eos=True,
                             max_tokens=args.output_len)
+    if args.mixed_n_fraction > 0:
+        # every k-th request samples --mixed-n outputs (vLLM's parallel sampling), the rest n
+        wide = SamplingParams(n=args.mixed_n, temperature=1.0, top_p=1.0, ignore_eos=True,
+                              max_tokens=args.output_len)
+        k = max(1, round(1 / args.mixed_n_fraction))
+        params = [wide if i % k == 0 else params for i in range(len(prompts))]
     # Warm-up (allocator, kernels) outside the timed region.
     llm.generate([{"prompt_token_ids": prompts[0]}], SamplingParams(max_tokens=4, ignore_eos=True),
                  use_tqdm=False)
@@ -158,6 +164,9 @@ def main(argv=None) -> int:
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--n", type=int, default=1)
+    p.add_argument("--mixed-n", type=int, default=4)
+    p.add_argument("--mixed-n-fraction", type=float, default=0.0,
+                   help="Fraction of requests that sample --mixed-n outputs instead of --n.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=256)

@@ -31,6 +31,16 @@ cmake -S . -B build/cpp-tests -G Ninja -DLLMCORE_BUILD_TESTS=ON -DLLMCORE_CUDA=O
 cmake --build build/cpp-tests -j2
 ctest --test-dir build/cpp-tests --output-on-failure -j2
 
+# --- the same C++ tests under AddressSanitizer + UBSan (Debug build at -O1, asserts on).
+# Any report fails the run: ASan halts on the first error, UBSan is built with
+# -fno-sanitize-recover and told to halt as well.
+cmake -S . -B build/cpp-tests-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug -DLLMCORE_BUILD_TESTS=ON -DLLMCORE_SANITIZE=ON \
+  -DLLMCORE_CUDA=OFF -DLLMCORE_HIP=OFF >/dev/null
+cmake --build build/cpp-tests-sanitize -j2
+ASAN_OPTIONS=halt_on_error=1:abort_on_error=1:detect_leaks=1:strict_string_checks=1:detect_stack_use_after_return=1 \
+UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  ctest --test-dir build/cpp-tests-sanitize --output-on-failure -j2
+
 # --- Node.js gRPC client used by tests/grpc
 if [ -f tests/grpc/node/package.json ]; then
   (cd tests/grpc/node && npm ci --no-audit --no-fund --loglevel=error)

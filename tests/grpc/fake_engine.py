@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 
 from llmcore.engine.protocol import EngineStats, ServedModelInfo
 from llmcore.outputs import CompletionOutput, Logprob, RequestOutput
@@ -53,6 +54,28 @@ class FakeEngine:
         self.dead = False
         self.aborted: list[str] = []
         self.calls: list = []   # (request_id, SamplingParams, priority) per generate()
+        self._error = None
+        self._death_waiters: list = []  # (event loop, future)
+        self._lock = threading.Lock()
+
+    def kill(self, error=None) -> None:
+        """Die now (from any thread): in-flight generations fail at their next step and
+        wait_for_death returns `error`."""
+        with self._lock:
+            self.dead = True
+            self._error = error or RuntimeError("EngineDeadError: killed by the test")
+            waiters, self._death_waiters = self._death_waiters, []
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_result(self._error))
+
+    async def wait_for_death(self) -> BaseException:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._lock:
+            if self.dead:
+                return self._error
+            self._death_waiters.append((loop, fut))
+        return await fut
 
     @property
     def errored(self) -> bool:
@@ -106,6 +129,8 @@ class FakeEngine:
                 await asyncio.sleep(self.step_s)
                 if stop.is_set():
                     return
+                if self.dead:
+                    raise RuntimeError("EngineDeadError: the engine loop died")
                 for o in outs:
                     t = body[step % len(body)]
                     o.token_ids = list(o.token_ids) + [t]

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))
 from paged_kv_helper import build_metadata  # noqa: E402
 
 from llmcore.layers.attention import Attention, cpu_backend  # noqa: E402
+from llmcore.layers.context import LayerContext  # noqa: E402
 
 
 def _reference(q, k_all, v_all, ctx, scale, window):
@@ -47,7 +48,8 @@ def test_backend_matches_reference(window, heads, decode_kernel, monkeypatch):
     H, KV = heads
     D, bs, nblocks = 16, 4, 64
     dev = "cpu"
-    attn = Attention(H, D, D ** -0.5, num_kv_heads=KV, sliding_window=window, device=dev)
+    attn = Attention(H, D, D ** -0.5, ctx=LayerContext.single_rank(dev, torch.float32),
+                     num_kv_heads=KV, sliding_window=window)
     key_cache = torch.zeros(nblocks, bs, KV, D)
     value_cache = torch.zeros(nblocks, bs, KV, D)
     rng = np.random.default_rng(0)
@@ -91,7 +93,8 @@ def test_no_cache_prefill_only():
     """Empty caches (profiling run): prefill attends to its own tokens, writes nothing."""
     torch.manual_seed(1)
     H, KV, D = 4, 2, 8
-    attn = Attention(H, D, D ** -0.5, num_kv_heads=KV)
+    attn = Attention(H, D, D ** -0.5, ctx=LayerContext.single_rank("cpu", torch.float32),
+                     num_kv_heads=KV)
     md, _ = build_metadata([([0, 1], 0, 5), ([2], 0, 3)], 2, 4)
     q, k, v = torch.randn(8, H * D), torch.randn(8, KV * D), torch.randn(8, KV * D)
     empty = torch.empty(0)

@@ -8,16 +8,19 @@ import torch
 import torch.nn.functional as F
 
 from llmcore.layers.activation import SiluAndMul
+from llmcore.layers.context import LayerContext
 from llmcore.layers.layernorm import RMSNorm
 from llmcore.layers.linear import (ColumnParallelLinear, MergedColumnParallelLinear,
                                    QKVParallelLinear, RowParallelLinear)
 from llmcore.layers.vocab_embedding import (LogitsProcessor, ParallelLMHead,
                                             VocabParallelEmbedding)
 
+CTX = LayerContext.single_rank("cpu", torch.float32)
+
 
 def test_qkv_and_merged_loaders():
     hidden, hd, nh, nkv = 32, 8, 4, 2
-    qkv = QKVParallelLinear(hidden, hd, nh, nkv, bias=True)
+    qkv = QKVParallelLinear(hidden, hd, nh, nkv, ctx=CTX, bias=True)
     wq, wk, wv = torch.randn(nh * hd, hidden), torch.randn(nkv * hd, hidden), torch.randn(nkv * hd, hidden)
     bq, bk, bv = torch.randn(nh * hd), torch.randn(nkv * hd), torch.randn(nkv * hd)
     for sid, w, b in (("k", wk, bk), ("q", wq, bq), ("v", wv, bv)):  # any order
@@ -30,7 +33,7 @@ def test_qkv_and_merged_loaders():
     with pytest.raises(ValueError):
         qkv.weight.weight_loader(qkv.weight, torch.randn(3, hidden), "q")
 
-    gu = MergedColumnParallelLinear(hidden, [24, 24])
+    gu = MergedColumnParallelLinear(hidden, [24, 24], ctx=CTX)
     wg, wu = torch.randn(24, hidden), torch.randn(24, hidden)
     gu.weight.weight_loader(gu.weight, wu, 1)
     gu.weight.weight_loader(gu.weight, wg, 0)
@@ -38,8 +41,8 @@ def test_qkv_and_merged_loaders():
     act = SiluAndMul()(gu(x))
     torch.testing.assert_close(act, F.silu(F.linear(x, wg)) * F.linear(x, wu))
 
-    col = ColumnParallelLinear(hidden, 12)
-    row = RowParallelLinear(12, hidden, bias=True)
+    col = ColumnParallelLinear(hidden, 12, ctx=CTX)
+    row = RowParallelLinear(12, hidden, ctx=CTX, bias=True)
     w1, w2, b2 = torch.randn(12, hidden), torch.randn(hidden, 12), torch.randn(hidden)
     col.weight.weight_loader(col.weight, w1)
     row.weight.weight_loader(row.weight, w2)
@@ -51,7 +54,7 @@ def test_rmsnorm_matches_hf_and_fused_residual():
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     torch.manual_seed(0)
-    norm = RMSNorm(64, eps=1e-5)
+    norm = RMSNorm(64, eps=1e-5, ctx=CTX)
     norm.weight.data.normal_()
     hf = LlamaRMSNorm(64, eps=1e-5)
     hf.weight.data.copy_(norm.weight.data)
@@ -66,12 +69,12 @@ def test_rmsnorm_matches_hf_and_fused_residual():
 
 
 def test_embedding_and_tied_lm_head():
-    emb = VocabParallelEmbedding(50, 16)
+    emb = VocabParallelEmbedding(50, 16, ctx=CTX)
     w = torch.randn(50, 16)
     emb.weight.weight_loader(emb.weight, w)
     ids = torch.tensor([0, 49, 7])
     torch.testing.assert_close(emb(ids), w[ids])
-    head = ParallelLMHead(50, 16).tie_weights(emb)
+    head = ParallelLMHead(50, 16, ctx=CTX).tie_weights(emb)
     assert head.weight is emb.weight
     h = torch.randn(2, 16)
     logits = LogitsProcessor(50)(head, h)
@@ -86,7 +89,7 @@ def test_cpu_packed_linear_matches_dense(bias):
     from llmcore.layers import cpu_gemm
 
     torch.manual_seed(0)
-    layer = RowParallelLinear(48, 40, bias=bias)
+    layer = RowParallelLinear(48, 40, ctx=CTX, bias=bias)
     w = torch.randn(40, 48)
     layer.weight.weight_loader(layer.weight, w)
     if bias:
@@ -105,10 +108,10 @@ def test_cpu_packed_linear_matches_dense(bias):
 
 
 def test_packed_lm_head_keeps_the_tied_embedding():
-    emb = VocabParallelEmbedding(50, 16)
+    emb = VocabParallelEmbedding(50, 16, ctx=CTX)
     w = torch.randn(50, 16)
     emb.weight.weight_loader(emb.weight, w)
-    head = ParallelLMHead(50, 16).tie_weights(emb)
+    head = ParallelLMHead(50, 16, ctx=CTX).tie_weights(emb)
     head.process_weights_after_loading()
     ids = torch.tensor([3, 49])
     torch.testing.assert_close(emb(ids), w[ids])  # the embedding table is untouched
@@ -117,7 +120,7 @@ def test_packed_lm_head_keeps_the_tied_embedding():
 
 
 def test_fp16_weights_stay_dense():
-    layer = RowParallelLinear(16, 8, params_dtype=torch.float16)
+    layer = RowParallelLinear(16, 8, ctx=LayerContext.single_rank("cpu", torch.float16))
     layer.quant_method.process_weights_after_loading(layer)
     assert not layer.weight.is_mkldnn
 
@@ -126,7 +129,7 @@ def test_bf16_packed_only_where_onednn_has_bf16():
     from llmcore.layers import cpu_gemm
 
     torch.manual_seed(0)
-    layer = RowParallelLinear(64, 32, params_dtype=torch.bfloat16)
+    layer = RowParallelLinear(64, 32, ctx=LayerContext.single_rank("cpu", torch.bfloat16))
     w = torch.randn(32, 64, dtype=torch.bfloat16)
     layer.weight.weight_loader(layer.weight, w)
     layer.quant_method.process_weights_after_loading(layer)
@@ -140,7 +143,7 @@ def test_bf16_packed_only_where_onednn_has_bf16():
 def test_packed_untied_lm_head_replaces_its_weight():
     from llmcore.layers import cpu_gemm
 
-    head = ParallelLMHead(50, 16)
+    head = ParallelLMHead(50, 16, ctx=CTX)
     w = torch.randn(50, 16)
     head.weight.weight_loader(head.weight, w)
     head.process_weights_after_loading()

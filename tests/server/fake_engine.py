@@ -8,6 +8,7 @@ function of the previous token. Uses the real SamplingParams / RequestOutput cla
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any, AsyncIterator, Optional
 
 from llmcore.engine.protocol import EngineStats, ServedModelInfo
@@ -46,9 +47,28 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.calls: list = []   # (request_id, SamplingParams, priority) per generate()
         self._dead = False
+        self._error: Optional[BaseException] = None
+        self._death_waiters: list = []  # (event loop, future)
+        self._lock = threading.Lock()
 
-    def kill(self) -> None:
-        self._dead = True
+    def kill(self, error: Optional[BaseException] = None) -> None:
+        """Die now (from any thread): in-flight generations fail at their next step and
+        wait_for_death returns `error`."""
+        with self._lock:
+            self._dead = True
+            self._error = error or RuntimeError("engine loop died (killed by the test)")
+            waiters, self._death_waiters = self._death_waiters, []
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(lambda f=fut: f.done() or f.set_result(self._error))
+
+    async def wait_for_death(self) -> BaseException:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._lock:
+            if self._dead:
+                return self._error
+            self._death_waiters.append((loop, fut))
+        return await fut
 
     @property
     def errored(self) -> bool:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:  # pragma: no cover
+    from llmcore.config.engine_config import EngineConfig
 
 # Sentinel help group names, used by the CLI to group --help output.
 GROUP_MODEL = "Model and weights"
@@ -350,6 +353,57 @@ class EngineArgs:
         from llmcore.model_loader.extra_config import parse_loader_extra_config
         return parse_loader_extra_config(self.model_loader_extra_config)
 
+    def create_engine_config(self) -> "EngineConfig":
+        """Resolve the flags into the typed EngineConfig and validate it. Reads the model's
+        config (config.json / GGUF metadata), never its weights."""
+        from llmcore.config.engine_config import (
+            CacheConfig, DeviceConfig, EngineConfig, LoadConfig, ObservabilityConfig,
+            ParallelConfig, SchedulerConfig, StructuredOutputConfig)
+        from llmcore.model_loader.model_config import load_model_config
+
+        self.validate()
+        device_config = DeviceConfig.from_name(self.device)
+        device = device_config.device
+        mc = load_model_config(self, device)
+        max_batched = self.max_num_batched_tokens
+        if max_batched is None:
+            # vLLM's defaults: small chunks keep decodes flowing; unchunked must fit any prompt.
+            max_batched = 512 if self.enable_chunked_prefill else max(mc.max_model_len, 2048)
+        async_sched = (device.type == "cuda" if self.async_scheduling is None
+                       else bool(self.async_scheduling))
+        config = EngineConfig(
+            model_config=mc,
+            cache_config=CacheConfig(
+                block_size=self.block_size, kv_cache_dtype=self.kv_cache_dtype,
+                num_gpu_blocks_override=self.num_gpu_blocks_override,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                swap_space_gib=self.swap_space,
+                cpu_kv_cache_space_gib=(self.cpu_kv_cache_space
+                                        if self.cpu_kv_cache_space is not None else 4.0),
+                enable_prefix_caching=self.enable_prefix_caching,
+                max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched,
+                enforce_eager=self.enforce_eager),
+            scheduler_config=SchedulerConfig(
+                max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched,
+                max_model_len=mc.max_model_len, enable_chunked_prefill=self.enable_chunked_prefill,
+                preemption_mode=self.preemption_mode or "recompute",
+                async_scheduling=async_sched, scheduler_delay_factor=self.scheduler_delay_factor),
+            parallel_config=ParallelConfig(
+                tensor_parallel_size=self.tensor_parallel_size,
+                pipeline_parallel_size=self.pipeline_parallel_size,
+                distributed_executor_backend=self.distributed_executor_backend,
+                disable_custom_all_reduce=self.disable_custom_all_reduce),
+            load_config=LoadConfig(load_format=self.load_format, download_dir=self.download_dir,
+                                   model_loader_extra_config=self.model_loader_extra_config_dict()),
+            device_config=device_config,
+            structured_output_config=StructuredOutputConfig(backend=self.guided_decoding_backend),
+            observability_config=ObservabilityConfig(
+                disable_log_stats=self.disable_log_stats,
+                disable_log_requests=self.disable_log_requests, max_log_len=self.max_log_len),
+            seed=self.seed, max_logprobs=self.max_logprobs)
+        config.validate()
+        return config
+
     def rope_scaling_dict(self) -> Optional[dict]:
         if self.rope_scaling is None:
             return None
@@ -410,6 +464,11 @@ class FrontendArgs:
     grpc_max_inflight: Optional[int] = arg(None, group=GROUP_SERVER,
                                            help="Refuse new gRPC generations with UNAVAILABLE "
                                                 "while this many run; unset: no limit.")
+    shutdown_timeout: float = arg(30.0, group=GROUP_SERVER,
+                                  help="On SIGTERM/SIGINT, stop accepting requests and wait at "
+                                       "most this many seconds for those in flight to finish "
+                                       "(then end them with an error) before exiting; a second "
+                                       "signal exits at once.")
 
 
 def flag_name(field_name: str) -> str:

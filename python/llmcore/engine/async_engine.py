@@ -47,6 +47,11 @@ def _put_all(items: list) -> None:
         q.put_nowait(item)
 
 
+def _resolve(fut: asyncio.Future, value) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
 class AsyncLLMEngine:
     def __init__(self, engine: LLMEngine, start: bool = True,
                  stat_logger: Optional[StatLogger] = None):
@@ -62,6 +67,7 @@ class AsyncLLMEngine:
         self._wakeup = threading.Event()
         self._stop = threading.Event()
         self._dead: Optional[BaseException] = None
+        self._death_waiters: list = []  # (event loop, future) of wait_for_death callers
         self._stats = engine.get_stats()
         self._thread = threading.Thread(target=self._run, name="llmcore-engine", daemon=True)
         if start:
@@ -141,6 +147,20 @@ class AsyncLLMEngine:
         if self.errored:
             raise EngineDeadError(f"engine loop is dead: {self._dead!r}")
 
+    async def wait_for_death(self) -> BaseException:
+        loop = asyncio.get_running_loop()
+        waiter = (loop, loop.create_future())
+        with self._lock:
+            if self._dead is not None:
+                return self._dead
+            self._death_waiters.append(waiter)
+        try:
+            return await waiter[1]
+        finally:
+            with self._lock:
+                if waiter in self._death_waiters:
+                    self._death_waiters.remove(waiter)
+
     def shutdown(self) -> None:
         self._stop.set()
         self._wakeup.set()
@@ -168,11 +188,17 @@ class AsyncLLMEngine:
                     self._stat_logger.maybe_log(self._stats)
         except BaseException as e:  # noqa: BLE001 - the loop must report any death
             logger.exception("engine loop died")
-            self._dead = e
             with self._lock:
+                self._dead = e
                 streams = list(self._streams.values())
+                waiters = list(self._death_waiters)
             for s in streams:
                 s.put(EngineDeadError(f"engine loop died: {e!r}"))
+            for loop, fut in waiters:
+                try:
+                    loop.call_soon_threadsafe(_resolve, fut, e)
+                except RuntimeError:  # that loop is closed: nobody waits there any more
+                    pass
 
     def _deliver(self, outputs: list) -> None:
         """Hand one step's outputs to their streams with one call_soon_threadsafe per event

@@ -10,9 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import torch
-
-from llmcore.sampling import beam_candidates
 
 
 @dataclass
@@ -45,16 +42,29 @@ class BeamDecision:
     done: bool
 
 
-def step_beams(state: BeamState, beams: list, logprobs: torch.Tensor, eos_token_id: Optional[int],
+def beam_candidates_from_topk(beams: list, topk: tuple, k: int) -> list:
+    """The k best (beam index, token, new cumulative logprob) over all beams, best first,
+    from each beam's own top candidates (ids [N][m], log-softmax values [N][m], m >= k):
+    the global top k over beams x vocabulary is always among the per-beam top k."""
+    ids, lps = topk
+    cands = []
+    for b, beam in enumerate(beams):
+        cum = beam.cumulative_logprob
+        for tok, lp in zip(ids[b], lps[b]):
+            cands.append((cum + lp, b, tok))
+    # stable by (beam, rank) for equal scores, as a flat top-k over [N, V] in row order
+    cands.sort(key=lambda c: -c[0])
+    return [(b, tok, val) for val, b, tok in cands[:k]]
+
+
+def step_beams(state: BeamState, beams: list, topk: tuple, eos_token_id: Optional[int],
                ignore_eos: bool, max_tokens: int, at_max_len: Callable[[int], bool]) -> BeamDecision:
-    """beams: live SeqStates in row order of `logprobs` [len(beams), vocab] (log-softmaxed)."""
+    """beams: live sequences (with output_token_ids, cumulative_logprob) in row order of
+    topk = (ids [N][m], log-softmaxed logprobs [N][m]), each row's top m >= 2 x width."""
     width = state.width
-    cum = torch.tensor([b.cumulative_logprob for b in beams], dtype=torch.float32,
-                       device=logprobs.device)
     # 2 * width candidates, so finished (EOS) ones can be set aside without running out.
-    beam_idx, token_ids, values = beam_candidates(logprobs, 2 * width, cum)
     chosen: list = []
-    for b, token, val in zip(beam_idx.tolist(), token_ids.tolist(), values.tolist()):
+    for b, token, val in beam_candidates_from_topk(beams, topk, 2 * width):
         parent = beams[b]
         new_len = len(parent.output_token_ids) + 1
         if not ignore_eos and token == eos_token_id:

@@ -61,6 +61,9 @@ class EngineClient(Protocol):
     - `tokenizer` is a transformers tokenizer (encode / decode / apply_chat_template);
       `chat_template` the model's template string or None.
     - `errored` is True once the background loop died; `check_health` raises then.
+    - `wait_for_death` returns the error that killed the engine, once it is dead; it
+      never returns while the engine is healthy (nor after a clean `shutdown`). Every
+      open `generate` iterator raises once the engine is dead.
     """
 
     model_info: ServedModelInfo
@@ -79,5 +82,7 @@ class EngineClient(Protocol):
     def errored(self) -> bool: ...
 
     async def check_health(self) -> None: ...
+
+    async def wait_for_death(self) -> BaseException: ...
 
     def shutdown(self) -> None: ...

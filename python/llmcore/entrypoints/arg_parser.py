@@ -154,6 +154,8 @@ def validate_frontend_args(args: FrontendArgs) -> None:
         raise ArgumentError("--grpc-max-message-size must be >= 1")
     if args.grpc_max_inflight is not None and args.grpc_max_inflight < 1:
         raise ArgumentError("--grpc-max-inflight must be >= 1")
+    if not args.shutdown_timeout >= 0:
+        raise ArgumentError("--shutdown-timeout must be >= 0 seconds")
     if (args.ssl_keyfile is None) != (args.ssl_certfile is None):
         raise ArgumentError("--ssl-keyfile and --ssl-certfile must be given together")
     if args.root_path is not None and args.root_path and not args.root_path.startswith("/"):

@@ -1,9 +1,10 @@
 """Chat templates: loading (`--chat-template` file or inline) and sandboxed rendering.
 
-Templates are Jinja, rendered in `jinja2.sandbox.ImmutableSandboxedEnvironment` with the
-helpers Hugging Face templates expect (`raise_exception`, `strftime_now`, a `tojson`
-that keeps non-ASCII text). A template can therefore read the messages but cannot reach
-Python internals or mutate its inputs.
+Templates are Jinja, rendered in an immutable sandbox with work and size bounds
+(chat_template_sandbox.BoundedSandbox) and the helpers Hugging Face templates expect
+(`raise_exception`, `strftime_now`, a `tojson` that keeps non-ASCII text). A template
+can therefore read the messages but cannot reach Python internals, mutate its inputs,
+hang the server or exhaust its memory.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import os
 from typing import Any, Optional
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from llmcore.entrypoints.chat_template_sandbox import (MAX_CHARS, MAX_WIDTH, BoundedSandbox,
+                                                       RenderBudget, TemplateLimitError)
 
 
 class ChatTemplateError(ValueError):
@@ -56,21 +59,44 @@ def _strftime_now(fmt: str) -> str:
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
             sort_keys: bool = False) -> str:
+    if isinstance(indent, int) and not isinstance(indent, bool) and abs(indent) > MAX_WIDTH:
+        raise TemplateLimitError(f"tojson: indent {indent} is larger than {MAX_WIDTH}")
+    if isinstance(indent, str) and len(indent) > MAX_WIDTH:
+        raise TemplateLimitError(f"tojson: indent is longer than {MAX_WIDTH}")
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                       sort_keys=sort_keys)
 
 
 @functools.lru_cache(maxsize=64)
 def _compile(template: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True,
+                         extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     try:
         return env.from_string(template)
+    except TemplateLimitError as e:  # a constant expression folded at compile time
+        raise ChatTemplateError(f"chat template does not compile: {e}") from None
     except jinja2.exceptions.TemplateError as e:
         raise ChatTemplateError(f"chat template does not compile: {e}") from None
+    except (SyntaxError, RecursionError, MemoryError, ValueError, TypeError,
+            OverflowError) as e:  # SyntaxError: Jinja emitted invalid Python ({% break %})
+        raise ChatTemplateError(f"chat template does not compile: {type(e).__name__}: {e}"
+                                ) from None
+
+
+def _render_bounded(compiled: jinja2.Template, variables: dict, n_messages: int) -> str:
+    """Render piece by piece, refusing an output longer than MAX_CHARS."""
+    parts, total = [], 0
+    with RenderBudget(n_messages):
+        for piece in compiled.generate(**variables):
+            total += len(piece)
+            if total > MAX_CHARS:
+                raise TemplateLimitError(f"chat template output is longer than {MAX_CHARS} "
+                                         "characters")
+            parts.append(piece)
+    return "".join(parts)
 
 
 def check_template(template: str) -> None:
@@ -91,14 +117,19 @@ def render_chat(template: str, messages: list[dict], *, add_generation_prompt: b
                                 "true")
     compiled = _compile(template)
     try:
-        rendered = compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                   bos_token=bos_token, eos_token=eos_token, **kwargs)
+        rendered = _render_bounded(compiled, dict(
+            kwargs, messages=messages, add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token, eos_token=eos_token), len(messages) if messages else 0)
+    except TemplateLimitError as e:
+        raise ChatTemplateError(f"chat template stopped: {e}") from None
     except jinja2.exceptions.SecurityError as e:
         raise ChatTemplateError(f"chat template tried an unsafe operation: {e}") from None
     except jinja2.exceptions.TemplateError as e:
         raise ChatTemplateError(f"chat template error: {e}") from None
     except RecursionError:
         raise ChatTemplateError("chat template error: recursion too deep") from None
+    except MemoryError:
+        raise ChatTemplateError("chat template error: out of memory") from None
     except (TypeError, KeyError, AttributeError, IndexError, ValueError, ZeroDivisionError,
             OverflowError) as e:
         raise ChatTemplateError(f"chat template error: {type(e).__name__}: {e}") from None

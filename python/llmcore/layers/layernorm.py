@@ -7,16 +7,19 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from llmcore.layers.context import LayerContext
 from llmcore.layers.utils import default_weight_loader, use_cuda_kernels
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6, dtype: Optional[torch.dtype] = None,
-                 device=None):
+    """Replicated on every tensor-parallel rank (normalizes the full hidden state)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, *, ctx: LayerContext):
         super().__init__()
         self.hidden_size = hidden_size
         self.variance_epsilon = eps
-        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype, device=device),
+        self.prefix = ctx.prefix
+        self.weight = nn.Parameter(torch.ones(hidden_size, dtype=ctx.dtype, device=ctx.device),
                                    requires_grad=False)
         self.weight.weight_loader = default_weight_loader
 

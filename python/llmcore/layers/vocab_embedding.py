@@ -1,4 +1,6 @@
-"""Token embedding and LM head (vocab-parallel shaped; tp_size=1 today)."""
+"""Token embedding and LM head, vocab-parallel: rank r owns rows [r*n, (r+1)*n) of the
+vocabulary, n = ceil(vocab / tp_size); rows past the real vocabulary are zero padding
+(dropped from the logits), so the vocabulary need not divide by tp_size."""
 
 from __future__ import annotations
 
@@ -9,45 +11,62 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmcore.layers import cpu_gemm
+from llmcore.layers.context import LayerContext
 from llmcore.layers.utils import set_weight_attrs
 
 
 class VocabParallelEmbedding(nn.Module):
     """weight [vocab_per_partition, hidden]; rank r owns rows [r*n, (r+1)*n)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int,
-                 params_dtype: Optional[torch.dtype] = None, device=None,
-                 tp_size: int = 1, tp_rank: int = 0):
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, ctx: LayerContext):
         super().__init__()
+        self.ctx = ctx
+        self.prefix = ctx.prefix
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
-        self.tp_size, self.tp_rank = tp_size, tp_rank
-        self.num_embeddings_per_partition = -(-num_embeddings // tp_size)
-        self.vocab_start = tp_rank * self.num_embeddings_per_partition
+        self.tp_size, self.tp_rank = ctx.tp_size, ctx.tp_rank
+        self.num_embeddings_per_partition = -(-num_embeddings // ctx.tp_size)
+        self.vocab_start = ctx.tp_rank * self.num_embeddings_per_partition
+        self.vocab_end = min(self.vocab_start + self.num_embeddings_per_partition,
+                             num_embeddings)
+        if ctx.get_quant_method(self) is not None:
+            raise ValueError(f"{ctx.prefix or type(self).__name__}: quantized embeddings / LM "
+                             "heads are not supported; the quantization config must return "
+                             "None for this layer")
         self.weight = nn.Parameter(torch.empty(self.num_embeddings_per_partition, embedding_dim,
-                                               dtype=params_dtype or torch.get_default_dtype(),
-                                               device=device), requires_grad=False)
+                                               dtype=ctx.dtype, device=ctx.device),
+                                   requires_grad=False)
         set_weight_attrs(self.weight, {"weight_loader": self.weight_loader, "output_dim": 0})
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor) -> None:
-        n = min(self.num_embeddings_per_partition, loaded_weight.shape[0] - self.vocab_start)
-        if loaded_weight.shape[1] != param.shape[1]:
-            raise ValueError(f"embedding width {loaded_weight.shape[1]} != {param.shape[1]}")
-        param.data[:n].copy_(loaded_weight.narrow(0, self.vocab_start, n))
+        if loaded_weight.dim() == 2 and loaded_weight.shape[1] != param.shape[1]:
+            raise ValueError(f"{self.prefix}: embedding width {loaded_weight.shape[1]} != "
+                             f"{param.shape[1]}")
+        n = max(0, min(self.num_embeddings_per_partition,
+                       loaded_weight.shape[0] - self.vocab_start))
+        if n > 0:  # with much padding, the last ranks own no real rows
+            param.data[:n].copy_(loaded_weight.narrow(0, self.vocab_start, n))
         if n < param.shape[0]:
             param.data[n:].zero_()
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # tp_size > 1 would mask out-of-range ids and all-reduce.
-        return F.embedding(input_ids, self.weight)
+        if self.tp_size == 1:
+            return F.embedding(input_ids, self.weight)
+        # Each rank embeds the ids it owns (zeros elsewhere); the sum over ranks is the
+        # full embedding.
+        owned = (input_ids >= self.vocab_start) & (input_ids < self.vocab_end)
+        local = torch.where(owned, input_ids - self.vocab_start, 0)
+        out = F.embedding(local, self.weight).masked_fill_(~owned.unsqueeze(-1), 0)
+        return self.ctx.tp.all_reduce(out)
 
 
 class ParallelLMHead(VocabParallelEmbedding):
     """Output projection hidden -> vocab. `tie_weights(embedding)` shares the embedding's
     parameter (tie_word_embeddings)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, bias: bool = False, **kw):
-        super().__init__(num_embeddings, embedding_dim, **kw)
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, ctx: LayerContext,
+                 bias: bool = False):
+        super().__init__(num_embeddings, embedding_dim, ctx=ctx)
         self.tied = False
         self.packed_weight: Optional[torch.Tensor] = None  # see process_weights_after_loading
         if bias:
@@ -87,7 +106,8 @@ class LogitsProcessor(nn.Module):
     def forward(self, lm_head: ParallelLMHead, hidden_states: torch.Tensor) -> torch.Tensor:
         weight = lm_head.weight if lm_head.packed_weight is None else lm_head.packed_weight
         logits = cpu_gemm.linear(hidden_states, weight, lm_head.bias)
-        # tp_size > 1 would all-gather here.
+        if lm_head.tp_size > 1:  # each rank has its vocab slice: [rank 0 | rank 1 | ...]
+            logits = lm_head.ctx.tp.all_gather(logits, -1)
         if logits.shape[-1] != self.vocab_size:
             logits = logits[..., :self.vocab_size]
         if logits.dtype != torch.float32:

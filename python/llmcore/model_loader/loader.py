@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Optional
 
 import torch
 from torch import nn
 
+from llmcore.layers.context import LayerContext
 from llmcore.model_loader.cpu_tuning import tune_cpu_allocator
 from llmcore.model_loader.extra_config import loader_extra
 from llmcore.model_loader.model_config import ModelConfig
@@ -52,18 +54,43 @@ def iterate_tensorizer_weights(uri: str):
         deserializer.close()
 
 
-def get_model(model_config: ModelConfig, device="cpu") -> nn.Module:
-    """Build the model for model_config.architecture on `device` in model_config.dtype and
-    load its weights (or random ones for load_format="dummy")."""
+def build_layer_context(model_config: ModelConfig, device=None,
+                        layer_context: Optional[LayerContext] = None) -> LayerContext:
+    """The root context the model is built with: `layer_context` as given (checked against
+    device and the model), or a single-rank one on `device` (default cpu) in the model's
+    dtype."""
+    if layer_context is None:
+        return LayerContext.single_rank(device if device is not None else "cpu",
+                                        model_config.dtype)
+    if not isinstance(layer_context, LayerContext):
+        raise ValueError(f"layer_context must be a LayerContext, got {layer_context!r}")
+    if device is not None and torch.device(device) != layer_context.device:
+        raise ValueError(f"device {device} differs from layer_context.device "
+                         f"{layer_context.device}")
+    if layer_context.prefix:
+        raise ValueError(f"the model's layer_context must be the root one (prefix ''), got "
+                         f"prefix {layer_context.prefix!r}")
+    if layer_context.dtype != model_config.dtype:
+        raise ValueError(f"layer_context.dtype {layer_context.dtype} differs from the model "
+                         f"dtype {model_config.dtype}")
+    model_config.verify_tensor_parallel(layer_context.tp_size)
+    return layer_context
+
+
+def get_model(model_config: ModelConfig, device=None,
+              layer_context: Optional[LayerContext] = None) -> nn.Module:
+    """Build the model for model_config.architecture with `layer_context` (default: a
+    single rank on `device`, default cpu, in model_config.dtype) and load its weights (or
+    random ones for load_format="dummy"); each rank loads only its shards."""
     from llmcore.models.registry import get_model_cls
 
-    device = torch.device(device)
-    if device.type == "cpu":
+    ctx = build_layer_context(model_config, device, layer_context)
+    if ctx.device.type == "cpu":
         tune_cpu_allocator()
     cls = get_model_cls([model_config.architecture])
     t0 = time.perf_counter()
     with torch.inference_mode(False), torch.no_grad():
-        model = cls(model_config, device=device)
+        model = cls(model_config, ctx)
         if model_config.load_format == "dummy":
             initialize_dummy_weights(model)
         else:

@@ -4,12 +4,14 @@ EngineArgs + the checkpoint's config (config.json or GGUF metadata)."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
+from llmcore.layers.context import divide, per_rank_kv_heads
 from llmcore.model_loader.default_model import is_hub_model, resolve_model_path
 from llmcore.model_loader.generation_config import (eos_token_ids, read_generation_config,
                                                     sampling_defaults)
@@ -20,6 +22,16 @@ _DTYPES = {"half": torch.float16, "float16": torch.float16, "bfloat16": torch.bf
 # GGUF general.architecture / HF model_type -> HF architecture name
 _ARCH_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                        "qwen2": "Qwen2ForCausalLM"}
+
+# Sanity bounds on the config's sizes: far above any real model, low enough that a
+# corrupt config.json is refused before the model (or its KV cache) is allocated.
+_DIM_BOUNDS = {
+    "hidden_size": 1 << 17, "num_attention_heads": 1 << 12, "num_key_value_heads": 1 << 12,
+    "num_hidden_layers": 1 << 12, "vocab_size": 1 << 24, "intermediate_size": 1 << 20,
+    "head_dim": 1 << 12,
+}
+_MAX_POSITIONS = 1 << 24  # the rotary cache is sized from these
+_MAX_ROPE_FACTOR = 1024
 
 _MAX_LEN_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
                  "max_sequence_length", "model_max_length")
@@ -80,19 +92,50 @@ class ModelConfig:
             return [self.sliding_window if t == "sliding_attention" else None for t in types]
         return [self.sliding_window] * self.num_layers
 
-    def kv_cache_spec(self) -> tuple[int, int, int]:
-        return self.num_layers, self.num_kv_heads, self.head_dim
+    # ------------------------------------------------------------ per-rank sizes
+    def get_num_heads(self, tp_size: int = 1) -> int:
+        """Attention heads on each tensor-parallel rank."""
+        return divide(self.num_heads, tp_size, "number of attention heads")
 
-    def get_kv_bytes_per_token(self, dtype: Optional[torch.dtype] = None) -> int:
+    def get_num_kv_heads(self, tp_size: int = 1) -> int:
+        """Key/value heads on each tensor-parallel rank (1, replicated, when tp_size is a
+        multiple of num_kv_heads larger than it)."""
+        return per_rank_kv_heads(self.num_kv_heads, tp_size)[0]
+
+    def get_intermediate_size(self, tp_size: int = 1) -> Optional[int]:
+        """MLP intermediate size on each rank (None when the config has none)."""
+        total = getattr(self.hf_config, "intermediate_size", None)
+        return None if total is None else divide(int(total), tp_size, "intermediate size")
+
+    def get_vocab_size(self, tp_size: int = 1) -> int:
+        """Embedding / LM-head rows on each rank: ceil(vocab / tp_size); the last rank's
+        tail is zero padding (layers/vocab_embedding.py), so any vocabulary shards."""
+        return -(-self.vocab_size // tp_size)
+
+    def verify_tensor_parallel(self, tp_size: int) -> None:
+        """ValueError naming the numbers when the model cannot be split over tp_size ranks."""
+        if not isinstance(tp_size, int) or tp_size < 1:
+            raise ValueError(f"the tensor-parallel size must be a positive int, got {tp_size!r}")
+        self.get_num_heads(tp_size)
+        self.get_num_kv_heads(tp_size)
+        self.get_intermediate_size(tp_size)
+
+    def kv_cache_spec(self, tp_size: int = 1) -> tuple[int, int, int]:
+        """(layers, this rank's kv heads, head_dim) of one rank's KV cache."""
+        return self.num_layers, self.get_num_kv_heads(tp_size), self.head_dim
+
+    def get_kv_bytes_per_token(self, dtype: Optional[torch.dtype] = None,
+                               tp_size: int = 1) -> int:
+        """KV-cache bytes per token on one tensor-parallel rank."""
         elt = torch.empty((), dtype=dtype or self.dtype).element_size()
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elt
+        return 2 * self.num_layers * self.get_num_kv_heads(tp_size) * self.head_dim * elt
 
 
 # ---------------------------------------------------------------------- helpers
 def get_rope_params(hf_config) -> tuple[float, Optional[dict]]:
     """(rope_theta, scaling dict or None) from a transformers 4.x or 5.x config."""
     rp = getattr(hf_config, "rope_parameters", None)
-    if isinstance(rp, dict) and "rope_theta" in rp:
+    if isinstance(rp, dict) and rp.get("rope_theta") is not None:
         theta = float(rp["rope_theta"])
         scaling = dict(rp) if rp.get("rope_type", rp.get("type", "default")) != "default" else None
     else:
@@ -119,22 +162,101 @@ def _set_rope_params(hf_config, theta: float, scaling: Optional[dict]) -> None:
         hf_config.rope_scaling = scaling
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(v))
+
+
+def check_hf_config(hf_config, source: str) -> None:
+    """Refuse a config whose sizes are missing, not integers, or out of bounds, with a
+    ValueError naming `source` (the config file) and the field. Run before anything is
+    sized from the config."""
+    def bad(key: str, why: str) -> ValueError:
+        return ValueError(f"{source}: {key} {why}")
+
+    for key, limit in _DIM_BOUNDS.items():
+        v = getattr(hf_config, key, None)
+        if v is None and key in ("num_key_value_heads", "head_dim", "intermediate_size"):
+            continue  # optional: derived from the others
+        if not _is_int(v):
+            raise bad(key, f"must be an integer, got {v!r}")
+        if not 1 <= v <= limit:
+            raise bad(key, f"must be in [1, {limit}], got {v}")
+    heads = hf_config.num_attention_heads
+    kv = getattr(hf_config, "num_key_value_heads", None) or heads
+    if heads % kv:
+        raise bad("num_attention_heads", f"({heads}) must be a multiple of num_key_value_heads "
+                  f"({kv})")
+    if getattr(hf_config, "head_dim", None) is None and hf_config.hidden_size % heads:
+        raise bad("hidden_size", f"({hf_config.hidden_size}) must be a multiple of "
+                  f"num_attention_heads ({heads}) when head_dim is not given")
+    for key in _MAX_LEN_KEYS:
+        v = getattr(hf_config, key, None)
+        if v is not None and not (_is_int(v) and v <= _MAX_POSITIONS):
+            raise bad(key, f"must be an integer <= {_MAX_POSITIONS}, got {v!r}")
+    sw = getattr(hf_config, "sliding_window", None)
+    if sw is not None and not (_is_int(sw) and sw >= 0) and not (
+            isinstance(sw, list) and all(w is None or (_is_int(w) and w >= 0) for w in sw)):
+        raise bad("sliding_window", f"must be a non-negative integer or null, got {sw!r}")
+    archs = getattr(hf_config, "architectures", None)
+    if archs is not None and not (isinstance(archs, list)
+                                  and all(isinstance(a, str) for a in archs)):
+        raise bad("architectures", f"must be a list of class names, got {archs!r}")
+    for key in ("eos_token_id", "bos_token_id"):
+        v = getattr(hf_config, key, None)
+        if v is not None and not (_is_int(v) and v >= 0) and not (
+                isinstance(v, list) and all(_is_int(t) and t >= 0 for t in v)):
+            raise bad(key, f"must be a token id or a list of token ids, got {v!r}")
+    for key in ("rope_theta", "rms_norm_eps"):
+        v = getattr(hf_config, key, None)
+        if v is not None and not (_is_number(v) and v > 0):
+            raise bad(key, f"must be a positive number, got {v!r}")
+    for key in ("rope_scaling", "rope_parameters"):
+        v = getattr(hf_config, key, None)
+        if v is None:
+            continue
+        if not isinstance(v, dict):
+            raise bad(key, f"must be an object, got {v!r}")
+        for sub in ("factor", "rope_theta", "original_max_position_embeddings"):
+            if sub in v and v[sub] is not None and not (_is_number(v[sub]) and v[sub] > 0):
+                raise bad(f"{key}.{sub}", f"must be a positive number, got {v[sub]!r}")
+        factor = v.get("factor")
+        if factor is not None and factor > _MAX_ROPE_FACTOR:
+            raise bad(f"{key}.factor", f"must be <= {_MAX_ROPE_FACTOR}, got {factor!r}")
+        orig = v.get("original_max_position_embeddings")
+        if orig is not None and orig > _MAX_POSITIONS:
+            raise bad(f"{key}.original_max_position_embeddings",
+                      f"must be <= {_MAX_POSITIONS}, got {orig!r}")
+
+
 def _load_gguf_config(path: str):
     from transformers import AutoConfig
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
+    from llmcore.model_loader.gguf_check import check_gguf_file
+
+    check_gguf_file(path)  # before transformers' reader, which trusts the counts in the file
     try:
         parsed = load_gguf_checkpoint(path, return_tensors=False)
     except Exception as e:  # noqa: BLE001 - transformers raises several types
         raise ValueError(f"cannot read GGUF metadata from {path}: {e}") from e
     cfg = dict(parsed["config"])
-    model_type = cfg.pop("model_type")
+    model_type = cfg.pop("model_type", None)
     cfg.pop("_model_name_or_path", None)
-    if model_type not in _ARCH_BY_MODEL_TYPE:
-        raise ValueError(f"GGUF architecture {model_type!r} is not supported; supported: "
+    if not isinstance(model_type, str) or model_type not in _ARCH_BY_MODEL_TYPE:
+        raise ValueError(f"{path}: GGUF architecture {model_type!r} is not supported; supported: "
                          f"{sorted(_ARCH_BY_MODEL_TYPE)}")
-    hf_config = AutoConfig.for_model(model_type, **cfg)
+    try:
+        hf_config = AutoConfig.for_model(model_type, **cfg)
+    except Exception as e:  # noqa: BLE001 - a config class rejecting the GGUF's values
+        raise ValueError(f"{path}: the GGUF metadata is not a valid {model_type} config: {e}"
+                         ) from e
     hf_config.architectures = [_ARCH_BY_MODEL_TYPE[model_type]]
+    check_hf_config(hf_config, path)
     return hf_config
 
 
@@ -147,20 +269,24 @@ def _is_remote_code_error(e: Exception) -> bool:
     return "trust_remote_code" in str(e)
 
 
-def _load_hf_config(path: str, trust_remote_code: bool, **hub_kwargs):
-    """hub_kwargs: revision / code_revision / cache_dir for a hub id (read offline)."""
+def _load_hf_config(path: str, trust_remote_code: bool, source: Optional[str] = None,
+                    **hub_kwargs):
+    """hub_kwargs: revision / code_revision / cache_dir for a hub id (read offline); source:
+    the folder named in config errors (default: path)."""
     from transformers import AutoConfig
 
     if hub_kwargs:
         hub_kwargs["local_files_only"] = True
     try:
         # Code shipped with the model runs only with --trust-remote-code.
-        return AutoConfig.from_pretrained(path, trust_remote_code=bool(trust_remote_code),
-                                          **hub_kwargs)
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=bool(trust_remote_code),
+                                               **hub_kwargs)
     except Exception as e:  # noqa: BLE001
         if not trust_remote_code and _is_remote_code_error(e):
             raise ValueError(needs_remote_code_message("config", path)) from None
         raise ValueError(f"cannot read the model config in {path}: {e}") from e
+    check_hf_config(hf_config, os.path.join(source or path, "config.json"))
+    return hf_config
 
 
 def _resolve_dtype(dtype: str, hf_config, device: torch.device) -> torch.dtype:
@@ -231,8 +357,8 @@ def load_model_config(engine_args, device="cpu") -> ModelConfig:
         # The repo id (not the snapshot folder), so that transformers reads remote code at
         # --code-revision; local_files_only keeps it offline.
         hf_config = _load_hf_config(engine_args.model, engine_args.trust_remote_code,
-                                    revision=revision, code_revision=code_revision,
-                                    cache_dir=cache_dir)
+                                    source=model_path, revision=revision,
+                                    code_revision=code_revision, cache_dir=cache_dir)
     else:
         hf_config = _load_hf_config(model_path, engine_args.trust_remote_code)
     hf_config = copy.deepcopy(hf_config)
@@ -280,6 +406,10 @@ def load_model_config(engine_args, device="cpu") -> ModelConfig:
 
     # max_model_len
     derived = _derive_max_len(hf_config, scaling)
+    if derived > _MAX_POSITIONS and engine_args.max_model_len is None:
+        raise ValueError(f"the model's maximum length {derived} (from its config and rope "
+                         f"scaling) is larger than {_MAX_POSITIONS}; pass --max-model-len and "
+                         "check the config")
     if disable_sw and sliding_window is not None:
         derived = min(derived, int(sliding_window))
     max_model_len = engine_args.max_model_len

@@ -20,12 +20,26 @@ _PT_INDEX = "pytorch_model.bin.index.json"
 
 
 def _indexed_files(folder: str, index_name: str) -> Optional[list[str]]:
+    """The shard files an index names, each checked to be a file inside `folder`."""
     index = os.path.join(folder, index_name)
     if not os.path.isfile(index):
         return None
-    with open(index) as f:
-        weight_map = json.load(f)["weight_map"]
-    return [os.path.join(folder, name) for name in sorted(set(weight_map.values()))]
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{index}: not a valid weight index ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise ValueError(f"{index}: weight_map must map tensor names to file names")
+    files = []
+    for name in sorted(set(weight_map.values())):
+        path = os.path.join(folder, name)
+        # A shard outside the folder ("../x", "/etc/x") is refused, not read.
+        if os.path.dirname(os.path.normpath(name)) or not os.path.isfile(path):
+            raise ValueError(f"{index}: shard {name!r} is not a file in {folder}")
+        files.append(path)
+    return files
 
 
 def find_weight_files(folder: str, load_format: str = "auto") -> tuple[str, list[str]]:
@@ -48,16 +62,31 @@ def find_weight_files(folder: str, load_format: str = "auto") -> tuple[str, list
 
 def iterate_hf_weights(folder: str, load_format: str = "auto"
                        ) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs of every weight file; a malformed file raises a ValueError
+    naming it (the readers' own errors name neither the file nor, often, the problem)."""
     kind, files = find_weight_files(folder, load_format)
     if kind == "safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
         for path in files:
-            with safe_open(path, framework="pt", device="cpu") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
+            try:
+                with safe_open(path, framework="pt", device="cpu") as f:
+                    for name in f.keys():
+                        tensor = f.get_tensor(name)
+                        yield name, tensor
+            except (SafetensorError, OSError) as e:
+                raise ValueError(f"{path}: not a valid safetensors file: {e}") from None
     else:
+        import pickle
         for path in files:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+                    TypeError, AttributeError, KeyError, IndexError) as e:
+                raise ValueError(f"{path}: not a loadable PyTorch checkpoint "
+                                 f"({type(e).__name__}: {e})") from None
+            if not isinstance(state, dict) or not all(
+                    isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+                raise ValueError(f"{path}: not a state dict (names -> tensors)")
             yield from state.items()
             del state
 
@@ -108,7 +137,9 @@ _GGUF_SUPPORTED = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0", "Q5_0", "Q5_1",
 def iterate_gguf_weights(path: str, hf_config) -> Iterator[tuple[str, torch.Tensor]]:
     import gguf
 
-    reader = gguf.GGUFReader(path)
+    from llmcore.model_loader.gguf_check import GGUFFormatError, open_gguf
+
+    reader = open_gguf(path)
     arch = None
     field = reader.fields.get("general.architecture")
     if field is not None:
@@ -122,15 +153,19 @@ def iterate_gguf_weights(path: str, hf_config) -> Iterator[tuple[str, torch.Tens
             continue
         qtype = t.tensor_type
         if qtype.name not in _GGUF_SUPPORTED:
-            raise ValueError(f"GGUF tensor {t.name} has unsupported type {qtype.name}")
-        if qtype.name == "F32":
-            arr = np.array(t.data)  # copy: the memmap is read-only
-        elif qtype.name == "F16":
-            arr = np.asarray(t.data).astype(np.float32)
-        else:
-            arr = gguf.quants.dequantize(t.data, qtype)
+            raise ValueError(f"{path}: GGUF tensor {t.name} has unsupported type {qtype.name}")
         shape = tuple(int(x) for x in reversed(t.shape.tolist()))
-        w = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(shape)
+        try:
+            if qtype.name == "F32":
+                arr = np.array(t.data)  # copy: the memmap is read-only
+            elif qtype.name == "F16":
+                arr = np.asarray(t.data).astype(np.float32)
+            else:
+                arr = gguf.quants.dequantize(t.data, qtype)
+            w = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).reshape(shape)
+        except (ValueError, RuntimeError, TypeError) as e:
+            raise GGUFFormatError(f"{path}: GGUF tensor {t.name} ({qtype.name}, shape {shape}) "
+                                  f"cannot be read: {e}") from None
         if permute and ".self_attn.q_proj." in hf_name:
             w = unpermute_rope(w, n_head)
         elif permute and ".self_attn.k_proj." in hf_name:

@@ -1,5 +1,9 @@
 """Turns the scheduler's plan into tensors, runs the model over the paged KV cache and
-returns logits for the rows the engine asks for.
+samples: `execute_model(StepInput) -> PendingRunnerOutput` (host token ids + logprobs).
+
+The runner owns the persistent per-sequence sampling state (a slot per live sequence,
+written once when the sequence arrives) and, with async scheduling, the previous step's
+sampled tokens on the device, which become inputs of the next step without a host trip.
 
 The plan's arrays come from C++ as numpy views; each becomes a tensor with one copy at
 most and no per-sequence Python loop.
@@ -8,30 +12,18 @@ most and no per-sequence Python loop.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
+from llmcore.config.engine_config import CacheConfig, EngineConfig
 from llmcore.layers.attention.metadata import AttentionMetadata
 from llmcore.model_runner.kv_cache import GiB, KVCache, KVCacheSpec
+from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
+from llmcore.sampling import Sampler, SamplingBatchState, compute_prompt_logprobs
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class CacheConfig:
-    block_size: int
-    kv_cache_dtype: str               # "auto" = model dtype
-    num_gpu_blocks_override: Optional[int]
-    gpu_memory_utilization: float
-    swap_space_gib: float
-    cpu_kv_cache_space_gib: float     # size of the pool when the device is the CPU
-    # GPU runner: the profile run's size and CUDA graphs
-    max_num_seqs: int = 256
-    max_num_batched_tokens: Optional[int] = None   # None: max(max_model_len, 2048)
-    enforce_eager: bool = False
 
 
 def _tensor(a: np.ndarray, device: torch.device, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
@@ -41,44 +33,32 @@ def _tensor(a: np.ndarray, device: torch.device, dtype: Optional[torch.dtype] = 
     return t.to(device, non_blocking=True) if device.type != "cpu" else t
 
 
-_FP8_KV = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
-           "fp8_e5m2": torch.float8_e5m2}
-
-
-def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype,
-                         device: torch.device) -> torch.dtype:
-    """--kv-cache-dtype -> the cache tensors' dtype. fp8 caches (per-tensor scale 1.0) need
-    the CUDA kernels and fp16/bf16 activations."""
-    if kv_cache_dtype == "auto":
-        return model_dtype
-    if kv_cache_dtype not in _FP8_KV:
-        raise ValueError(f"--kv-cache-dtype must be one of auto, {', '.join(_FP8_KV)}; "
-                         f"got {kv_cache_dtype!r}")
-    from llmcore import ops
-    if device.type != "cuda" or not ops.cuda_available():
-        raise ValueError(f"--kv-cache-dtype {kv_cache_dtype} needs a CUDA device with llmcore's "
-                         f"kernels (device here: {device.type})")
-    if model_dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"--kv-cache-dtype {kv_cache_dtype} needs --dtype float16 or bfloat16, "
-                         f"got {str(model_dtype).split('.')[-1]}")
-    return _FP8_KV[kv_cache_dtype]
-
-
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, model_config, cache_config: CacheConfig,
-                 device: torch.device):
+    def __init__(self, model: torch.nn.Module, config: EngineConfig, eos_token_id=None):
         self.model = model
-        self.model_config = model_config
-        self.cache_config = cache_config
-        self.device = device
-        kv_dtype = kv_cache_torch_dtype(cache_config.kv_cache_dtype, model_config.dtype, device)
+        self.model_config = model_config = config.model_config
+        self.cache_config = cache_config = config.cache_config
+        self.device = device = config.device
+        kv_dtype = cache_config.kv_torch_dtype(model_config.dtype)
         self.kv_spec = KVCacheSpec(num_layers=model_config.num_layers,
-                                   num_kv_heads=model_config.num_kv_heads,
+                                   num_kv_heads=config.num_kv_heads_per_rank(),
                                    head_dim=model_config.head_dim,
                                    block_size=cache_config.block_size, dtype=kv_dtype)
         self.kv_cache: Optional[KVCache] = None
         self.graph_runner = None
         self.profile_peak_bytes: Optional[int] = None
+        # Sampling: cumulative logprobs are always reported (and rank best_of samples).
+        self.sampler = Sampler(always_compute_logprobs=True)
+        self._slots_capacity = max(2 * cache_config.max_num_seqs, 64)
+        self.sampling_state = SamplingBatchState(self._slots_capacity, model_config.vocab_size,
+                                                 model_config.max_model_len, device,
+                                                 eos_token_id=eos_token_id, seed=config.seed)
+        self._free_slots = list(range(self._slots_capacity - 1, -1, -1))
+        self._slot_of: dict[int, int] = {}       # seq_id -> sampling slot
+        # async scheduling: the previous step's samples (device) and where each seq's is
+        self._prev_tokens: Optional[torch.Tensor] = None
+        self._prev_row_of_seq: dict[int, int] = {}
+        self._prev_len_of_seq: dict[int, int] = {}
 
     # ------------------------------------------------------------------ sizing
     def determine_num_blocks(self) -> tuple[int, int]:
@@ -243,3 +223,99 @@ class ModelRunner:
         positions = _tensor(plan.positions, self.device, torch.int64)
         hidden = self.model(input_ids, positions, kv.device_caches, meta)
         return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
+
+    # ------------------------------------------------------------------ sampling state
+    def _add_seq(self, new) -> None:
+        if not self._free_slots:
+            # More sequences than slots: double the sampling state.
+            old, cap = self._slots_capacity, 2 * self._slots_capacity
+            self.sampling_state.grow(cap)
+            self._slots_capacity = cap
+            self._free_slots = list(range(cap - 1, old - 1, -1))
+        slot = self._free_slots.pop()
+        self._slot_of[new.seq_id] = slot
+        self.sampling_state.add(slot, new.params, new.prompt_token_ids, new.output_token_ids)
+
+    def _remove_seq(self, seq_id: int) -> None:
+        slot = self._slot_of.pop(seq_id, None)
+        if slot is not None:
+            self.sampling_state.remove(slot)
+            self._free_slots.append(slot)
+        self._prev_row_of_seq.pop(seq_id, None)
+
+    def num_live_seqs(self) -> int:
+        return len(self._slot_of)
+
+    def _device_token_fix(self, plan):
+        """(positions, tensor, rows) for entries whose last input token is the previous
+        step's sample: the chunk reaches the placeholder (always for decodes; a recompute
+        prefill only in its last chunk)."""
+        prev = self._prev_row_of_seq
+        if not prev:
+            return None
+        qsl = np.asarray(plan.query_start_loc)
+        seq_lens = np.asarray(plan.seq_lens)
+        lens = self._prev_len_of_seq
+        fix_pos, fix_rows = [], []
+        for i, sid in enumerate(np.asarray(plan.seq_ids).tolist()):
+            r = prev.get(sid)
+            if r is not None and int(seq_lens[i]) == lens[sid]:
+                fix_pos.append(int(qsl[i + 1]) - 1)
+                fix_rows.append(r)
+        if not fix_pos:
+            return None
+        return (np.asarray(fix_pos, dtype=np.int64), self._prev_tokens,
+                np.asarray(fix_rows, dtype=np.int64))
+
+    # ------------------------------------------------------------------ one step
+    @torch.inference_mode()
+    def execute_model(self, step: StepInput) -> PendingRunnerOutput:
+        """Forward + sampling for one step. The returned object's get() gives host values;
+        with async scheduling the caller reads it after launching the next step."""
+        for sid in step.finished_seq_ids:
+            self._remove_seq(sid)
+        for new in step.new_seqs:
+            self._add_seq(new)
+        plan = step.plan
+        input_fix = self._device_token_fix(plan) if step.use_device_tokens else None
+        self._prev_row_of_seq, self._prev_len_of_seq, self._prev_tokens = {}, {}, None
+        n_sample = len(step.sample_seq_ids)
+        parts = [r for r in (step.sample_rows, step.beam_rows) if r is not None and len(r)]
+        jobs = step.prompt_logprob_jobs
+        if jobs:
+            parts.append(np.concatenate([np.arange(j.row_start, j.row_start + (j.last - j.first))
+                                         for j in jobs]).astype(np.int64))
+        rows = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        logits = self.execute(plan, rows, input_fix=input_fix)
+        if plan.num_seqs == 0 or len(rows) == 0:
+            return PendingRunnerOutput.empty()
+        tensors: dict = {}
+        off = 0
+        if n_sample:
+            slots = [self._slot_of[sid] for sid in step.sample_seq_ids]
+            slots_t = self.index_tensor(slots)
+            out = self.sampler.sample(logits[:n_sample], slots_t, self.sampling_state, slots)
+            # penalties count generated tokens: written on the device, no host trip
+            self.sampling_state.append_tokens(slots_t, out.token_ids, in_vocab=True)
+            tensors.update(token_ids=out.token_ids, logprobs=out.logprobs, topk_ids=out.topk_ids,
+                           topk_logprobs=out.topk_logprobs, ranks=out.ranks)
+            if step.use_device_tokens:
+                # next step, a sequence of this length + 1 ends in this step's sample
+                self._prev_tokens = out.token_ids
+                self._prev_row_of_seq = {sid: i for i, sid in enumerate(step.sample_seq_ids)}
+                self._prev_len_of_seq = dict(zip(step.sample_seq_ids,
+                                                 (step.sample_seq_lens + 1).tolist()))
+            off = n_sample
+        n_beam = 0 if step.beam_rows is None else len(step.beam_rows)
+        if n_beam:
+            lp = torch.log_softmax(logits[off:off + n_beam], dim=-1)
+            tv, ti = lp.topk(min(step.beam_k, lp.shape[1]), dim=-1)
+            tensors.update(beam_ids=ti, beam_logprobs=tv)
+            off += n_beam
+        prompt = []
+        for j in jobs:
+            n = j.last - j.first
+            targets = torch.tensor(j.targets, dtype=torch.int64).to(logits.device)
+            prompt.append(compute_prompt_logprobs(logits[off:off + n], targets, j.k))
+            off += n
+        return PendingRunnerOutput(tensors, prompt)

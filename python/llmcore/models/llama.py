@@ -4,7 +4,7 @@ Runner interface:
     model.forward(input_ids [T], positions [T], kv_caches [(key_cache, value_cache)] * L,
                   attn_metadata) -> hidden_states [T, hidden] (after the final norm)
     model.compute_logits(hidden_states [N, hidden]) -> float32 logits [N, vocab]
-    model.kv_cache_spec() -> (num_layers, num_kv_heads, head_dim)
+    model.kv_cache_spec() -> (num_layers, this rank's num_kv_heads, head_dim)
     model.load_weights(iterable of (hf_name, tensor))
 """
 
@@ -17,6 +17,7 @@ from torch import nn
 
 from llmcore.layers.activation import SiluAndMul
 from llmcore.layers.attention import Attention, AttentionMetadata
+from llmcore.layers.context import LayerContext
 from llmcore.layers.layernorm import RMSNorm
 from llmcore.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear,
                                    RowParallelLinear)
@@ -27,16 +28,15 @@ from llmcore.layers.vocab_embedding import (LogitsProcessor, ParallelLMHead,
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, act: str,
-                 dtype, device, prefix: str = ""):
+    def __init__(self, hidden_size: int, intermediate_size: int, bias: bool, act: str, *,
+                 ctx: LayerContext):
         super().__init__()
         if act not in ("silu", "swish"):
             raise ValueError(f"unsupported activation {act!r}: only silu is supported")
-        kw = dict(bias=bias, params_dtype=dtype, device=device)
         self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2,
-                                                       prefix=f"{prefix}.gate_up_proj", **kw)
+                                                       ctx=ctx.child("gate_up_proj"), bias=bias)
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size,
-                                           prefix=f"{prefix}.down_proj", **kw)
+                                           ctx=ctx.child("down_proj"), bias=bias)
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,25 +44,28 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config, layer_idx: int, *, rotary_emb: RotaryEmbedding, qkv_bias: bool,
-                 o_bias: bool, sliding_window: Optional[int], dtype, device, prefix: str = ""):
+    def __init__(self, config, layer_idx: int, *, ctx: LayerContext,
+                 rotary_emb: RotaryEmbedding, qkv_bias: bool, o_bias: bool,
+                 sliding_window: Optional[int]):
         super().__init__()
         self.hidden_size = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or self.hidden_size // self.num_heads
-        kw = dict(params_dtype=dtype, device=device)
-        self.qkv_proj = QKVParallelLinear(self.hidden_size, self.head_dim, self.num_heads,
-                                          self.num_kv_heads, bias=qkv_bias,
-                                          prefix=f"{prefix}.qkv_proj", **kw)
-        self.o_proj = RowParallelLinear(self.num_heads * self.head_dim, self.hidden_size,
-                                        bias=o_bias, prefix=f"{prefix}.o_proj", **kw)
+        total_heads = config.num_attention_heads
+        total_kv_heads = getattr(config, "num_key_value_heads", None) or total_heads
+        self.head_dim = getattr(config, "head_dim", None) or self.hidden_size // total_heads
+        self.qkv_proj = QKVParallelLinear(self.hidden_size, self.head_dim, total_heads,
+                                          total_kv_heads, ctx=ctx.child("qkv_proj"),
+                                          bias=qkv_bias)
+        # this rank's heads
+        self.num_heads = self.qkv_proj.num_heads
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
+        self.o_proj = RowParallelLinear(total_heads * self.head_dim, self.hidden_size,
+                                        ctx=ctx.child("o_proj"), bias=o_bias)
         self.q_size = self.qkv_proj.q_size
         self.kv_size = self.qkv_proj.kv_size
         self.rotary_emb = rotary_emb  # shared by all layers (not a submodule: no state dict)
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
-                              num_kv_heads=self.num_kv_heads, sliding_window=sliding_window,
-                              device=device, prefix=f"{prefix}.attn")
+                              ctx=ctx.child("attn"), num_kv_heads=self.num_kv_heads,
+                              sliding_window=sliding_window)
 
     def forward(self, cos_sin: tuple[torch.Tensor, torch.Tensor], hidden_states: torch.Tensor,
                 kv_cache, attn_metadata: AttentionMetadata) -> torch.Tensor:
@@ -78,19 +81,19 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, layer_idx: int, *, rotary_emb, qkv_bias, o_bias, sliding_window,
-                 dtype, device, prefix: str = ""):
+    def __init__(self, config, layer_idx: int, *, ctx: LayerContext, rotary_emb, qkv_bias,
+                 o_bias, sliding_window):
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer_idx, rotary_emb=rotary_emb, qkv_bias=qkv_bias,
-                                        o_bias=o_bias, sliding_window=sliding_window, dtype=dtype,
-                                        device=device, prefix=f"{prefix}.self_attn")
+        self.self_attn = LlamaAttention(config, layer_idx, ctx=ctx.child("self_attn"),
+                                        rotary_emb=rotary_emb, qkv_bias=qkv_bias, o_bias=o_bias,
+                                        sliding_window=sliding_window)
         self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size,
                             bias=bool(getattr(config, "mlp_bias", False)),
-                            act=getattr(config, "hidden_act", "silu"), dtype=dtype, device=device,
-                            prefix=f"{prefix}.mlp")
+                            act=getattr(config, "hidden_act", "silu"), ctx=ctx.child("mlp"))
         eps = config.rms_norm_eps
-        self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype=dtype, device=device)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype=dtype, device=device)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps, ctx=ctx.child("input_layernorm"))
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps,
+                                                ctx=ctx.child("post_attention_layernorm"))
 
     def forward(self, cos_sin, hidden_states, residual, kv_cache, attn_metadata):
         if residual is None:
@@ -104,17 +107,17 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config, *, rotary_emb, qkv_bias, o_bias, layer_windows, dtype, device):
+    def __init__(self, config, *, ctx: LayerContext, rotary_emb, qkv_bias, o_bias,
+                 layer_windows):
         super().__init__()
         self.config = config
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
-                                                   params_dtype=dtype, device=device)
+                                                   ctx=ctx.child("embed_tokens"))
         self.layers = nn.ModuleList([
-            LlamaDecoderLayer(config, i, rotary_emb=rotary_emb, qkv_bias=qkv_bias, o_bias=o_bias,
-                              sliding_window=layer_windows[i], dtype=dtype, device=device,
-                              prefix=f"model.layers.{i}")
+            LlamaDecoderLayer(config, i, ctx=ctx.child(f"layers.{i}"), rotary_emb=rotary_emb,
+                              qkv_bias=qkv_bias, o_bias=o_bias, sliding_window=layer_windows[i])
             for i in range(config.num_hidden_layers)])
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx=ctx.child("norm"))
 
     def forward(self, input_ids, cos_sin, kv_caches, attn_metadata):
         if len(kv_caches) != len(self.layers):
@@ -142,32 +145,35 @@ class LlamaForCausalLM(nn.Module):
     ]
     default_qkv_bias = False
 
-    def __init__(self, model_config, device=None):
+    def __init__(self, model_config, ctx: LayerContext):
         """model_config: llmcore.model_loader.ModelConfig (hf_config, dtype, max_model_len,
-        rope_theta, rope_scaling, sliding_window)."""
+        rope_theta, rope_scaling, sliding_window); ctx: the root LayerContext (prefix "",
+        this rank's tensor-parallel shard, dtype, device, quantization config)."""
         super().__init__()
+        if ctx.pp_size != 1:
+            raise ValueError(f"{type(self).__name__} has no pipeline parallelism "
+                             f"(pp_size={ctx.pp_size})")
         config = model_config.hf_config
         self.config = config
         self.model_config = model_config
-        dtype = model_config.dtype
-        device = torch.device(device) if device is not None else torch.device("cpu")
+        self.ctx = ctx
         self.head_dim = model_config.head_dim
         self.num_layers = model_config.num_layers
-        self.num_kv_heads = model_config.num_kv_heads
         self.rotary_emb = get_rope(
             self.head_dim, int(self.head_dim * getattr(config, "partial_rotary_factor", 1.0)),
             max_position=config.max_position_embeddings, base=model_config.rope_theta,
-            rope_scaling=model_config.rope_scaling, is_neox_style=True, device=device,
+            rope_scaling=model_config.rope_scaling, is_neox_style=True, device=ctx.device,
             max_len=model_config.max_model_len)
         attention_bias = bool(getattr(config, "attention_bias", False))
         qkv_bias = attention_bias or self.default_qkv_bias
-        self.model = LlamaModel(config, rotary_emb=self.rotary_emb, qkv_bias=qkv_bias,
-                                o_bias=attention_bias,
-                                layer_windows=model_config.layer_sliding_windows(),
-                                dtype=dtype, device=device)
+        self.model = LlamaModel(config, ctx=ctx.child("model"), rotary_emb=self.rotary_emb,
+                                qkv_bias=qkv_bias, o_bias=attention_bias,
+                                layer_windows=model_config.layer_sliding_windows())
+        # this rank's kv heads (what its KV cache holds)
+        self.num_kv_heads = model_config.get_num_kv_heads(ctx.tp_size)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, params_dtype=dtype,
-                                      device=device)
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size,
+                                      ctx=ctx.child("lm_head"))
         if self.tie_word_embeddings:
             self.lm_head.tie_weights(self.model.embed_tokens)
         self.logits_processor = LogitsProcessor(config.vocab_size)

@@ -267,9 +267,10 @@ class SamplingBatchState:
         self.is_greedy[slot] = True
         self.num_logprobs[slot] = -1
 
-    def append_tokens(self, slots: IndexLike, tokens: IndexLike) -> None:
+    def append_tokens(self, slots: IndexLike, tokens: IndexLike, in_vocab: bool = False) -> None:
         """Record newly generated tokens (one entry per (slot, token); a slot may
-        repeat, e.g. for speculative decoding)."""
+        repeat, e.g. for speculative decoding). in_vocab: the caller vouches that every id
+        is in the vocabulary (the sampler's own output), so no check syncs the device."""
         ok_np = None
         if not isinstance(tokens, torch.Tensor) and self._penalty_slots:
             # out-of-vocabulary ids are found on the host (no device sync)
@@ -281,7 +282,9 @@ class SamplingBatchState:
             return
         self.num_generated.index_add_(0, slots, torch.ones_like(slots))
         if self._penalty_slots and self.output_counts is not None:
-            if ok_np is not None:
+            if in_vocab:
+                pass
+            elif ok_np is not None:
                 if not ok_np.all():
                     keep = as_long_tensor(np.flatnonzero(ok_np), self.device)
                     slots, tokens = slots[keep], tokens[keep]

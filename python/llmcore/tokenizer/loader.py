@@ -8,11 +8,20 @@ from typing import Any, Optional
 
 
 def read_gguf_chat_template(path: str) -> Optional[str]:
-    import gguf
+    """The GGUF's `tokenizer.chat_template` (None when absent). Raises GGUFFormatError
+    (a ValueError naming the file) for a malformed file or a non-string template."""
+    from llmcore.model_loader.gguf_check import GGUFFormatError, open_gguf
 
-    reader = gguf.GGUFReader(path)
-    field = reader.fields.get("tokenizer.chat_template")
-    return field.contents() if field is not None else None
+    field = open_gguf(path).fields.get("tokenizer.chat_template")
+    if field is None:
+        return None
+    try:
+        value = field.contents()
+    except Exception as e:  # noqa: BLE001 - a field of the wrong type
+        raise GGUFFormatError(f"{path}: tokenizer.chat_template cannot be read: {e}") from None
+    if not isinstance(value, str):
+        raise GGUFFormatError(f"{path}: tokenizer.chat_template is not a string")
+    return value
 
 
 def load_tokenizer(model_config, tokenizer_mode: Optional[str] = None) -> Any:
@@ -33,6 +42,8 @@ def load_tokenizer(model_config, tokenizer_mode: Optional[str] = None) -> Any:
     trust = bool(getattr(model_config, "trust_remote_code", False))
     try:
         if os.path.isfile(path) and path.endswith(".gguf"):
+            from llmcore.model_loader.gguf_check import check_gguf_file
+            check_gguf_file(path)  # before transformers' reader, which trusts the counts
             tok = AutoTokenizer.from_pretrained(os.path.dirname(path),
                                                 gguf_file=os.path.basename(path),
                                                 use_fast=use_fast, trust_remote_code=trust)
@@ -44,7 +55,7 @@ def load_tokenizer(model_config, tokenizer_mode: Optional[str] = None) -> Any:
         if not trust and "trust_remote_code" in str(e):
             raise ValueError(f"{path} ships its own tokenizer code (auto_map); pass "
                              "--trust-remote-code to let transformers run it") from None
-        if isinstance(e, ValueError):
+        if isinstance(e, ValueError) and path in str(e):
             raise
         raise ValueError(f"cannot load the tokenizer from {path}: {e}") from e
     if getattr(tok, "chat_template", None) is None:

@@ -9,6 +9,8 @@ from typing import Any, Optional
 import grpc
 
 from llmcore.entrypoints.grpc._stubs import pb2
+from llmcore.entrypoints.request_validation import BAD_VALUE, InvalidField, make_sampling_params
+from llmcore.entrypoints.stream_deltas import StreamDeltas
 
 _FINISH = {
     None: pb2.FINISH_REASON_UNSPECIFIED,
@@ -62,8 +64,6 @@ def sampling_params_from_proto(msg: Any, *, has_msg: bool = True,
 
     defaults: the model's generation-config defaults (ServedModelInfo.sampling_defaults),
     used for the fields the message leaves unset."""
-    from llmcore.sampling_params import SamplingParams
-
     kwargs: dict[str, Any] = {}
     for name, value in (defaults or {}).items():
         if not (has_msg and msg.HasField(name)):
@@ -86,11 +86,11 @@ def sampling_params_from_proto(msg: Any, *, has_msg: bool = True,
         if len(msg.logit_bias):
             kwargs["logit_bias"] = {int(k): _f32(v) for k, v in msg.logit_bias.items()}
     try:
-        return SamplingParams(**kwargs)
-    except TypeError as e:  # a field this SamplingParams does not take
-        raise _invalid(f"sampling_params: {e}") from None
-    except ValueError as e:  # the message starts with the field's name
-        raise _invalid(f"sampling_params.{e}") from None
+        return make_sampling_params(kwargs)
+    except InvalidField as e:
+        if e.kind == BAD_VALUE:  # the message starts with the field's name
+            raise _invalid(f"sampling_params.{e}") from None
+        raise _invalid(f"sampling_params: {e}") from None  # a field it does not take
 
 
 def _token_logprob(token_id: int, lp: Any) -> Any:
@@ -115,14 +115,14 @@ def _position_logprobs(chosen: int, entry: Optional[dict], k: int) -> Any:
 
 
 class _StreamState:
-    """Turns cumulative RequestOutput snapshots into deltas, per output index."""
+    """Turns cumulative RequestOutput snapshots into GenerateResponse deltas."""
 
     def __init__(self, request_id: str, model: str, params: Any):
         self.request_id = request_id
         self.model = model
         self.k = int(getattr(params, "logprobs", None) or 0)
         self.prompt_k = getattr(params, "prompt_logprobs", None)
-        self.sent: dict[int, list] = {}    # index -> [text_len, tokens_len, logprobs_len, finished]
+        self.deltas = StreamDeltas()
         self.first = True
 
     def delta(self, out: Any) -> Optional[Any]:
@@ -130,25 +130,21 @@ class _StreamState:
                                    finished=bool(out.finished))
         news = False
         for c in out.outputs:
-            st = self.sent.setdefault(c.index, [0, 0, 0, False])
+            d = self.deltas.advance(c.index, c)
+            if d is None:  # finished earlier: nothing more to send
+                continue
             chunk = pb2.CompletionChunk(index=c.index)
-            text = c.text or ""
-            if len(text) > st[0]:
-                chunk.text = text[st[0]:]
-                st[0] = len(text)
-            ids = c.token_ids  # cumulative: read only the new tail (no copy of the whole list)
-            if len(ids) > st[1]:
-                chunk.token_ids.extend(int(t) for t in ids[st[1]:])
+            if d.text:
+                chunk.text = d.text
+            if d.token_ids:
+                chunk.token_ids.extend(int(t) for t in d.token_ids)
                 if c.logprobs is not None:
-                    lps = c.logprobs
-                    chunk.logprobs.extend(_position_logprobs(int(ids[j]), lps[j], self.k)
-                                          for j in range(st[2], min(len(ids), len(lps))))
-                    st[2] = min(len(ids), len(lps))
-                st[1] = len(ids)
-            if c.finish_reason is not None and not st[3]:
-                st[3] = True
+                    chunk.logprobs.extend(_position_logprobs(int(t), lp, self.k)
+                                          for t, lp in zip(d.token_ids, d.logprobs))
+            if d.finished:
                 _set_finish(chunk, c)
-            if getattr(c, "cumulative_logprob", None) is not None and (chunk.token_ids or st[3]):
+            if getattr(c, "cumulative_logprob", None) is not None and (chunk.token_ids
+                                                                       or d.finished):
                 chunk.cumulative_logprob = float(c.cumulative_logprob)
             if chunk.text or chunk.token_ids or chunk.finish_reason:
                 msg.outputs.append(chunk)
@@ -190,6 +186,3 @@ def _full_response(out: Any, request_id: str, model: str, params: Any) -> Any:
     st = _StreamState(request_id, model, params)
     return st.delta(out)
 
-
-# ---------------------------------------------------------------------------------------------
-# the service

@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
-import signal
 import sys
 import uuid
 from typing import Any, Optional
@@ -25,12 +23,14 @@ from grpc_health.v1 import health as _health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from llmcore.entrypoints.gc_tuning import tune_gc_for_serving
+from llmcore.entrypoints.chat_template import load_chat_template, render_chat
 from llmcore.entrypoints.grpc._stubs import pb2, pb2_grpc
 from llmcore.entrypoints.request_log import prompt_for_log
 from llmcore.entrypoints.grpc.convert import (RpcError, _full_response, _invalid,
                                               _is_unavailable_error, _StreamState,
                                               sampling_params_from_proto)
+from llmcore.entrypoints.lifecycle import RequestTerminated, ServerLifecycle
+from llmcore.entrypoints.request_validation import first_out_of_vocab, streaming_conflict
 
 logger = logging.getLogger("llmcore.grpc")
 
@@ -41,19 +41,21 @@ _NO_AUTH_METHODS = ("/grpc.health.v1.Health/", f"/{SERVICE_NAME}/Health")
 
 
 class GenerationServicer(pb2_grpc.GenerationServicer):
-    def __init__(self, engine: Any, args: Any, max_inflight: Optional[int] = None, *,
+    def __init__(self, engine: Any, args: Any, max_inflight: Optional[int] = None,
+                 lifecycle: Optional[ServerLifecycle] = None, *,
                  log_requests: bool = False, max_log_len: Optional[int] = None):
         self.engine = engine
         self.args = args
         self.log_requests = log_requests
         self.max_log_len = max_log_len
+        self.lifecycle = lifecycle if lifecycle is not None else ServerLifecycle(engine)
         info = engine.model_info
         self.model_names = list(info.served_model_names) or [info.model_path]
         self.max_inflight = max_inflight
         self.inflight = 0
         self._chat_template: Optional[str] = None
         if getattr(args, "chat_template", None):
-            self._chat_template = _load_template(args.chat_template)
+            self._chat_template = load_chat_template(args.chat_template)
 
     # -- helpers
     def _check_model(self, model: str) -> str:
@@ -63,8 +65,9 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
         return self.model_names[0]
 
     def _check_alive(self) -> None:
-        if self.engine.errored:
-            raise RpcError(grpc.StatusCode.UNAVAILABLE, "engine is dead; the server must be restarted")
+        refused = self.lifecycle.refusal()
+        if refused is not None:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, refused.message)
 
     def _vocab_limit(self) -> int:
         tok = self.engine.tokenizer
@@ -76,9 +79,10 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
 
     def _check_ids(self, ids: list, field: str) -> None:
         limit = self._vocab_limit()
-        for i, t in enumerate(ids):
-            if limit and t >= limit:
-                raise _invalid(f"{field}[{i}]: token id {t} is out of the vocabulary (size {limit})")
+        i = first_out_of_vocab(ids, limit)
+        if i is not None:
+            raise _invalid(f"{field}[{i}]: token id {ids[i]} is out of the vocabulary "
+                           f"(size {limit})")
 
     def _prompt(self, request: Any) -> Any:
         kind = request.WhichOneof("prompt")
@@ -96,15 +100,15 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
         params = sampling_params_from_proto(
             request.sampling_params, has_msg=request.HasField("sampling_params"),
             defaults=getattr(self.engine.model_info, "sampling_defaults", None))
-        if streaming:
-            n = getattr(params, "n", 1)
-            best_of = getattr(params, "best_of", None) or n
-            if best_of != n:
-                raise _invalid("sampling_params.best_of: must equal n in a streaming RPC; "
-                               "use GenerateUnary")
-            if getattr(params, "use_beam_search", False):
-                raise _invalid("sampling_params.use_beam_search: not supported in a streaming RPC; "
-                               "use GenerateUnary")
+        conflict = streaming_conflict(getattr(params, "n", 1), getattr(params, "best_of", None),
+                                      bool(getattr(params, "use_beam_search", False))) \
+            if streaming else None
+        if conflict == "best_of":
+            raise _invalid("sampling_params.best_of: must equal n in a streaming RPC; "
+                           "use GenerateUnary")
+        if conflict == "use_beam_search":
+            raise _invalid("sampling_params.use_beam_search: not supported in a streaming RPC; "
+                           "use GenerateUnary")
         return params
 
     async def _abort(self, context: Any, e: RpcError):
@@ -135,6 +139,7 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
                     gen = self.engine.generate(prompt, params, request_id)
             except ValueError as e:  # validated synchronously, nothing queued
                 raise _invalid(str(e)) from None
+            gen = self.lifecycle.track(gen)
             async with contextlib.aclosing(gen):
                 try:
                     async for out in gen:
@@ -151,6 +156,8 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             raise
         except RpcError:
             raise
+        except RequestTerminated as e:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, e.message) from None
         except Exception as e:
             if self.engine.errored or _is_unavailable_error(e):
                 raise RpcError(grpc.StatusCode.UNAVAILABLE, f"engine unavailable: {e}") from None
@@ -183,8 +190,12 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             prompt = self._prompt(request)
             params = self._params(request, streaming=True)
             rid = self._request_id(request.request_id)
-            async for msg in self._stream(prompt, params, rid, model, context, request.priority):
-                yield msg
+            with self.lifecycle.admitted():
+                async for msg in self._stream(prompt, params, rid, model, context,
+                                              request.priority):
+                    yield msg
+        except RequestTerminated as e:
+            await self._abort(context, RpcError(grpc.StatusCode.UNAVAILABLE, e.message))
         except RpcError as e:
             await self._abort(context, e)
 
@@ -195,12 +206,15 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             params = self._params(request, streaming=False)
             rid = self._request_id(request.request_id)
             last = None
-            self._log(rid, prompt, params, request.priority)
-            async for out in self._run(prompt, params, rid, request.priority):
-                last = out
+            with self.lifecycle.admitted():
+                self._log(rid, prompt, params, request.priority)
+                async for out in self._run(prompt, params, rid, request.priority):
+                    last = out
             if last is None:
                 raise RpcError(grpc.StatusCode.INTERNAL, "the engine returned no output")
             return _full_response(last, rid, model, params)
+        except RequestTerminated as e:
+            await self._abort(context, RpcError(grpc.StatusCode.UNAVAILABLE, e.message))
         except RpcError as e:
             await self._abort(context, e)
 
@@ -210,8 +224,12 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             prompt = self._chat_prompt(request)
             params = self._params(request, streaming=True)
             rid = self._request_id(request.request_id)
-            async for msg in self._stream(prompt, params, rid, model, context, request.priority):
-                yield msg
+            with self.lifecycle.admitted():
+                async for msg in self._stream(prompt, params, rid, model, context,
+                                              request.priority):
+                    yield msg
+        except RequestTerminated as e:
+            await self._abort(context, RpcError(grpc.StatusCode.UNAVAILABLE, e.message))
         except RpcError as e:
             await self._abort(context, e)
 
@@ -237,7 +255,9 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             raise _invalid("chat_template: the model has no chat template and the server was "
                            "started without --chat-template")
         try:
-            text = _render_chat(tok, template, messages, add_gen)
+            text = render_chat(template, messages, add_generation_prompt=add_gen,
+                               bos_token=getattr(tok, "bos_token", None) or "",
+                               eos_token=getattr(tok, "eos_token", None) or "")
         except Exception as e:
             raise _invalid(f"chat_template: {e}") from None
         # The template writes the special tokens (BOS ...) itself.
@@ -284,6 +304,9 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
     async def health_status(self) -> tuple[bool, str]:
         if self.engine.errored:
             return False, "engine is dead"
+        refused = self.lifecycle.refusal()
+        if refused is not None:
+            return False, refused.message
         try:
             await asyncio.wait_for(self.engine.check_health(), timeout=5)
         except Exception as e:
@@ -308,30 +331,6 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             num_free_blocks=int(s.num_free_blocks), kv_cache_usage=float(s.kv_cache_usage),
             num_running=int(s.num_running), num_waiting=int(s.num_waiting),
             num_swapped=int(s.num_swapped), prefix_cache_hit_rate=float(s.prefix_cache_hit_rate))
-
-
-def _load_template(value: str) -> str:
-    try:
-        from llmcore.entrypoints.chat_template import load_chat_template
-        return load_chat_template(value)
-    except ImportError:
-        if os.path.isfile(value):
-            with open(value, encoding="utf-8") as f:
-                return f.read()
-        return value
-
-
-def _render_chat(tok: Any, template: str, messages: list, add_generation_prompt: bool) -> str:
-    try:
-        from llmcore.entrypoints.chat_template import render_chat
-    except ImportError:
-        render_chat = None
-    if render_chat is not None:
-        return render_chat(template, messages, add_generation_prompt=add_generation_prompt,
-                           bos_token=getattr(tok, "bos_token", None) or "",
-                           eos_token=getattr(tok, "eos_token", None) or "")
-    return tok.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                   add_generation_prompt=add_generation_prompt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,7 +420,8 @@ def _server_credentials(args: Any) -> Optional[grpc.ServerCredentials]:
 # ---------------------------------------------------------------------------------------------
 # entry points
 
-async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
+async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None,
+                     lifecycle: Optional[ServerLifecycle] = None, *,
                      log_requests: bool = False,
                      max_log_len: Optional[int] = None) -> grpc.aio.Server:
     """Start the gRPC server on `engine` at args.host:args.grpc_port and return it, listening.
@@ -429,7 +429,8 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
     args: FrontendArgs (grpc_port, host, grpc_max_message_size, grpc_max_inflight, ssl_*,
     chat_template, trust_request_chat_template). api_key: required as `authorization: Bearer
     <key>` (on every method but the health checks, server reflection included); when None,
-    args.api_key.
+    args.api_key. lifecycle: shared with the HTTP server when both run (draining, engine
+    death); a new one watching `engine` when None.
     log_requests / max_log_len: log each request (prompt cut to max_log_len characters or
     token ids), as --disable-log-requests off / --max-log-len.
     With grpc_port 0 a free port is chosen: it is in `server.llmcore_port`.
@@ -445,7 +446,10 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
     api_key = api_key or getattr(args, "api_key", None)
     interceptors = [_ApiKeyInterceptor(api_key)] if api_key else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    servicer = GenerationServicer(engine, args,
+    owns_lifecycle = lifecycle is None
+    lifecycle = lifecycle if lifecycle is not None else ServerLifecycle(engine)
+    lifecycle.start()
+    servicer = GenerationServicer(engine, args, lifecycle=lifecycle,
                                   max_inflight=getattr(args, "grpc_max_inflight", None),
                                   log_requests=log_requests, max_log_len=max_log_len)
     pb2_grpc.add_GenerationServicer_to_server(servicer, server)
@@ -483,6 +487,8 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
 
     async def stop(grace: Optional[float]):
         watcher.cancel()
+        if owns_lifecycle:
+            lifecycle.close()
         return await orig_stop(grace)
 
     server.stop = stop  # type: ignore[method-assign]
@@ -493,75 +499,24 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None, *,
     return server
 
 
-def _parse(argv):
+def main(argv=None) -> int:
+    """The standalone gRPC server: llmcore-server's start-up and lifecycle, gRPC only."""
+    from llmcore.entrypoints.cli import StartupError, prepare, run_to_exit
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    def listening(_http_port, grpc_port) -> None:
+        print(f"llmcore gRPC server listening on port {grpc_port}", flush=True)
+
     try:
-        from llmcore.entrypoints.arg_parser import parse_args, validate_args
-    except ImportError:
-        parse_args = validate_args = None
-    if parse_args is not None:
-        engine_args, fe = parse_args(argv)
+        engine_args, fe, api_key, chat_template = prepare(argv)
         if fe.grpc_port is None:
             fe.grpc_port = DEFAULT_GRPC_PORT
-        validate_args(engine_args, fe)
-        return engine_args, fe
-    import argparse
-    import dataclasses
-
-    from llmcore.config import EngineArgs, FrontendArgs, flag_name
-    p = argparse.ArgumentParser(prog="python -m llmcore.entrypoints.grpc.server")
-    for cls in (FrontendArgs, EngineArgs):
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if isinstance(default, bool):
-                p.add_argument("--" + flag_name(f.name), dest=f.name, action="store_true")
-            elif f.name in ("grpc_port", "port", "grpc_max_message_size", "grpc_max_inflight",
-                            "ssl_cert_reqs", "max_model_len", "max_num_seqs", "seed",
-                            "block_size", "num_gpu_blocks_override", "max_logprobs"):
-                p.add_argument("--" + flag_name(f.name), dest=f.name, type=int, default=default)
-            else:
-                p.add_argument("--" + flag_name(f.name), dest=f.name, default=default)
-    ns = vars(p.parse_args(argv))
-    ea = EngineArgs(**{f.name: ns[f.name] for f in dataclasses.fields(EngineArgs)})
-    fe = FrontendArgs(**{f.name: ns[f.name] for f in dataclasses.fields(FrontendArgs)})
-    if fe.grpc_port is None:
-        fe.grpc_port = DEFAULT_GRPC_PORT
-    ea.validate()
-    return ea, fe
-
-
-async def _serve_standalone(engine_args, fe) -> None:
-    from llmcore.engine.async_engine import AsyncLLMEngine
-
-    engine = AsyncLLMEngine.from_engine_args(engine_args)
-    tune_gc_for_serving()
-    api_key = fe.api_key or os.environ.get("LLMCORE_API_KEY") or None
-    server = await serve_grpc(engine, fe, api_key,
-                              log_requests=not engine_args.disable_log_requests,
-                              max_log_len=engine_args.max_log_len)
-    print(f"llmcore gRPC server listening on port {server.llmcore_port}", flush=True)
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stopping.set)
-    waiter = loop.create_task(server.wait_for_termination())
-    stopper = loop.create_task(stopping.wait())
-    await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
-    await server.stop(5)
-    stopper.cancel()
-    with contextlib.suppress(Exception):
-        engine.shutdown()
-
-
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        engine_args, fe = _parse(argv)
-    except ValueError as e:
+        fe.grpc_only = True
+        return run_to_exit(engine_args, fe, api_key, chat_template, on_listening=listening)
+    except StartupError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    asyncio.run(_serve_standalone(engine_args, fe))
-    return 0
+        return e.code
 
 
 if __name__ == "__main__":

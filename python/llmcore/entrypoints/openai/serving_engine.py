@@ -5,7 +5,6 @@ logprobs formatting, merging several generators, and aborting on disconnect.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import uuid
@@ -14,8 +13,12 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 import anyio
 
+from llmcore.entrypoints.lifecycle import RequestTerminated, ServerLifecycle
 from llmcore.entrypoints.openai.errors import APIError, sse_error, value_error_to_api_error
 from llmcore.entrypoints.request_log import prompt_for_log
+from llmcore.entrypoints.request_validation import (UNSUPPORTED, InvalidField, first_out_of_vocab,
+                                                    make_sampling_params, streaming_conflict)
+from llmcore.entrypoints.stream_deltas import ChoiceDelta, StreamDeltas  # noqa: F401 (re-export)
 
 logger = logging.getLogger("llmcore.entrypoints.openai")
 
@@ -43,45 +46,12 @@ class ServerConfig:
     extra: dict = field(default_factory=dict)
 
 
-def sampling_params_cls():
-    from llmcore.sampling_params import SamplingParams  # noqa: PLC0415 (lands with the engine)
-    return SamplingParams
-
-
-_SP_PARAMS_CACHE: dict = {}
-
-
-def _accepted_kwargs(cls) -> Optional[set]:
-    if cls not in _SP_PARAMS_CACHE:
-        try:
-            sig = inspect.signature(cls)
-            if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
-                _SP_PARAMS_CACHE[cls] = None
-            else:
-                _SP_PARAMS_CACHE[cls] = set(sig.parameters)
-        except (TypeError, ValueError):
-            _SP_PARAMS_CACHE[cls] = None
-    return _SP_PARAMS_CACHE[cls]
-
-
-def make_logit_bias_processor(bias: dict[int, float]):
-    """A vLLM v0 logits processor `(token_ids, logits) -> logits` adding the bias."""
-    ids = list(bias.keys())
-    vals = [bias[i] for i in ids]
-
-    def processor(_token_ids, logits):
-        import torch  # noqa: PLC0415
-        idx = torch.tensor(ids, dtype=torch.long, device=logits.device)
-        logits.index_add_(-1, idx, torch.tensor(vals, dtype=logits.dtype, device=logits.device))
-        return logits
-
-    return processor
-
-
 class OpenAIServingBase:
-    def __init__(self, engine: Any, config: ServerConfig):
+    def __init__(self, engine: Any, config: ServerConfig,
+                 lifecycle: Optional[ServerLifecycle] = None):
         self.engine = engine
         self.config = config
+        self.lifecycle = lifecycle
 
     # ------------------------------------------------------------------ checks
     def check_model(self, model: Optional[str]) -> str:
@@ -126,9 +96,10 @@ class OpenAIServingBase:
 
     def check_token_ids(self, ids: list[int], param: str = "prompt") -> None:
         vocab = self.config.vocab_size
-        for t in ids:
-            if not 0 <= t < vocab:
-                raise APIError(f"token id {t} is out of vocabulary (0..{vocab - 1})", 400, param=param)
+        bad = first_out_of_vocab(ids, vocab) if vocab > 0 else (0 if ids else None)
+        if bad is not None:
+            raise APIError(f"token id {ids[bad]} is out of vocabulary (0..{vocab - 1})", 400,
+                           param=param)
 
     def check_length(self, prompt_len: int, max_tokens: Optional[int],
                      what: str = "prompt") -> int:
@@ -214,10 +185,12 @@ class OpenAIServingBase:
                                hasattr(request, "top_logprobs") else name)
             if value is not None and value < 0:
                 raise APIError(f"{name} must be non-negative, got {value}.", 400, param=name)
-        if request.stream and request.use_beam_search:
+        conflict = streaming_conflict(n, best_of, bool(request.use_beam_search)) \
+            if request.stream else None
+        if conflict == "use_beam_search":
             raise APIError("use_beam_search is not supported with stream=true", 400,
                            param="use_beam_search")
-        if request.stream and best_of is not None and best_of > n:
+        if conflict == "best_of":
             raise APIError("best_of > n is not supported with stream=true", 400, param="best_of")
         stop = request.stop
         if isinstance(stop, str):
@@ -255,18 +228,11 @@ class OpenAIServingBase:
                 self.check_token_ids([tid], param="logit_bias")
                 bias[tid] = min(100.0, max(-100.0, float(value)))
             kwargs["logit_bias"] = bias
-        cls = sampling_params_cls()
-        accepted = _accepted_kwargs(cls)
-        if accepted is not None:
-            if "logit_bias" in kwargs and "logit_bias" not in accepted:
-                if "logits_processors" in accepted:
-                    kwargs["logits_processors"] = [make_logit_bias_processor(kwargs.pop("logit_bias"))]
-            for key in list(kwargs):
-                if key not in accepted:
-                    raise APIError(f"{key} is not supported by this engine", 400, param=key)
         try:
-            return cls(**kwargs)
-        except (ValueError, TypeError, OverflowError) as e:
+            return make_sampling_params(kwargs)
+        except InvalidField as e:
+            if e.kind == UNSUPPORTED:
+                raise APIError(e.message, 400, param=e.field) from None
             raise value_error_to_api_error(e) from None
 
     # ------------------------------------------------------------------ generation
@@ -280,6 +246,8 @@ class OpenAIServingBase:
                 gen = self.engine.generate(prompt, params, request_id, priority=priority)
             else:
                 gen = self.engine.generate(prompt, params, request_id)
+            if self.lifecycle is not None:
+                gen = self.lifecycle.track(gen)
             first = await gen.__anext__()
         except StopAsyncIteration:
             raise APIError("the engine returned no output", 500) from None
@@ -321,6 +289,8 @@ async def sse_stream(events: AsyncIterator[str], request_id: str,
         complete = True
     except APIError as e:
         yield sse_error(e.message, e.status, e.param, e.code)
+    except RequestTerminated as e:
+        yield sse_error(e.message, 503)
     except (ValueError, TypeError) as e:
         yield sse_error(str(e), 400)
     except Exception as e:  # noqa: BLE001 - the stream must end with an error event
@@ -336,47 +306,6 @@ async def chain_first(first: Any, gen: AsyncIterator) -> AsyncIterator:
     yield first
     async for item in gen:
         yield item
-
-
-@dataclass
-class ChoiceDelta:
-    """What one streamed choice gained since its previous chunk."""
-    text: str
-    token_ids: list
-    logprobs: list          # the per-token logprob entries of token_ids
-    first: bool             # this is the choice's first chunk
-
-
-class StreamDeltas:
-    """Engine outputs carry each choice's whole text and token list so far; a stream sends
-    only what is new. Tracks that per choice index, the generated-token counts for usage,
-    and which choices have finished (nothing more is sent for them)."""
-
-    def __init__(self) -> None:
-        self._text: dict[int, int] = {}
-        self._tokens: dict[int, int] = {}
-        self._finished: set[int] = set()
-
-    def advance(self, idx: int, output: Any) -> Optional[ChoiceDelta]:
-        """Choice `idx`'s delta given its latest output; None once it has finished."""
-        if idx in self._finished:
-            return None
-        # Slice only the new tail: outputs are cumulative, so copying them whole would make a
-        # stream quadratic in its length.
-        start = self._tokens.get(idx, 0)
-        delta = ChoiceDelta(text=output.text[self._text.get(idx, 0):],
-                            token_ids=list(output.token_ids[start:]),
-                            logprobs=list(output.logprobs[start:]) if output.logprobs else [],
-                            first=idx not in self._text)
-        self._text[idx] = len(output.text)
-        self._tokens[idx] = len(output.token_ids)
-        if output.finish_reason is not None:
-            self._finished.add(idx)
-        return delta
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(self._tokens.values())
 
 
 async def merge_generators(gens: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]]:

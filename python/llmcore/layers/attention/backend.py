@@ -23,14 +23,12 @@ and called once per step:
 A backend may stash per-step precomputed data in attn_metadata.extra (a dict), keyed by
 its own name, to share it between layers.
 
-The CUDA backend is registered by its own module with
-`register_attn_backend("cuda", CudaBackendCls)`; `get_attn_backend` imports
-`llmcore.layers.attention.cuda_backend` (if present) the first time a cuda device asks.
+This module is the interface only and imports no backend; the backends import it, and
+the choice by device lives in selector.py (which imports them), so no import circle.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import torch
@@ -51,33 +49,3 @@ class AttentionBackend:
                 attn_metadata: AttentionMetadata, scale: float,
                 sliding_window: Optional[int]) -> torch.Tensor:
         raise NotImplementedError
-
-
-_BACKENDS: dict[str, type] = {}
-_OPTIONAL_MODULES = {"cuda": "llmcore.layers.attention.cuda_backend",
-                     "hip": "llmcore.layers.attention.cuda_backend"}
-
-
-def register_attn_backend(device_type: str, cls: type) -> None:
-    _BACKENDS[device_type] = cls
-
-
-def get_attn_backend(device=None) -> type:
-    """The backend class for a device ("cpu", "cuda", torch.device, or None = cpu)."""
-    device_type = torch.device(device).type if device is not None else "cpu"
-    if device_type not in _BACKENDS:
-        if device_type == "cpu":
-            from llmcore.layers.attention.cpu_backend import CpuAttentionBackend
-            register_attn_backend("cpu", CpuAttentionBackend)
-        elif device_type in _OPTIONAL_MODULES:
-            try:
-                importlib.import_module(_OPTIONAL_MODULES[device_type])
-            except ImportError:
-                pass
-    if device_type not in _BACKENDS:
-        if device_type in ("cuda", "hip"):
-            # Fall back to the torch-ops backend (works on any device, slower).
-            from llmcore.layers.attention.cpu_backend import CpuAttentionBackend
-            return CpuAttentionBackend
-        raise ValueError(f"no attention backend for device type {device_type!r}")
-    return _BACKENDS[device_type]

@@ -11,8 +11,9 @@ Both kernels get host ints for ``max_query_len`` / ``max_seq_len`` from the meta
 no step syncs the device. Empty caches (the profiling run) fall back to the torch-ops
 backend (attend to the new tokens only, write nothing).
 
-Registered for ``cuda`` only when the compiled kernels import (``ops.cuda_available()``);
-otherwise ``get_attn_backend`` falls back to the torch-ops backend.
+Chosen for ``cuda`` / ``hip`` by selector.py only when the compiled kernels import
+(``kernels_available()``); otherwise ``get_attn_backend`` falls back to the torch-ops
+backend.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Optional
 import torch
 
 from llmcore import ops
-from llmcore.layers.attention.backend import AttentionBackend, register_attn_backend
+from llmcore.layers.attention.backend import AttentionBackend
 from llmcore.layers.attention.cpu_backend import CpuAttentionBackend
 from llmcore.layers.attention.metadata import AttentionMetadata
 
@@ -76,5 +77,5 @@ class CudaAttentionBackend(AttentionBackend):
         return out.view(T, H * D)
 
 
-if ops.cuda_available():
-    register_attn_backend("cuda", CudaAttentionBackend)
+def kernels_available() -> bool:
+    return ops.cuda_available()

@@ -7,8 +7,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from llmcore.layers.attention.backend import get_attn_backend
 from llmcore.layers.attention.metadata import AttentionMetadata
+from llmcore.layers.attention.selector import get_attn_backend
+from llmcore.layers.context import LayerContext
 
 
 class Attention(nn.Module):
@@ -18,20 +19,24 @@ class Attention(nn.Module):
     KV caches should be allocated with torch.zeros (not torch.empty): padded block-table
     entries and the unused tail of a sequence's last block are read and masked, and
     masking cannot remove NaN/inf garbage.
+
+    num_heads / num_kv_heads are this rank's (QKVParallelLinear.num_heads / num_kv_heads):
+    attention needs no communication, each rank attends with its own heads.
     """
 
-    def __init__(self, num_heads: int, head_size: int, scale: float,
-                 num_kv_heads: Optional[int] = None, sliding_window: Optional[int] = None,
-                 device=None, prefix: str = ""):
+    def __init__(self, num_heads: int, head_size: int, scale: float, *, ctx: LayerContext,
+                 num_kv_heads: Optional[int] = None, sliding_window: Optional[int] = None):
         super().__init__()
         self.num_heads = num_heads
         self.head_size = head_size
         self.num_kv_heads = num_kv_heads or num_heads
-        assert self.num_heads % self.num_kv_heads == 0
+        if self.num_heads % self.num_kv_heads != 0:
+            raise ValueError(f"{ctx.prefix or 'Attention'}: {self.num_heads} query heads are "
+                             f"not a multiple of {self.num_kv_heads} key/value heads")
         self.scale = scale
         self.sliding_window = sliding_window
-        self.prefix = prefix
-        self.backend = get_attn_backend(device)(num_heads, head_size, self.num_kv_heads)
+        self.prefix = ctx.prefix
+        self.backend = get_attn_backend(ctx.device)(num_heads, head_size, self.num_kv_heads)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 kv_cache: tuple[torch.Tensor, torch.Tensor],

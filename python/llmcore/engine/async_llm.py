@@ -1,0 +1,182 @@
+"""AsyncLLM: the servers' engine. The engine core (scheduler, executor, step loop) runs in
+its own process; this front end keeps tokenization, detokenization, stop strings and the
+streams, so HTTP/gRPC work (SSE, JSON, detokenization) never shares a GIL with the steps.
+
+One output task per event loop reads the core's per-step EngineCoreOutputs, turns them
+into RequestOutput snapshots (EngineFrontend) and hands each to its stream. If the core
+process dies, every stream ends with EngineDeadError and `wait_for_death()` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import AsyncIterator, Optional
+
+from llmcore.config import EngineArgs
+from llmcore.engine.core_client import AsyncMPClient, CoreProcessConfig, EngineDeadError
+from llmcore.engine.core_types import SchedulerStats
+from llmcore.engine.frontend import EngineFrontend
+from llmcore.engine.llm_engine import load_frontend_tokenizer, served_model_info
+from llmcore.engine.protocol import EngineStats, PromptType
+from llmcore.engine.stat_logger import StatLogger
+from llmcore.outputs import RequestOutput
+from llmcore.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AsyncLLM", "EngineDeadError"]
+
+
+def engine_core_from_args(engine_args: EngineArgs, eos_token_id: Optional[int]):
+    """The core process's factory (runs there): config resolved from the same flags."""
+    from llmcore.engine.core import EngineCore
+    return EngineCore(engine_args.create_engine_config(), eos_token_id=eos_token_id)
+
+
+class AsyncLLM:
+    def __init__(self, engine_args: EngineArgs, stat_logger: Optional[StatLogger] = None):
+        self.args = engine_args
+        config = engine_args.create_engine_config()   # validated before any process starts
+        self.tokenizer, eos = load_frontend_tokenizer(config, engine_args)
+        self.model_info = served_model_info(config)
+        self.chat_template = getattr(self.tokenizer, "chat_template", None)
+        self.frontend = EngineFrontend(self.tokenizer, self.model_info, eos,
+                                       max_num_seqs=config.scheduler_config.max_num_seqs)
+        self.metrics = self.frontend.metrics
+        self._stat_logger = stat_logger
+        self.client = AsyncMPClient(CoreProcessConfig(
+            core_factory="llmcore.engine.async_llm:engine_core_from_args",
+            factory_args=(engine_args, eos)))
+        info = getattr(self.client, "ready_info", None) or {}
+        self.frontend.core_stats = SchedulerStats(num_total_blocks=int(info.get("num_device_blocks", 0)),
+                                                  num_free_blocks=int(info.get("num_device_blocks", 0)))
+        self._streams: dict[str, asyncio.Queue] = {}
+        self._output_task: Optional[asyncio.Task] = None
+        self._dead: Optional[BaseException] = None
+
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs) -> "AsyncLLM":
+        return cls(engine_args, stat_logger=None if engine_args.disable_log_stats else StatLogger())
+
+    # ------------------------------------------------------------ requests
+    def generate(self, prompt: PromptType, sampling_params: SamplingParams,
+                 request_id: Optional[str] = None, priority: int = 0) -> AsyncIterator[RequestOutput]:
+        """Validate now (ValueError on bad input), then stream cumulative outputs."""
+        if self._dead is not None:
+            raise EngineDeadError(None, f"engine core is dead: {self._dead}")
+        request_id = request_id if request_id is not None else uuid.uuid4().hex
+        req = self.frontend.make_request(request_id, prompt, sampling_params)
+        if request_id in self._streams:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        msg = self.frontend.register(req, priority)
+        queue: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = queue
+        self._ensure_output_task()
+        return self._iterate(request_id, queue, msg)
+
+    async def _iterate(self, request_id: str, q: asyncio.Queue, msg) -> AsyncIterator[RequestOutput]:
+        finished = False
+        pending = None
+        try:
+            await self.client.add_request_async(msg)
+            while True:
+                if pending is not None:
+                    item, pending = pending, None
+                else:
+                    item = await q.get()
+                # Outputs are cumulative snapshots: a consumer that fell behind takes the
+                # newest (an error still comes after the snapshots queued before it).
+                while not isinstance(item, BaseException) and not item.finished and not q.empty():
+                    nxt = q.get_nowait()
+                    if isinstance(nxt, BaseException):
+                        pending = nxt
+                        break
+                    item = nxt
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                # consumer went away (disconnect, cancellation): free the KV blocks now
+                await self._abort_quietly(request_id)
+
+    async def _abort_quietly(self, request_id: str) -> None:
+        live = self.frontend.abort([request_id])
+        if live and self._dead is None:
+            try:
+                await self.client.abort_requests_async(live)
+            except EngineDeadError:
+                pass
+
+    async def abort(self, request_id: str) -> None:
+        await self._abort_quietly(request_id)
+
+    # ------------------------------------------------------------ outputs
+    def _ensure_output_task(self) -> None:
+        if self._output_task is None or self._output_task.done() and self._dead is None:
+            self._output_task = asyncio.get_running_loop().create_task(self._output_loop())
+
+    async def _output_loop(self) -> None:
+        frontend, streams = self.frontend, self._streams
+        try:
+            while True:
+                core_out = await self.client.get_output_async()
+                outs, to_abort = frontend.process(core_out)
+                for out in outs:
+                    q = streams.get(out.request_id)
+                    if q is not None:
+                        q.put_nowait(out)
+                if frontend.refused:
+                    for rid, msg in frontend.refused:
+                        q = streams.get(rid)
+                        if q is not None:
+                            q.put_nowait(ValueError(msg))
+                    frontend.refused.clear()
+                if to_abort:
+                    await self.client.abort_requests_async(to_abort)
+                if self._stat_logger is not None:
+                    self._stat_logger.maybe_log(frontend.get_stats())
+        except EngineDeadError as e:
+            self._die(e)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - the front end must report any death
+            logger.exception("engine output loop died")
+            self._die(e)
+
+    def _die(self, e: BaseException) -> None:
+        self._dead = e
+        err = e if isinstance(e, EngineDeadError) else EngineDeadError(None, f"engine loop died: {e!r}")
+        for q in list(self._streams.values()):
+            q.put_nowait(err)
+
+    # ------------------------------------------------------------ health
+    def get_stats(self) -> EngineStats:
+        return self.frontend.get_stats()
+
+    @property
+    def errored(self) -> bool:
+        return self._dead is not None or bool(getattr(self.client, "errored", False))
+
+    async def check_health(self) -> None:
+        if self.errored:
+            raise EngineDeadError(None, f"engine core is dead: {self._dead}")
+
+    async def wait_for_death(self) -> BaseException:
+        err = await self.client.wait_for_death()
+        if self._dead is None:
+            self._die(err)
+        return err
+
+    def shutdown(self) -> None:
+        if self._output_task is not None and not self._output_task.done():
+            self._output_task.cancel()
+        self.client.shutdown()
+

@@ -1,0 +1,428 @@
+"""EngineCore: the token-level step loop. schedule (C++) -> executor.execute_model -> update.
+
+It knows token ids and sampling parameters only: no tokenizer, no text, no HTTP. Per step
+it returns the new token ids (and logprobs) of every sample it advanced, batched in one
+EngineCoreOutputs. Token-valued stops (EOS, stop token ids, max_tokens, the context
+length) are decided here; stop strings are the front end's, which then aborts the request.
+
+With async scheduling the core launches step k before reading step k-1's tokens: every
+sequence sampled in k-1 holds a placeholder in the scheduler, and the runner takes its
+value from k-1's samples on the device. A request with beam
+search runs synchronous steps while it is live.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from typing import Iterable, Optional
+
+import numpy as np
+
+from llmcore import _core
+from llmcore.config.engine_config import EngineConfig
+from llmcore.engine.beam_search import BeamState, best_hypotheses, step_beams
+from llmcore.engine.core_state import CoreRequest, CoreSeq, OutputBatch
+from llmcore.engine.core_types import EngineCoreOutputs, EngineCoreRequest, SchedulerStats
+from llmcore.executor import Executor
+from llmcore.model_runner.step_io import NewSeq, PromptLogprobJob, StepInput
+
+logger = logging.getLogger(__name__)
+
+
+def _pipelinable(req: CoreRequest) -> bool:
+    """The pipelined step serves every request but beam search (whose next inputs depend on
+    the host's choice among candidates)."""
+    return not req.is_beam
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig, eos_token_id: Optional[int] = None,
+                 executor_class: Optional[type] = None):
+        self.config = config
+        self.eos_token_id = eos_token_id
+        cls = executor_class or Executor.get_class(config)
+        self.executor = cls(config, eos_token_id=eos_token_id)
+        num_device, num_cpu = self.executor.determine_num_blocks()
+        if num_device < 1:
+            raise ValueError("no memory left for the KV cache: raise --gpu-memory-utilization or "
+                             "lower --max-model-len")
+        sc, cc = config.scheduler_config, config.cache_config
+        if sc.preemption_mode == "swap" and num_cpu == 0:
+            raise ValueError("--preemption-mode swap needs --swap-space > 0")
+        self.executor.initialize_cache(num_device, num_cpu)
+        cfg = _core.SchedulerConfig()
+        cfg.block_size = cc.block_size
+        cfg.num_device_blocks = num_device
+        cfg.num_cpu_blocks = num_cpu
+        cfg.max_num_seqs = sc.max_num_seqs
+        cfg.max_model_len = sc.max_model_len
+        cfg.max_num_batched_tokens = sc.max_num_batched_tokens
+        cfg.enable_chunked_prefill = sc.enable_chunked_prefill
+        cfg.enable_prefix_caching = cc.enable_prefix_caching
+        cfg.preemption_mode = sc.preemption_mode
+        self.scheduler = _core.Scheduler(cfg)
+        self.num_device_blocks, self.num_cpu_blocks = num_device, num_cpu
+        self.max_model_len = sc.max_model_len
+        self.async_scheduling = sc.async_scheduling
+        self.requests: dict[str, CoreRequest] = {}
+        self._seqs: dict[int, tuple] = {}          # seq_id -> (CoreRequest, CoreSeq)
+        self._ids = itertools.count()
+        self._inflight = None                      # (PendingRunnerOutput, normal, placeholders)
+        self._num_unpipelinable = 0                # live requests the pipelined step cannot serve
+        self._new_seqs: list = []                  # sampling state the runner has not seen
+        self._gone_seqs: list = []                 # sequences the runner can forget
+        self._stats = SchedulerStats(num_total_blocks=num_device)
+
+    # ---------------------------------------------------------------- requests
+    def add_request(self, r: EngineCoreRequest) -> None:
+        if r.request_id in self.requests:
+            raise ValueError(f"request_id {r.request_id!r} is already in use")
+        req = CoreRequest(r.request_id, next(self._ids), r.prompt_token_ids, r.sampling_params,
+                          r.max_tokens)
+        p = req.params
+        req.is_beam = bool(p.use_beam_search)
+        req.prompt_logprobs_done = p.prompt_logprobs is None
+        seq = CoreSeq(next(self._ids), 0)
+        req.seqs.append(seq)
+        req.pending_fork = req.num_seqs_total > 1 and not req.is_beam
+        if req.is_beam:
+            req.beam = BeamState(width=req.num_seqs_total, length_penalty=p.length_penalty,
+                                 early_stopping=p.early_stopping)
+        else:
+            self._new_seqs.append(NewSeq(seq.seq_id, p, req.prompt_token_ids, []))
+        self.scheduler.add_request(req.internal_id, seq.seq_id,
+                                   np.asarray(req.prompt_token_ids, dtype=np.int32),
+                                   r.arrival_time, r.priority, 0, p.prompt_logprobs is None)
+        self.requests[req.request_id] = req
+        self._seqs[seq.seq_id] = (req, seq)
+        if not _pipelinable(req):
+            self._num_unpipelinable += 1
+
+    def abort_requests(self, request_ids: Iterable[str]) -> None:
+        for rid in request_ids:
+            req = self.requests.pop(rid, None)
+            if req is None:
+                continue
+            self.scheduler.abort_request(req.internal_id)
+            for seq in req.seqs:
+                self._release_seq(seq)
+            req.finished = True
+            if not _pipelinable(req):
+                self._num_unpipelinable -= 1
+
+    def _release_seq(self, seq: CoreSeq) -> None:
+        if self._seqs.pop(seq.seq_id, None) is not None:
+            self._gone_seqs.append(seq.seq_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---------------------------------------------------------------- step
+    def step(self) -> EngineCoreOutputs:
+        """One engine step. With async scheduling it returns the tokens of the step before
+        it (its own are still on the device)."""
+        batch = OutputBatch()
+        if self.async_scheduling and self._num_unpipelinable == 0:
+            self._step_pipelined(batch)
+        else:
+            if self._inflight is not None:
+                self._finish_inflight(self._take_inflight(), batch)
+            self._step_sync(batch)
+        self._update_stats()
+        return EngineCoreOutputs(outputs=batch.finish(), stats=self._stats, timestamp=time.time())
+
+    def _take_inflight(self):
+        prev, self._inflight = self._inflight, None
+        return prev
+
+    def _step_input(self, plan, **kw) -> StepInput:
+        new, gone = self._new_seqs, self._gone_seqs
+        self._new_seqs, self._gone_seqs = [], []
+        return StepInput(plan=plan, new_seqs=new, finished_seq_ids=gone, **kw)
+
+    def _step_sync(self, batch: OutputBatch) -> None:
+        plan = self.scheduler.schedule()
+        if plan.num_seqs == 0:
+            self.executor.execute_model(self._step_input(plan))  # swaps only, if any
+            return
+        seq_ids = np.asarray(plan.seq_ids)
+        qsl = np.asarray(plan.query_start_loc)
+        sample_pos = np.flatnonzero(np.asarray(plan.do_sample))
+        normal, normal_rows, beams, beam_rows = [], [], {}, []
+        for pos, sid in zip(sample_pos.tolist(), seq_ids[sample_pos].tolist()):
+            req, seq = self._seqs[sid]
+            row = int(qsl[pos + 1] - 1)
+            if req.is_beam:
+                beams.setdefault(req.request_id, (req, []))[1].append(seq)
+                beam_rows.append(row)
+            elif req.pending_fork:
+                req.pending_fork = False
+                for child in [seq] + self._fork_children(req, seq):
+                    normal.append((req, child))
+                    normal_rows.append(row)
+            else:
+                normal.append((req, seq))
+                normal_rows.append(row)
+        jobs = self._prompt_logprob_jobs(plan, seq_ids, qsl)
+        beam_k = 2 * max((r.beam.width for r, _ in beams.values()), default=0)
+        step = self._step_input(plan, sample_seq_ids=[s.seq_id for _, s in normal],
+                                sample_rows=np.asarray(normal_rows, dtype=np.int64),
+                                beam_rows=np.asarray(beam_rows, dtype=np.int64), beam_k=beam_k,
+                                prompt_logprob_jobs=jobs)
+        out = self.executor.execute_model(step).get()
+        upd_ids: list = []
+        upd_tokens: list = []
+        if normal:
+            self._process_samples(normal, out, batch, upd_ids, upd_tokens)
+        if beams:
+            self._process_beams(list(beams.values()), out.beam_topk, batch, upd_ids, upd_tokens)
+        for job, res in zip(jobs, out.prompt_logprobs):
+            batch.prompt_logprobs(job, res)
+        if upd_ids:
+            self.scheduler.update(np.asarray(upd_ids, dtype=np.int64),
+                                  np.asarray(upd_tokens, dtype=np.int32))
+        self._stats.prompt_tokens_total += int(qsl[plan.num_prefill_seqs])
+
+    # ---------------------------------------------------------------- pipelined step
+    def _step_pipelined(self, batch: OutputBatch) -> None:
+        """Schedule and launch step k, then process step k-1's tokens while the device runs
+        k. Only token-valued stops (EOS, stop ids) and the front end's stop strings are
+        learned late: such a sequence has one wasted row in k. Length stops are known at
+        sampling time and release the sequence at once."""
+        plan = self.scheduler.schedule()
+        prev = self._take_inflight()
+        if plan.num_seqs == 0:
+            self.executor.execute_model(self._step_input(plan))  # swaps only, if any
+            if prev is not None:
+                self._finish_inflight(prev, batch)
+            return
+        seq_ids = np.asarray(plan.seq_ids)
+        qsl = np.asarray(plan.query_start_loc)
+        sample_pos = np.flatnonzero(np.asarray(plan.do_sample))
+        sample_ids = seq_ids[sample_pos].tolist()
+        rows = (qsl[sample_pos + 1] - 1).astype(np.int64)
+        lens = np.asarray(plan.seq_lens)[sample_pos]
+        normal = [self._seqs[sid] for sid in sample_ids]
+        if any(req.pending_fork for req, _ in normal):
+            # n / best_of > 1: the samples fork from the prompt's last row, each drawing its own
+            normal, rows, lens = self._fork_pending(normal, rows, lens)
+            sample_ids = [s.seq_id for _, s in normal]
+        jobs = self._prompt_logprob_jobs(plan, seq_ids, qsl)
+        step = self._step_input(plan, sample_seq_ids=sample_ids, sample_rows=rows,
+                                sample_seq_lens=lens, prompt_logprob_jobs=jobs,
+                                use_device_tokens=True)
+        pending = self.executor.execute_model(step)
+        # the device runs step k; the host finishes step k-1 meanwhile
+        if prev is not None:
+            self._finish_inflight(prev, batch)
+        self._stats.prompt_tokens_total += int(qsl[plan.num_prefill_seqs])
+        if not normal:  # only prefill chunks that sample nothing
+            if jobs:
+                self._inflight = (pending, [], set(), jobs)
+            return
+        ph_ids = []
+        placeholders = set()
+        max_len = self.max_model_len
+        for req, seq in normal:
+            if seq.finished or req.finished:
+                continue  # stopped in k-1: this row is discarded
+            n_after = len(seq.output_token_ids) + 1
+            if n_after >= req.max_tokens or len(req.prompt_token_ids) + n_after >= max_len:
+                self.scheduler.finish_seq(seq.seq_id)
+                seq.sched_released = True
+            else:
+                ph_ids.append(seq.seq_id)
+                placeholders.add(seq.seq_id)
+        if ph_ids:
+            self.scheduler.append_placeholders(np.asarray(ph_ids, dtype=np.int64))
+        self._inflight = (pending, normal, placeholders, jobs)
+
+    def _fork_pending(self, normal, rows, lens):
+        out_normal, out_rows, out_lens = [], [], []
+        for (req, seq), row, n in zip(normal, rows.tolist(), lens.tolist()):
+            group = [seq]
+            if req.pending_fork:
+                req.pending_fork = False
+                group += self._fork_children(req, seq)
+            for s in group:
+                out_normal.append((req, s))
+                out_rows.append(row)
+                out_lens.append(n)
+        return out_normal, np.asarray(out_rows, dtype=np.int64), np.asarray(out_lens, dtype=np.int64)
+
+    def _finish_inflight(self, inflight, batch: OutputBatch) -> None:
+        """Process a launched step's sampled tokens (waits for them)."""
+        pending, normal, placeholders, jobs = inflight
+        out = pending.get()
+        for job, res in zip(jobs, out.prompt_logprobs):
+            batch.prompt_logprobs(job, res)
+        tokens, lps, top = out.sampled_token_ids, out.logprobs, out.topk
+        fix_ids, fix_tokens = [], []
+        for i, (req, seq) in enumerate(normal):
+            if seq.finished or req.finished:
+                continue
+            tok = tokens[i]
+            self._append_token(req, seq, tok, lps[i], top, i, batch)
+            if seq.seq_id in placeholders:
+                fix_ids.append(seq.seq_id)
+                fix_tokens.append(tok)
+            if seq.finished:
+                self._finish_seq(req, seq)
+        if fix_ids:  # finished sequences are skipped by the scheduler
+            self.scheduler.set_last_tokens(np.asarray(fix_ids, dtype=np.int64),
+                                           np.asarray(fix_tokens, dtype=np.int32))
+
+    # ---------------------------------------------------------------- tokens
+    def _append_token(self, req: CoreRequest, seq: CoreSeq, tok: int, lp: float, top, row: int,
+                      batch: OutputBatch) -> None:
+        seq.output_token_ids.append(tok)
+        reason, stop_reason = self._check_stop(req, seq, tok)
+        if reason is not None:
+            seq.finished = True
+        self._stats.generation_tokens_total += 1
+        batch.token(req, seq, tok, lp, top, row, reason, stop_reason)
+
+    def _check_stop(self, req: CoreRequest, seq: CoreSeq, tok: int):
+        """Token-valued stops in vLLM's order (the front end adds stop strings)."""
+        p = req.params
+        n = len(seq.output_token_ids)
+        if len(req.prompt_token_ids) + n >= self.max_model_len:
+            return "length", None
+        if n >= p.min_tokens:
+            if not p.ignore_eos and self.eos_token_id is not None and tok == self.eos_token_id:
+                return "stop", None
+            if p.stop_token_ids and tok in p.stop_token_ids:
+                return "stop", int(tok)
+            if p.max_tokens is not None and n >= p.max_tokens:
+                return "length", None
+        if n >= req.max_tokens:
+            return "length", None
+        return None, None
+
+    def _process_samples(self, normal, out, batch, upd_ids, upd_tokens) -> None:
+        tokens, lps, top = out.sampled_token_ids, out.logprobs, out.topk
+        for i, (req, seq) in enumerate(normal):
+            tok = tokens[i]
+            self._append_token(req, seq, tok, lps[i], top, i, batch)
+            if seq.finished:
+                self._finish_seq(req, seq)
+            else:
+                upd_ids.append(seq.seq_id)
+                upd_tokens.append(tok)
+
+    def _fork_seq(self, req: CoreRequest, parent: CoreSeq, index: int) -> CoreSeq:
+        """A child sequence sharing the parent's blocks (copy-on-write) and its tokens."""
+        child = CoreSeq(next(self._ids), index)
+        self.scheduler.fork(parent.seq_id, child.seq_id)
+        child.output_token_ids = list(parent.output_token_ids)
+        req.seqs.append(child)
+        self._seqs[child.seq_id] = (req, child)
+        return child
+
+    def _fork_children(self, req: CoreRequest, parent: CoreSeq) -> list:
+        children = []
+        p = req.params
+        for index in range(1, req.num_seqs_total):
+            child = self._fork_seq(req, parent, index)
+            params = p
+            if p.seed is not None:
+                # Each of the n samples draws its own stream; still reproducible per request.
+                params = p.clone()
+                params.seed = p.seed + index
+            self._new_seqs.append(NewSeq(child.seq_id, params, req.prompt_token_ids, []))
+            children.append(child)
+        return children
+
+    def _prompt_logprob_jobs(self, plan, seq_ids, qsl) -> list:
+        jobs = []
+        ctx = np.asarray(plan.context_lens)
+        ntok = np.asarray(plan.num_tokens)
+        for pos in range(int(plan.num_prefill_seqs)):
+            req, seq = self._seqs[int(seq_ids[pos])]
+            if req.prompt_logprobs_done or seq.index != 0:
+                continue
+            plen = len(req.prompt_token_ids)
+            first, last = int(ctx[pos]), min(int(ctx[pos] + ntok[pos]), plen - 1)
+            if last > first:  # positions p predict prompt token p+1
+                jobs.append(PromptLogprobJob(req.request_id, first, last, int(qsl[pos]),
+                                             req.prompt_token_ids[first + 1:last + 1],
+                                             req.params.prompt_logprobs))
+            if ctx[pos] + ntok[pos] >= plen:
+                req.prompt_logprobs_done = True
+        return jobs
+
+    def _process_beams(self, groups, beam_topk, batch, upd_ids, upd_tokens) -> None:
+        ids, lps = beam_topk
+        off = 0
+        for req, seqs in groups:
+            cand = (ids[off:off + len(seqs)], lps[off:off + len(seqs)])
+            off += len(seqs)
+            p = req.params
+            decision = step_beams(req.beam, seqs, cand, self.eos_token_id, p.ignore_eos,
+                                  req.max_tokens,
+                                  lambda L, req=req: len(req.prompt_token_ids) + L >= self.max_model_len)
+            self._stats.generation_tokens_total += len(seqs)
+            new_children = []
+            for parent, token, val, reuse in decision.continue_beams:
+                if not reuse:
+                    new_children.append((self._fork_seq(req, parent, len(req.seqs)), token, val))
+            for parent in decision.finished_parents:
+                parent.finished = True
+                self.scheduler.finish_seq(parent.seq_id)
+                self._release_seq(parent)
+            for parent, token, val, reuse in decision.continue_beams:
+                if reuse:
+                    new_children.append((parent, token, val))
+            for seq, token, val in new_children:
+                seq.output_token_ids.append(token)
+                seq.cumulative_logprob = val
+                upd_ids.append(seq.seq_id)
+                upd_tokens.append(token)
+            if decision.done:
+                self._finish_beam_request(req, batch)
+            req.seqs = [s for s in req.seqs if not s.finished]
+
+    def _finish_beam_request(self, req: CoreRequest, batch: OutputBatch) -> None:
+        for seq in req.seqs:
+            if not seq.finished:
+                seq.finished = True
+                self.scheduler.finish_seq(seq.seq_id)
+                self._release_seq(seq)
+        hyps = best_hypotheses(req.beam, req.params.n)
+        batch.beam_results(req, hyps)
+        self._finish_request(req)
+
+    def _finish_seq(self, req: CoreRequest, seq: CoreSeq) -> None:
+        if not seq.sched_released:
+            self.scheduler.finish_seq(seq.seq_id)
+            seq.sched_released = True
+        self._release_seq(seq)
+        if not req.pending_fork and all(s.finished for s in req.seqs):
+            self._finish_request(req)
+
+    def _finish_request(self, req: CoreRequest) -> None:
+        req.finished = True
+        if not _pipelinable(req):
+            self._num_unpipelinable -= 1
+        self.requests.pop(req.request_id, None)
+
+    # ---------------------------------------------------------------- stats
+    def _update_stats(self) -> None:
+        s, st = self.scheduler, self._stats
+        st.num_running, st.num_waiting, st.num_swapped = s.num_running(), s.num_waiting(), s.num_swapped()
+        st.kv_cache_usage = s.device_usage()
+        st.num_free_blocks = s.num_free_device_blocks()
+        st.prefix_cache_hit_rate = s.prefix_cache_hit_rate()
+        st.num_preemptions_total = s.num_preemptions()
+
+    def get_stats(self) -> SchedulerStats:
+        self._update_stats()
+        return SchedulerStats(**{f: getattr(self._stats, f) for f in SchedulerStats.__struct_fields__})
+
+    def ready_info(self) -> dict:
+        return {"num_device_blocks": self.num_device_blocks, "num_cpu_blocks": self.num_cpu_blocks}
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()

@@ -1,0 +1,95 @@
+"""What the engine core keeps per request and per sequence beside the C++ scheduler (which
+owns tokens and blocks), and the per-step collection of outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from llmcore.engine.core_types import EngineCoreOutput, PositionLogprobs
+
+
+@dataclass
+class CoreSeq:
+    seq_id: int
+    index: int                         # sample index within the request (0..best_of-1)
+    output_token_ids: list = field(default_factory=list)
+    cumulative_logprob: float = 0.0    # beam search scores
+    finished: bool = False
+    # pipelined step: the scheduler already released it (it reached a length limit)
+    sched_released: bool = False
+
+
+@dataclass
+class CoreRequest:
+    request_id: str
+    internal_id: int
+    prompt_token_ids: list
+    params: Any                        # SamplingParams
+    max_tokens: int
+    seqs: list = field(default_factory=list)
+    pending_fork: bool = False         # n/best_of > 1: children are forked at the first sample
+    is_beam: bool = False
+    beam: Any = None                   # BeamState
+    prompt_logprobs_done: bool = True
+    finished: bool = False
+
+    @property
+    def num_seqs_total(self) -> int:
+        p = self.params
+        return p.best_of if p.best_of is not None else p.n
+
+
+class OutputBatch:
+    """One step's EngineCoreOutputs, one per (request, sample); a sample that got two tokens
+    in one call (the async step's tail and a synchronous step) gets one output with both."""
+
+    __slots__ = ("_by_key",)
+
+    def __init__(self):
+        self._by_key: dict = {}
+
+    def _get(self, rid: str, index: int) -> EngineCoreOutput:
+        key = (rid, index)
+        out = self._by_key.get(key)
+        if out is None:
+            out = self._by_key[key] = EngineCoreOutput(rid, index, [], [])
+        return out
+
+    def token(self, req: CoreRequest, seq: CoreSeq, tok: int, lp: float, top: Optional[tuple],
+              row: int, finish_reason: Optional[str], stop_reason: Optional[int]) -> None:
+        out = self._get(req.request_id, seq.index)
+        out.new_token_ids.append(tok)
+        out.new_token_logprobs.append(lp)
+        if top is not None and req.params.logprobs is not None:
+            ids, lps, ranks = top
+            pl = out.new_logprobs
+            if pl is None:
+                pl = out.new_logprobs = PositionLogprobs([], [], [], [], [])
+            pl.token_ids.append(tok)
+            pl.logprobs.append(lp)
+            pl.ranks.append(ranks[row])
+            pl.topk_ids.append(ids[row])
+            pl.topk_logprobs.append(lps[row])
+        if finish_reason is not None:
+            out.finish_reason = finish_reason
+            out.stop_reason = stop_reason
+
+    def prompt_logprobs(self, job, res) -> None:
+        lps, top_ids, top_lps, ranks = res
+        out = self._get(job.request_id, 0)
+        out.prompt_logprobs = PositionLogprobs(list(job.targets), lps, ranks, top_ids, top_lps)
+        out.prompt_logprobs_start = job.first + 1
+
+    def beam_results(self, req: CoreRequest, hyps: list) -> None:
+        for i, h in enumerate(hyps):
+            self._by_key[(req.request_id, i)] = EngineCoreOutput(
+                req.request_id, i, list(h.token_ids), [], finish_reason=h.finish_reason,
+                replace=True, cumulative_logprob=h.cumulative_logprob)
+        if not hyps:
+            self._by_key[(req.request_id, 0)] = EngineCoreOutput(req.request_id, 0, [], [],
+                                                                 finish_reason="length",
+                                                                 replace=True)
+
+    def finish(self) -> list:
+        return list(self._by_key.values())

@@ -1,0 +1,4 @@
+from llmcore.executor.base import Executor
+from llmcore.executor.uniproc import UniProcExecutor
+
+__all__ = ["Executor", "UniProcExecutor"]

@@ -1,0 +1,54 @@
+"""The executor interface: how the engine core reaches its workers.
+
+`UniProcExecutor` drives one in-process worker. Multiprocess and Ray executors (one worker
+per rank, started and stopped by the engine) implement the same calls; the engine core
+cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Optional
+
+from llmcore.config.engine_config import EngineConfig
+from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
+
+
+class Executor(ABC):
+    def __init__(self, config: EngineConfig, eos_token_id: Optional[int] = None):
+        self.config = config
+        self.eos_token_id = eos_token_id
+        self._init_executor()
+
+    @staticmethod
+    def get_class(config: EngineConfig) -> type["Executor"]:
+        backend = config.parallel_config.distributed_executor_backend
+        if config.parallel_config.world_size == 1 and backend in (None, "uni", "mp"):
+            from llmcore.executor.uniproc import UniProcExecutor
+            return UniProcExecutor
+        raise ValueError(f"--distributed-executor-backend {backend!r} with tensor x pipeline size "
+                         f"{config.parallel_config.world_size} is not supported yet")
+
+    @abstractmethod
+    def _init_executor(self) -> None:
+        """Start the workers, load the model on each."""
+
+    @abstractmethod
+    def collective_rpc(self, method: str, args: tuple = (), kwargs: Optional[dict] = None
+                       ) -> list[Any]:
+        """Call `method` on every worker; their results in rank order."""
+
+    def determine_num_blocks(self) -> tuple[int, int]:
+        """The engine takes the minimum over workers: every rank must hold every block."""
+        results = self.collective_rpc("determine_num_blocks")
+        return min(r[0] for r in results), min(r[1] for r in results)
+
+    def initialize_cache(self, num_device_blocks: int, num_cpu_blocks: int) -> None:
+        self.collective_rpc("initialize_cache", (num_device_blocks, num_cpu_blocks))
+
+    @abstractmethod
+    def execute_model(self, step: StepInput) -> PendingRunnerOutput:
+        """Launch one step; the output of the rank that samples."""
+
+    def shutdown(self) -> None:
+        self.collective_rpc("shutdown")

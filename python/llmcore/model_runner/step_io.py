@@ -1,0 +1,123 @@
+"""What flows into and out of a runner each step: plain typed objects, one way.
+
+engine core --StepInput--> executor -> worker -> ModelRunner --ModelRunnerOutput--> engine core
+
+The C++ scheduler's plan (`_core.SchedulerOutput`, flat arrays) says what runs; StepInput
+adds what only the engine core knows: which sequences the runner sees for the first time
+(their sampling parameters, for the runner's persistent sampling state), which are gone,
+and what to compute from the logits (samples, beam candidates, prompt logprobs).
+The runner answers with host values only — token ids and logprobs, never logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from llmcore.sampling_params import SamplingParams
+
+
+@dataclass
+class NewSeq:
+    """A sequence entering the runner's sampling state (a new request, a fork)."""
+
+    seq_id: int
+    params: SamplingParams
+    prompt_token_ids: list
+    output_token_ids: list
+
+
+@dataclass
+class PromptLogprobJob:
+    """Prompt logprobs of positions first+1 .. last of one request, from rows start.."""
+
+    request_id: str
+    first: int                      # position p's logits predict prompt token p+1
+    last: int
+    row_start: int                  # index into the step's tokens
+    targets: list                   # prompt tokens first+1 .. last
+    k: int
+
+
+@dataclass
+class StepInput:
+    plan: Any                                    # llmcore._core.SchedulerOutput
+    sample_seq_ids: list = field(default_factory=list)   # sampled sequences, row order
+    sample_rows: Optional[np.ndarray] = None     # token index of each sampled row
+    sample_seq_lens: Optional[np.ndarray] = None  # its sequence's length after this step
+    beam_rows: Optional[np.ndarray] = None       # token index of each beam row
+    beam_k: int = 0                              # candidates per beam row (2 x width)
+    prompt_logprob_jobs: list = field(default_factory=list)
+    new_seqs: list = field(default_factory=list)             # NewSeq
+    finished_seq_ids: list = field(default_factory=list)
+    # async scheduling: the last token of a continuing sequence is a placeholder whose
+    # value is the previous step's sample, still on the device
+    use_device_tokens: bool = False
+
+
+@dataclass
+class ModelRunnerOutput:
+    """Host values of one step, row-aligned with StepInput's lists."""
+
+    sampled_token_ids: list = field(default_factory=list)
+    logprobs: Optional[list] = None              # of each sampled token
+    topk: Optional[tuple] = None                 # (ids [rows][k], logprobs, ranks [rows])
+    beam_topk: Optional[tuple] = None            # (ids [rows][k], logprobs [rows][k])
+    prompt_logprobs: list = field(default_factory=list)  # per job: (lps, top ids, top lps, ranks)
+
+
+def _to_host(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    # Into pinned memory with copy_(non_blocking=True): asynchronous. (t.to("cpu",
+    # non_blocking=True) lands in pageable memory and synchronizes the stream.)
+    if t is None or t.device.type != "cuda":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
+def _tolist(t: Optional[torch.Tensor]):
+    return None if t is None else t.tolist()
+
+
+class PendingRunnerOutput:
+    """A launched step whose results are still being copied to the host.
+
+    The engine core reads it one step later with async scheduling (the device runs the
+    next step meanwhile), or at once otherwise. `get()` waits for this step's copies only,
+    not for later work queued on the stream."""
+
+    def __init__(self, tensors: dict, prompt_logprobs: list):
+        self._host = {k: _to_host(v) for k, v in tensors.items()}
+        self._prompt = [tuple(_to_host(x) for x in job) for job in prompt_logprobs]
+        self._event = None
+        if any(v is not None and v.device.type == "cuda" for v in tensors.values()) or any(
+                x is not None and x.device.type == "cuda" for job in prompt_logprobs for x in job):
+            self._event = torch.cuda.Event()
+            self._event.record()
+        self._result: Optional[ModelRunnerOutput] = None
+
+    @classmethod
+    def empty(cls) -> "PendingRunnerOutput":
+        return cls({}, [])
+
+    def get(self) -> ModelRunnerOutput:
+        if self._result is None:
+            if self._event is not None:
+                self._event.synchronize()
+            h = self._host
+            top = None
+            if h.get("topk_ids") is not None:
+                top = (h["topk_ids"].tolist(), h["topk_logprobs"].tolist(), h["ranks"].tolist())
+            beam = None
+            if h.get("beam_ids") is not None:
+                beam = (h["beam_ids"].tolist(), h["beam_logprobs"].tolist())
+            self._result = ModelRunnerOutput(
+                sampled_token_ids=_tolist(h.get("token_ids")) or [],
+                logprobs=_tolist(h.get("logprobs")), topk=top, beam_topk=beam,
+                prompt_logprobs=[tuple(_tolist(x) for x in job) for job in self._prompt])
+            self._host = self._prompt = None
+        return self._result

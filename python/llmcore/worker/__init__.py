@@ -1,0 +1,3 @@
+from llmcore.worker.worker import Worker
+
+__all__ = ["Worker"]
