@@ -234,6 +234,8 @@ case "$SUITE" in
     thr thr_8b_128 100 128 --skip-hf
     serving "16 200" "inf 1000"
     thr thr_8b_1000_fp8_s512 170 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf ;;
+  h200spy)  # H200: rate inf, 1000 prompts, the front-end process's GIL holder sampled with py-spy
+    SPY=${SPY:-20} serving "inf 1000" ;;
   *)
     echo "unknown SUITE=$SUITE" | tee -a "$OUT/summary.log"
     exit 2 ;;

@@ -1,6 +1,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -30,6 +31,30 @@ py::array pairs_view(const std::vector<T>& v, py::handle self) {
 }
 
 const SchedulerOutput& so(py::handle self) { return self.cast<const SchedulerOutput&>(); }
+
+// Checks a (seq_ids, counts[, flat values]) triple and returns the number of seqs.
+size_t check_counts(const char* fn, const I64Array& seq_ids, const I32Array& counts,
+                    const I32Array* values) {
+  if (seq_ids.ndim() != 1 || counts.ndim() != 1)
+    throw py::value_error(std::string(fn) + ": seq_ids and counts must be one-dimensional");
+  if (seq_ids.size() != counts.size())
+    throw py::value_error(std::string(fn) + ": seq_ids and counts differ in length");
+  if (values) {
+    if (values->ndim() != 1)
+      throw py::value_error(std::string(fn) + ": token_ids must be one-dimensional");
+    int64_t total = 0;
+    const int32_t* c = counts.data();
+    for (py::ssize_t i = 0; i < counts.size(); ++i) {
+      if (c[i] < 0) throw py::value_error(std::string(fn) + ": counts must be >= 0");
+      total += c[i];
+    }
+    if (total != values->size())
+      throw py::value_error(std::string(fn) + ": token_ids holds " +
+                            std::to_string(values->size()) + " values, counts sum to " +
+                            std::to_string(total));
+  }
+  return static_cast<size_t>(seq_ids.size());
+}
 
 std::string mode_name(PreemptionMode m) {
   return m == PreemptionMode::kSwap ? "swap" : "recompute";
@@ -99,6 +124,17 @@ void bind_scheduler(py::module_& m) {
         const auto& v = so(s).preempted_request_ids;
         return view(v, s, {static_cast<py::ssize_t>(v.size())});
       })
+      .def_property_readonly("is_new", [](py::handle s) {
+        return view(so(s).is_new, s, {so(s).num_seqs}, py::dtype("bool"));
+      })
+      .def_property_readonly("finished_seq_ids", [](py::handle s) {
+        const auto& v = so(s).finished_seq_ids;
+        return view(v, s, {static_cast<py::ssize_t>(v.size())});
+      })
+      .def_property_readonly("preempted_seq_ids", [](py::handle s) {
+        const auto& v = so(s).preempted_seq_ids;
+        return view(v, s, {static_cast<py::ssize_t>(v.size())});
+      })
       .def("__repr__", [](const SchedulerOutput& o) {
         return "SchedulerOutput(num_seqs=" + std::to_string(o.num_seqs) +
                ", num_prefill_seqs=" + std::to_string(o.num_prefill_seqs) +
@@ -134,12 +170,40 @@ void bind_scheduler(py::module_& m) {
           py::arg("seq_ids"), py::arg("token_ids"))
       .def(
           "append_placeholders",
-          [](Scheduler& s, const I64Array& seq_ids) {
-            if (seq_ids.ndim() != 1)
-              throw py::value_error("append_placeholders: seq_ids must be one-dimensional");
-            s.append_placeholders(seq_ids.data(), static_cast<size_t>(seq_ids.size()));
+          [](Scheduler& s, const I64Array& seq_ids, const std::optional<I32Array>& counts) {
+            if (!counts) {
+              if (seq_ids.ndim() != 1)
+                throw py::value_error("append_placeholders: seq_ids must be one-dimensional");
+              s.append_placeholders(seq_ids.data(), static_cast<size_t>(seq_ids.size()));
+              return;
+            }
+            const size_t n = check_counts("append_placeholders", seq_ids, *counts, nullptr);
+            s.append_placeholders(seq_ids.data(), counts->data(), n);
           },
-          py::arg("seq_ids"))
+          py::arg("seq_ids"), py::arg("counts") = py::none())
+      .def(
+          "set_tokens",
+          [](Scheduler& s, const I64Array& seq_ids, const I32Array& counts,
+             const I32Array& token_ids) {
+            const size_t n = check_counts("set_tokens", seq_ids, counts, &token_ids);
+            s.set_tokens(seq_ids.data(), counts.data(), token_ids.data(), n);
+          },
+          py::arg("seq_ids"), py::arg("counts"), py::arg("token_ids"))
+      .def(
+          "update_multi",
+          [](Scheduler& s, const I64Array& seq_ids, const I32Array& counts,
+             const I32Array& token_ids) {
+            const size_t n = check_counts("update_multi", seq_ids, counts, &token_ids);
+            s.update_multi(seq_ids.data(), counts.data(), token_ids.data(), n);
+          },
+          py::arg("seq_ids"), py::arg("counts"), py::arg("token_ids"))
+      .def(
+          "rollback",
+          [](Scheduler& s, const I64Array& seq_ids, const I32Array& num_tokens) {
+            const size_t n = check_counts("rollback", seq_ids, num_tokens, nullptr);
+            s.rollback(seq_ids.data(), num_tokens.data(), n);
+          },
+          py::arg("seq_ids"), py::arg("num_tokens"))
       .def(
           "set_last_tokens",
           [](Scheduler& s, const I64Array& seq_ids, const I32Array& token_ids) {

@@ -37,7 +37,7 @@ BlockAllocator::BlockAllocator(int block_size, int num_device_blocks,
     lru_prev_.assign(n, -1);
     lru_next_.assign(n, -1);
     in_lru_.assign(n, 0);
-    cache_.reserve(n);
+    cache_.init(n);
   }
   cpu_ref_.assign(static_cast<size_t>(num_cpu_blocks), 0);
   cpu_free_.reserve(static_cast<size_t>(num_cpu_blocks));
@@ -73,8 +73,7 @@ void BlockAllocator::lru_remove(int32_t b) {
 }
 
 void BlockAllocator::uncache(int32_t b) {
-  auto it = cache_.find(hash_[b]);
-  if (it != cache_.end() && it->second == b) cache_.erase(it);
+  cache_.erase(hash_[b], b);
   cached_[b] = 0;
 }
 
@@ -121,9 +120,8 @@ int32_t BlockAllocator::ref_count(int32_t b) const {
 int32_t BlockAllocator::lookup(uint64_t hash, uint64_t parent_hash, uint64_t extra_key,
                                const int32_t* tokens) const {
   if (!prefix_caching_) return -1;
-  auto it = cache_.find(hash);
-  if (it == cache_.end()) return -1;
-  const int32_t b = it->second;
+  const int32_t b = cache_.find(hash);
+  if (b < 0) return -1;
   // Verify: a hash collision must never hand out a block with other contents.
   if (parent_hash_[b] != parent_hash || extra_key_[b] != extra_key) return -1;
   if (std::memcmp(&tokens_[static_cast<size_t>(b) * block_size_], tokens,
@@ -137,8 +135,7 @@ bool BlockAllocator::register_block(int32_t b, uint64_t hash, uint64_t parent_ha
   if (!prefix_caching_) return false;
   check_device(b);
   if (cached_[b] || ref_[b] == 0) return false;
-  auto ins = cache_.emplace(hash, b);
-  if (!ins.second) return false;  // another block already serves this hash
+  if (!cache_.insert(hash, b)) return false;  // another block already serves this hash
   cached_[b] = 1;
   hash_[b] = hash;
   parent_hash_[b] = parent_hash;
@@ -146,6 +143,16 @@ bool BlockAllocator::register_block(int32_t b, uint64_t hash, uint64_t parent_ha
   std::memcpy(&tokens_[static_cast<size_t>(b) * block_size_], tokens,
               sizeof(int32_t) * block_size_);
   return true;
+}
+
+void BlockAllocator::uncache_block(int32_t b) {
+  check_device(b);
+  if (!prefix_caching_ || !cached_[b]) return;
+  if (in_lru_[b]) {
+    lru_remove(b);
+    free_.push_back(b);
+  }
+  uncache(b);
 }
 
 bool BlockAllocator::is_cached(int32_t b) const {
@@ -235,8 +242,7 @@ void BlockAllocator::check_invariants() const {
       if (in_lru_[b] && !seen[b]) violation("flagged LRU block not in LRU list");
       if (cached_[b]) {
         ++ncached;
-        auto it = cache_.find(hash_[b]);
-        if (it == cache_.end() || it->second != static_cast<int32_t>(b))
+        if (cache_.find(hash_[b]) != static_cast<int32_t>(b))
           violation("cached block " + std::to_string(b) + " missing from hash map");
       }
     }

@@ -1,6 +1,7 @@
-// Scheduler: the per-step scheduling pass (running -> swapped -> waiting),
-// preemption and output assembly. Request bookkeeping lives in
-// scheduler_requests.cpp.
+// Scheduler: the per-step scheduling pass (running -> swapped -> waiting) and
+// preemption. Request bookkeeping lives in scheduler_requests.cpp, token
+// appends / rollback in scheduler_tokens.cpp, output assembly in
+// scheduler_output.cpp.
 #include "llmcore/scheduler.h"
 
 #include <algorithm>
@@ -30,44 +31,6 @@ void SchedulerConfig::validate() const {
     throw std::invalid_argument("bad preemption_mode");
 }
 
-SchedulerOutput::SchedulerOutput() {
-  // Keep data() non-null so empty arrays can still be exported zero-copy.
-  seq_ids.reserve(1);
-  request_ids.reserve(1);
-  num_tokens.reserve(1);
-  context_lens.reserve(1);
-  seq_lens.reserve(1);
-  do_sample.reserve(1);
-  query_start_loc.reserve(1);
-  input_ids.reserve(1);
-  positions.reserve(1);
-  slot_mapping.reserve(1);
-  block_tables.reserve(1);
-  blocks_to_swap_in.reserve(2);
-  blocks_to_swap_out.reserve(2);
-  blocks_to_copy.reserve(2);
-  preempted_request_ids.reserve(1);
-}
-
-void SchedulerOutput::clear() {
-  num_seqs = num_prefill_seqs = num_batched_tokens = max_blocks = 0;
-  seq_ids.clear();
-  request_ids.clear();
-  num_tokens.clear();
-  context_lens.clear();
-  seq_lens.clear();
-  do_sample.clear();
-  query_start_loc.clear();
-  input_ids.clear();
-  positions.clear();
-  slot_mapping.clear();
-  block_tables.clear();
-  blocks_to_swap_in.clear();
-  blocks_to_swap_out.clear();
-  blocks_to_copy.clear();
-  preempted_request_ids.clear();
-}
-
 Scheduler::Scheduler(const SchedulerConfig& config)
     : cfg_((config.validate(), config)),
       alloc_(config.block_size, config.num_device_blocks, config.num_cpu_blocks,
@@ -77,6 +40,7 @@ Scheduler::Scheduler(const SchedulerConfig& config)
   dev_map_.assign(static_cast<size_t>(cfg_.num_device_blocks), -1);
   cpu_stamp_.assign(static_cast<size_t>(cfg_.num_cpu_blocks), 0);
   cpu_map_.assign(static_cast<size_t>(cfg_.num_cpu_blocks), -1);
+  finished_since_schedule_.reserve(1);  // swapped into outputs: data() stays non-null
 }
 
 Scheduler::~Scheduler() = default;
@@ -125,11 +89,17 @@ void Scheduler::commit_tokens(Sequence* s, int32_t n) {
       out_->blocks_to_copy.push_back(dst);
       alloc_.decref(slot);
       slot = dst;
+      table_changed(s);
+    } else if (cfg_.enable_prefix_caching) {
+      // Only after a rollback into it can a partially computed block be cached (a
+      // sibling holding it full registered it): its contents are about to change.
+      alloc_.uncache_block(slot);
     }
   }
   const size_t need = static_cast<size_t>(blocks_for(c + n));
   while (s->block_table.size() < need) s->block_table.push_back(alloc_.allocate());
-  const bool prefill = c < s->prefill_end || n > 1;
+  // Decode = the prompt (all it held at admission) is computed, whatever n is.
+  const bool prefill = c < s->prefill_end;
   (prefill ? prefills_ : decodes_).push_back(Scheduled{s, c, n});
   s->num_computed = c + n;
   if (cfg_.enable_prefix_caching) register_full_blocks(s);
@@ -191,6 +161,10 @@ void Scheduler::preempt(Request* victim) {
   preempted_this_step_ = true;
   ++num_preemptions_;
   out_->preempted_request_ids.push_back(victim->request_id);
+  for (Sequence* s : victim->seqs) {
+    out_->preempted_seq_ids.push_back(s->seq_id);
+    s->is_new = true;  // the runner rebuilds its state when it comes back
+  }
   if (cfg_.preemption_mode == PreemptionMode::kSwap) {
     ++stamp_;
     int distinct = 0;
@@ -230,6 +204,7 @@ void Scheduler::swap_out(Request* r) {
     for (auto it = s->block_table.rbegin(); it != s->block_table.rend(); ++it)
       alloc_.decref(*it);
     s->block_table.clear();
+    table_changed(s);
   }
   r->state = RequestState::kSwapped;
   swapped_.insert(r);
@@ -252,6 +227,7 @@ void Scheduler::free_seq_blocks(Sequence* s) {
   for (auto it = s->block_table.rbegin(); it != s->block_table.rend(); ++it)
     alloc_.decref(*it);
   s->block_table.clear();
+  table_changed(s);
   for (int32_t cb : s->cpu_block_table) alloc_.decref_cpu(cb);
   s->cpu_block_table.clear();
 }
@@ -279,6 +255,7 @@ bool Scheduler::try_swap_in(Request* r) {
   ++stamp_;
   for (Sequence* s : r->seqs) {
     s->block_table.clear();
+    table_changed(s);
     s->block_table.reserve(s->cpu_block_table.size());
     for (int32_t cb : s->cpu_block_table) {
       int32_t b;
@@ -357,6 +334,7 @@ bool Scheduler::try_admit(Request* r) {
   for (const Planned& p : plan_) {
     Sequence* s = p.seq;
     s->block_table.clear();
+    table_changed(s);
     for (int32_t k = 0; k < p.num_hit_blocks; ++k) {
       const int32_t b = hit_scratch_[h++];
       alloc_.incref(b);
@@ -378,10 +356,11 @@ bool Scheduler::try_admit(Request* r) {
 // ---------------------------------------------------------------------------
 
 std::shared_ptr<SchedulerOutput> Scheduler::schedule() {
-  if (!last_output_ || last_output_.use_count() != 1)
-    last_output_ = std::make_shared<SchedulerOutput>();
-  out_ = last_output_.get();
-  out_->clear();
+  std::shared_ptr<SchedulerOutput> result = acquire_output();
+  out_ = result.get();
+  out_->begin_step();
+  out_->finished_seq_ids.swap(finished_since_schedule_);
+  finished_since_schedule_.clear();
   prefills_.clear();
   decodes_.clear();
   token_budget_ = cfg_.max_num_batched_tokens;
@@ -412,68 +391,24 @@ std::shared_ptr<SchedulerOutput> Scheduler::schedule() {
   }
   build_output(*out_);
   out_ = nullptr;
-  return last_output_;
+  return result;
 }
 
-void Scheduler::build_output(SchedulerOutput& out) {
-  const int bs = cfg_.block_size;
-  const size_t n = prefills_.size() + decodes_.size();
-  int32_t total = 0;
-  int32_t max_blocks = 0;
-  for (const auto& e : prefills_) {
-    total += e.num_tokens;
-    max_blocks = std::max(max_blocks, static_cast<int32_t>(e.seq->block_table.size()));
-  }
-  for (const auto& e : decodes_) {
-    total += e.num_tokens;
-    max_blocks = std::max(max_blocks, static_cast<int32_t>(e.seq->block_table.size()));
-  }
-  out.num_seqs = static_cast<int32_t>(n);
-  out.num_prefill_seqs = static_cast<int32_t>(prefills_.size());
-  out.num_batched_tokens = total;
-  out.max_blocks = max_blocks;
-  out.seq_ids.resize(n);
-  out.request_ids.resize(n);
-  out.num_tokens.resize(n);
-  out.context_lens.resize(n);
-  out.seq_lens.resize(n);
-  out.do_sample.resize(n);
-  out.query_start_loc.resize(n + 1);
-  out.input_ids.resize(static_cast<size_t>(total));
-  out.positions.resize(static_cast<size_t>(total));
-  out.slot_mapping.resize(static_cast<size_t>(total));
-  out.block_tables.resize(n * static_cast<size_t>(max_blocks));
-
-  size_t row = 0;
-  int32_t tok = 0;
-  out.query_start_loc[0] = 0;
-  auto emit = [&](const Scheduled& e) {
-    const Sequence* s = e.seq;
-    const int32_t c = e.context_len, k = e.num_tokens;
-    out.seq_ids[row] = s->seq_id;
-    out.request_ids[row] = s->req->request_id;
-    out.num_tokens[row] = k;
-    out.context_lens[row] = c;
-    out.seq_lens[row] = c + k;
-    out.do_sample[row] = (c + k == static_cast<int32_t>(s->tokens.size())) ? 1 : 0;
-    std::memcpy(&out.input_ids[tok], s->tokens.data() + c, sizeof(int32_t) * k);
-    const int32_t* table = s->block_table.data();
-    for (int32_t j = 0; j < k; ++j) {
-      const int32_t pos = c + j;
-      out.positions[tok + j] = pos;
-      out.slot_mapping[tok + j] =
-          static_cast<int64_t>(table[pos / bs]) * bs + (pos % bs);
+std::shared_ptr<SchedulerOutput> Scheduler::acquire_output() {
+  // Prefer the output handed out last (warm in cache), then any other released one.
+  if (last_pooled_ >= 0 && output_pool_[last_pooled_].use_count() == 1)
+    return output_pool_[last_pooled_];
+  for (size_t i = 0; i < output_pool_.size(); ++i)
+    if (output_pool_[i].use_count() == 1) {
+      last_pooled_ = static_cast<int>(i);
+      return output_pool_[i];
     }
-    tok += k;
-    out.query_start_loc[row + 1] = tok;
-    int32_t* dst = out.block_tables.data() + row * static_cast<size_t>(max_blocks);
-    const size_t nb = s->block_table.size();
-    std::memcpy(dst, table, sizeof(int32_t) * nb);
-    std::memset(dst + nb, 0, sizeof(int32_t) * (static_cast<size_t>(max_blocks) - nb));
-    ++row;
-  };
-  for (const auto& e : prefills_) emit(e);
-  for (const auto& e : decodes_) emit(e);
+  auto fresh = std::make_shared<SchedulerOutput>();
+  if (output_pool_.size() < kOutputPoolSize) {
+    last_pooled_ = static_cast<int>(output_pool_.size());
+    output_pool_.push_back(fresh);
+  }
+  return fresh;
 }
 
 }  // namespace llmcore

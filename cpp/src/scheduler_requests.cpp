@@ -48,6 +48,7 @@ void Scheduler::add_request(int64_t request_id, int64_t seq_id, const int32_t* p
   seq->req = req.get();
   seq->tokens.reserve(prompt_len + 16);
   seq->tokens.assign(prompt, prompt + prompt_len);
+  table_changed(seq.get());
   req->seqs.push_back(seq.get());
   Request* r = req.get();
   seqs_.emplace(seq_id, std::move(seq));
@@ -72,42 +73,11 @@ void Scheduler::fork(int64_t parent_seq_id, int64_t child_seq_id) {
   c->num_registered = p->num_registered;
   c->block_table = p->block_table;
   c->block_hashes = p->block_hashes;
+  table_changed(c);
   for (int32_t b : c->block_table) alloc_.incref(b);
   p->req->seqs.push_back(c);
   ++num_running_seqs_;
   seqs_.emplace(child_seq_id, std::move(child));
-}
-
-void Scheduler::update(const int64_t* seq_ids, const int32_t* token_ids, size_t n) {
-  update_scratch_.resize(n);
-  for (size_t i = 0; i < n; ++i) update_scratch_[i] = find_seq(seq_ids[i]);
-  for (size_t i = 0; i < n; ++i) update_scratch_[i]->tokens.push_back(token_ids[i]);
-}
-
-void Scheduler::update(const std::vector<int64_t>& seq_ids,
-                       const std::vector<int32_t>& token_ids) {
-  if (seq_ids.size() != token_ids.size())
-    throw std::invalid_argument("update: seq_ids and token_ids differ in length");
-  update(seq_ids.data(), token_ids.data(), seq_ids.size());
-}
-
-void Scheduler::append_placeholders(const int64_t* seq_ids, size_t n) {
-  update_scratch_.resize(n);
-  for (size_t i = 0; i < n; ++i) update_scratch_[i] = find_seq(seq_ids[i]);
-  for (size_t i = 0; i < n; ++i) {
-    update_scratch_[i]->tokens.push_back(0);
-    ++update_scratch_[i]->num_placeholders;
-  }
-}
-
-void Scheduler::set_last_tokens(const int64_t* seq_ids, const int32_t* token_ids, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    auto it = seqs_.find(seq_ids[i]);
-    if (it == seqs_.end() || it->second->tokens.empty()) continue;
-    Sequence* s = it->second.get();
-    s->tokens.back() = token_ids[i];
-    if (s->num_placeholders > 0) --s->num_placeholders;
-  }
 }
 
 void Scheduler::remove_from_queue(Request* r) {
@@ -132,6 +102,7 @@ void Scheduler::finish_seq(int64_t seq_id) {
   free_seq_blocks(s);
   if (r->state == RequestState::kRunning) --num_running_seqs_;
   r->seqs.erase(std::find(r->seqs.begin(), r->seqs.end(), s));
+  finished_since_schedule_.push_back(seq_id);
   if (r->seqs.empty()) {
     remove_from_queue(r);
     requests_.erase(r->request_id);
@@ -152,6 +123,7 @@ std::vector<int64_t> Scheduler::abort_request(int64_t request_id) {
     free_seq_blocks(s);
   }
   for (int64_t sid : removed) seqs_.erase(sid);
+  finished_since_schedule_.insert(finished_since_schedule_.end(), removed.begin(), removed.end());
   requests_.erase(it);
   return removed;
 }
@@ -237,12 +209,17 @@ void Scheduler::check_invariants() const {
         ++owners[b];
         const int32_t* ct = alloc_.cached_tokens(b);
         if (ct) {
-          if (static_cast<int32_t>((k + 1) * bs) > s->num_computed)
+          // A sequence holds a cached block partially only after a rollback into it while
+          // a sibling that holds it full (re)registered it; its next write goes to a copy
+          // or drops the hash (commit_tokens), so only its computed prefix must agree.
+          const int32_t held = std::min<int32_t>(bs, s->num_computed - static_cast<int32_t>(k) * bs);
+          if (held < bs && alloc_.ref_count(b) < 2 && r->seqs.size() < 2)
             violation(sid + " references cached block " + std::to_string(b) +
                       " that it has not fully computed");
-          if (std::memcmp(ct, s->tokens.data() + k * bs, sizeof(int32_t) * bs) != 0)
+          if (std::memcmp(ct, s->tokens.data() + k * bs, sizeof(int32_t) * held) != 0)
             violation("cached block " + std::to_string(b) + " tokens differ from " + sid);
-          if (k < s->block_hashes.size() && alloc_.block_hash(b) != s->block_hashes[k])
+          if (held == bs && k < s->block_hashes.size() &&
+              alloc_.block_hash(b) != s->block_hashes[k])
             violation("cached block " + std::to_string(b) + " hash differs from " + sid);
         }
       }

@@ -132,3 +132,33 @@ TEST(BlockHash, ChainsAndExtraKey) {
   t[15] = 99;
   EXPECT_NE(a, llmcore::hash_block_tokens(1, t.data(), 16, 0));
 }
+
+#include <random>
+#include <unordered_map>
+
+#include "llmcore/block_hash_map.h"
+
+TEST(BlockHashMap, MatchesUnorderedMapUnderRandomInsertErase) {
+  llmcore::BlockHashMap m;
+  m.init(64);
+  std::unordered_map<uint64_t, int32_t> ref;
+  std::mt19937_64 rng(3);
+  std::vector<uint64_t> keys;
+  for (int i = 0; i < 200; ++i) keys.push_back(rng() % 7 == 0 ? i : rng());  // some clustered
+  for (int step = 0; step < 20000; ++step) {
+    const uint64_t k = keys[rng() % keys.size()];
+    const int32_t v = static_cast<int32_t>(rng() % 1000);
+    if (rng() % 2 && ref.size() < 64) {
+      const bool fresh = ref.emplace(k, v).second;
+      ASSERT_EQ(m.insert(k, v), fresh);
+    } else {
+      auto it = ref.find(k);
+      const int32_t cur = it == ref.end() ? -1 : it->second;
+      const int32_t given = rng() % 4 == 0 ? v : cur;  // sometimes a wrong value: no-op
+      m.erase(k, given);
+      if (it != ref.end() && given == cur) ref.erase(it);
+    }
+    ASSERT_EQ(m.size(), ref.size());
+    for (const auto& kv : ref) ASSERT_EQ(m.find(kv.first), kv.second);
+  }
+}

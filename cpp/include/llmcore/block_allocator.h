@@ -7,8 +7,9 @@
 #pragma once
 
 #include <cstdint>
-#include <unordered_map>
 #include <vector>
+
+#include "llmcore/block_hash_map.h"
 
 namespace llmcore {
 
@@ -61,6 +62,9 @@ class BlockAllocator {
   // holds that hash.
   bool register_block(int32_t block, uint64_t hash, uint64_t parent_hash,
                       uint64_t extra_key, const int32_t* tokens);
+  // Drops the block's hash (its contents are about to change); an evictable block
+  // becomes a plain free one. No-op when the block is not cached.
+  void uncache_block(int32_t block);
   bool is_cached(int32_t block) const;
   bool is_evictable(int32_t block) const;
   uint64_t block_hash(int32_t block) const;
@@ -118,7 +122,7 @@ class BlockAllocator {
   std::vector<uint64_t> parent_hash_;
   std::vector<uint64_t> extra_key_;
   std::vector<int32_t> tokens_;  // num_device_blocks * block_size
-  std::unordered_map<uint64_t, int32_t> cache_;
+  BlockHashMap cache_;
 
   // Intrusive LRU list of evictable blocks (cached, ref 0); head = oldest.
   std::vector<int32_t> lru_prev_;

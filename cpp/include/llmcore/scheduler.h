@@ -32,7 +32,17 @@ struct SchedulerConfig {
 };
 
 // One step's batch. Entries [0, num_prefill_seqs) are prefill chunks, the rest
-// decodes (num_tokens == 1). Pair arrays are flattened row-major ([k, 2]).
+// decodes. A decode is a running sequence whose prompt (everything it held when it
+// was last admitted) is computed; it carries all of its uncomputed tokens that fit
+// the token budget: 1 for plain decoding, k + 1 for a speculative verify step, more
+// when several tokens were appended since it last ran. Pair arrays are flattened
+// row-major ([k, 2]).
+//
+// Runner state: is_new[i] == 1 when entry i's sequence is scheduled for the first
+// time since it was added / forked / preempted (recompute or swap), i.e. the runner
+// must (re)build its per-request state; finished_seq_ids lists sequences finished or
+// aborted since the previous schedule() returned (apply it before the entries: an id
+// may be reused by a new sequence); preempted_seq_ids the sequences preempted this step.
 struct SchedulerOutput {
   int32_t num_seqs = 0;
   int32_t num_prefill_seqs = 0;
@@ -53,9 +63,24 @@ struct SchedulerOutput {
   std::vector<int64_t> blocks_to_swap_out;  // (device, cpu)
   std::vector<int64_t> blocks_to_copy;      // (src, dst)
   std::vector<int64_t> preempted_request_ids;
+  std::vector<uint8_t> is_new;              // num_seqs
+  std::vector<int64_t> finished_seq_ids;
+  std::vector<int64_t> preempted_seq_ids;
+
+  // Scheduler bookkeeping, not step data: the block-table version each row of
+  // block_tables holds, so that a recycled output rewrites only the rows (and the
+  // appended blocks) that changed. The arrays are views of this storage: read them,
+  // never write them.
+  std::vector<uint64_t> row_table_version;
+  std::vector<int32_t> row_table_len;
+  int32_t table_rows = 0;
+  int32_t table_stride = 0;
 
   SchedulerOutput();
   void clear();
+  // Scheduler use: resets the counts and the lists that are appended to during a
+  // step; the per-row / per-token arrays keep their size (build_output resizes them).
+  void begin_step();
 };
 
 class Scheduler {
@@ -88,6 +113,24 @@ class Scheduler {
   // Blocks holding a placeholder are never hashed or offered to the prefix cache.
   void append_placeholders(const int64_t* seq_ids, size_t n);
   void set_last_tokens(const int64_t* seq_ids, const int32_t* token_ids, size_t n);
+
+  // k tokens per step (speculative decoding). All of them validate every id and count
+  // before changing anything (std::invalid_argument); token arrays are flat, seq i's
+  // counts[i] values following seq i-1's.
+  // Appends counts[i] >= 1 placeholder tokens to seq_ids[i].
+  void append_placeholders(const int64_t* seq_ids, const int32_t* counts, size_t n);
+  // Writes the values of the last counts[i] (>= 0, <= seq_len) tokens of each live seq;
+  // ids no longer live are skipped (with their values), as in set_last_tokens().
+  void set_tokens(const int64_t* seq_ids, const int32_t* counts, const int32_t* token_ids,
+                  size_t n);
+  // Appends counts[i] >= 0 known tokens to seq_ids[i].
+  void update_multi(const int64_t* seq_ids, const int32_t* counts, const int32_t* token_ids,
+                    size_t n);
+  // Removes the last num_tokens[i] tokens of seq_ids[i] (0 <= num_tokens[i] < seq_len,
+  // ids distinct): token and computed counts shrink, blocks past the new end go back to
+  // the allocator, and a kept last block that is no longer full leaves the prefix cache
+  // (its next write goes to a copy when it is shared, as for any shared partial block).
+  void rollback(const int64_t* seq_ids, const int32_t* num_tokens, size_t n);
   void finish_seq(int64_t seq_id);
   std::vector<int64_t> abort_request(int64_t request_id);
 
@@ -160,6 +203,11 @@ class Scheduler {
   void remove_from_queue(Request* r);
   void insert_running(Request* r);
   void build_output(SchedulerOutput& out);
+  std::shared_ptr<SchedulerOutput> acquire_output();
+  void resolve_seqs(const int64_t* seq_ids, size_t n);  // -> update_scratch_
+  void rollback_seq(Sequence* s, int32_t num_tokens);
+  // Call after any change of s->block_table other than appending blocks.
+  void table_changed(Sequence* s) { s->table_version = ++table_versions_; }
 
   SchedulerConfig cfg_;
   BlockAllocator alloc_;
@@ -176,7 +224,11 @@ class Scheduler {
 
   // Per-step state / scratch (kept to avoid per-step allocation).
   SchedulerOutput* out_ = nullptr;
-  std::shared_ptr<SchedulerOutput> last_output_;
+  // Outputs are recycled once the caller dropped them; a few, so that an engine that
+  // holds step N's output while scheduling step N+1 still gets a warm one.
+  static constexpr size_t kOutputPoolSize = 3;
+  std::vector<std::shared_ptr<SchedulerOutput>> output_pool_;
+  int last_pooled_ = -1;
   int token_budget_ = 0;
   int seq_budget_ = 0;
   bool preempted_this_step_ = false;
@@ -191,6 +243,9 @@ class Scheduler {
   std::vector<int32_t> cpu_map_;
   uint32_t stamp_ = 0;
   std::vector<Sequence*> update_scratch_;
+  std::vector<int64_t> finished_since_schedule_;
+  uint32_t op_stamp_ = 0;
+  uint64_t table_versions_ = 0;
 };
 
 }  // namespace llmcore

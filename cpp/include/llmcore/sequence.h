@@ -17,7 +17,10 @@ struct Sequence {
   int32_t num_computed = 0;          // tokens whose K/V is (being) written
   int32_t prefill_end = 0;           // tokens.size() at (re)admission
   int32_t num_registered = 0;        // leading full blocks offered to the prefix cache
-  int32_t num_placeholders = 0;      // trailing tokens whose values are not known yet
+  int32_t num_placeholders = 0;      // trailing window that may hold unknown values
+  bool is_new = true;                // next scheduling must (re)build runner state
+  uint32_t op_stamp = 0;             // duplicate-id detection in batched calls
+  uint64_t table_version = 0;        // changes whenever block_table changes other than by appends
   std::vector<int32_t> block_table;      // device blocks (running)
   std::vector<int32_t> cpu_block_table;  // cpu blocks (swapped)
   std::vector<uint64_t> block_hashes;    // chained hashes of leading full blocks

@@ -30,9 +30,15 @@ __all__ = ["AsyncLLM", "EngineDeadError"]
 
 
 def engine_core_from_args(engine_args: EngineArgs, eos_token_id: Optional[int]):
-    """The core process's factory (runs there): config resolved from the same flags."""
+    """The core process's factory (runs there): config resolved from the same flags. The
+    core is a long-running server process too: after its start-up objects exist, it gets
+    the servers' GC settings (each step allocates per-token objects that would otherwise
+    trigger collections walking every torch/model object)."""
     from llmcore.engine.core import EngineCore
-    return EngineCore(engine_args.create_engine_config(), eos_token_id=eos_token_id)
+    from llmcore.entrypoints.gc_tuning import tune_gc_for_serving
+    core = EngineCore(engine_args.create_engine_config(), eos_token_id=eos_token_id)
+    tune_gc_for_serving()
+    return core
 
 
 class AsyncLLM:

@@ -133,6 +133,10 @@ class EngineCore:
         self._update_stats()
         return EngineCoreOutputs(outputs=batch.finish(), stats=self._stats, timestamp=time.time())
 
+    def _sample0(self, request_id: str) -> CoreSeq:
+        req = self.requests.get(request_id)
+        return req.seqs[0] if req is not None and req.seqs else CoreSeq(-1, 0)
+
     def _take_inflight(self):
         prev, self._inflight = self._inflight, None
         return prev
@@ -179,7 +183,7 @@ class EngineCore:
         if beams:
             self._process_beams(list(beams.values()), out.beam_topk, batch, upd_ids, upd_tokens)
         for job, res in zip(jobs, out.prompt_logprobs):
-            batch.prompt_logprobs(job, res)
+            batch.prompt_logprobs(job, res, self._sample0(job.request_id))
         if upd_ids:
             self.scheduler.update(np.asarray(upd_ids, dtype=np.int64),
                                   np.asarray(upd_tokens, dtype=np.int32))
@@ -257,7 +261,7 @@ class EngineCore:
         pending, normal, placeholders, jobs = inflight
         out = pending.get()
         for job, res in zip(jobs, out.prompt_logprobs):
-            batch.prompt_logprobs(job, res)
+            batch.prompt_logprobs(job, res, self._sample0(job.request_id))
         tokens, lps, top = out.sampled_token_ids, out.logprobs, out.topk
         fix_ids, fix_tokens = [], []
         for i, (req, seq) in enumerate(normal):

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from llmcore.engine.core_types import EngineCoreOutput, PositionLogprobs
 
 
-@dataclass
+@dataclass(eq=False)   # hashed by identity: OutputBatch keys outputs by sequence
 class CoreSeq:
     seq_id: int
     index: int                         # sample index within the request (0..best_of-1)
@@ -41,24 +41,21 @@ class CoreRequest:
 
 
 class OutputBatch:
-    """One step's EngineCoreOutputs, one per (request, sample); a sample that got two tokens
-    in one call (the async step's tail and a synchronous step) gets one output with both."""
+    """One step's EngineCoreOutputs, one per sample (plus beam-search results); a sample
+    that got two tokens in one call (the async step's tail and a synchronous step) gets one
+    output with both."""
 
     __slots__ = ("_by_key",)
 
     def __init__(self):
         self._by_key: dict = {}
 
-    def _get(self, rid: str, index: int) -> EngineCoreOutput:
-        key = (rid, index)
-        out = self._by_key.get(key)
-        if out is None:
-            out = self._by_key[key] = EngineCoreOutput(rid, index, [], [])
-        return out
-
     def token(self, req: CoreRequest, seq: CoreSeq, tok: int, lp: float, top: Optional[tuple],
               row: int, finish_reason: Optional[str], stop_reason: Optional[int]) -> None:
-        out = self._get(req.request_id, seq.index)
+        # keyed by the sequence object: cheaper than (request id, index) per token
+        out = self._by_key.get(seq)
+        if out is None:
+            out = self._by_key[seq] = EngineCoreOutput(req.request_id, seq.index, [], [])
         out.new_token_ids.append(tok)
         out.new_token_logprobs.append(lp)
         if top is not None and req.params.logprobs is not None:
@@ -75,9 +72,12 @@ class OutputBatch:
             out.finish_reason = finish_reason
             out.stop_reason = stop_reason
 
-    def prompt_logprobs(self, job, res) -> None:
+    def prompt_logprobs(self, job, res, seq: CoreSeq) -> None:
+        """seq: the request's sample 0 (prompt logprobs ride on its output)."""
         lps, top_ids, top_lps, ranks = res
-        out = self._get(job.request_id, 0)
+        out = self._by_key.get(seq)
+        if out is None:
+            out = self._by_key[seq] = EngineCoreOutput(job.request_id, 0, [], [])
         out.prompt_logprobs = PositionLogprobs(list(job.targets), lps, ranks, top_ids, top_lps)
         out.prompt_logprobs_start = job.first + 1
 

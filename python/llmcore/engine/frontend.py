@@ -84,16 +84,19 @@ class EngineFrontend:
         the front end finished — a stop string — while the core still runs them)."""
         if core_outputs.stats is not None:
             self._observe_stats(core_outputs.stats)
-        touched: dict[str, RequestState] = {}
+        touched: dict[str, RequestState] = {}   # requests to build an output for
+        ended: dict[str, RequestState] = {}     # requests a sample of which ended this step
         to_abort: list[str] = []
         proc = self.output_processor
+        requests = self.requests
         for o in core_outputs.outputs:
-            req = self.requests.get(o.request_id)
+            req = requests.get(o.request_id)
             if req is None:
                 continue  # aborted or finished by a stop string meanwhile
-            touched[o.request_id] = req
+            if req.stream_outputs:
+                touched[o.request_id] = req
             if o.error is not None:
-                self.requests.pop(o.request_id, None)
+                requests.pop(o.request_id, None)
                 touched.pop(o.request_id, None)
                 req.finished = True
                 self.refused.append((o.request_id, o.error))
@@ -102,38 +105,40 @@ class EngineFrontend:
                 self._prompt_logprobs(req, o)
             if o.replace:
                 self._beam_results(req, o)
+                ended[o.request_id] = req
                 continue
             if not o.new_token_ids:
                 continue
             seq = self._seq(req, o.index)
             pl = o.new_logprobs
+            lps = o.new_token_logprobs
             for j, tok in enumerate(o.new_token_ids):
                 if seq.finished:
                     break
-                top = None
-                if pl is not None:
-                    top = (pl.topk_ids[j], pl.topk_logprobs[j], pl.ranks[j])
-                proc.append_token(req, seq, tok, o.new_token_logprobs[j], top)
+                top = None if pl is None else (pl.topk_ids[j], pl.topk_logprobs[j], pl.ranks[j])
+                proc.append_token(req, seq, tok, lps[j], top)
                 self._observe_token(req)
-            if not seq.finished and o.finish_reason is not None:
+            if seq.finished:
+                ended[o.request_id] = req
+                if o.finish_reason is None:
+                    # a stop string: the core runs the sample on otherwise
+                    req.frontend_stopped = True
+                    if req.num_seqs_total == 1:
+                        to_abort.append(req.request_id)
+            elif o.finish_reason is not None:
                 # the core's token-valued stop (the same checks): trust it
                 seq.finished, seq.finish_reason = True, o.finish_reason
                 seq.stop_reason = o.stop_reason
-            elif seq.finished and o.finish_reason is None:
-                # a stop string: the core runs the sample on otherwise
-                req.frontend_stopped = True
-                if req.num_seqs_total == 1:
-                    to_abort.append(req.request_id)
-        outs = []
-        for req in touched.values():
+                ended[o.request_id] = req
+        for rid, req in ended.items():
             done = req.is_beam and req.beam is not None or (
                 len(req.seqs) == req.num_seqs_total and all(s.finished for s in req.seqs))
             if done:
                 self._finish_request(req)
+                touched[rid] = req
                 if getattr(req, "frontend_stopped", False) and req.num_seqs_total > 1:
-                    to_abort.append(req.request_id)
-            if req.finished or req.stream_outputs:
-                outs.append(proc.make_output(req, final_order=req.finished))
+                    to_abort.append(rid)
+        outs = [proc.make_output(req, final_order=req.finished) for req in touched.values()]
         return outs, to_abort
 
     def _prompt_logprobs(self, req: RequestState, o) -> None:

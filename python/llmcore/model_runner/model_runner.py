@@ -212,7 +212,9 @@ class ModelRunner:
         if plan.num_seqs == 0:
             return torch.empty((0, self.model_config.vocab_size), dtype=torch.float32)
         gr = self.graph_runner
+        # graphs are captured for one token per sequence (a k-token verify step runs eager)
         if (gr is not None and int(plan.num_prefill_seqs) == 0
+                and int(plan.num_batched_tokens) == int(plan.num_seqs)
                 and int(plan.num_seqs) <= gr.max_bs):
             hidden = gr.run(plan, int(plan.num_seqs),
                             lambda ids: self._apply_input_fix(ids, input_fix))
