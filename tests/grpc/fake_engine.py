@@ -53,6 +53,7 @@ class FakeEngine:
         self.running: dict[str, asyncio.Event] = {}
         self.dead = False
         self.aborted: list[str] = []
+        self.calls: list = []   # (request_id, SamplingParams, priority) per generate()
         self._error = None
         self._death_waiters: list = []  # (event loop, future)
         self._lock = threading.Lock()
@@ -99,7 +100,9 @@ class FakeEngine:
             self.aborted.append(request_id)
         self.used.pop(request_id, None)
 
-    def generate(self, prompt, sampling_params: SamplingParams, request_id: str):
+    def generate(self, prompt, sampling_params: SamplingParams, request_id: str,
+                 priority: int = 0):
+        self.calls.append((request_id, sampling_params, priority))
         if self.dead:
             raise RuntimeError("EngineDeadError")
         if isinstance(prompt, dict):

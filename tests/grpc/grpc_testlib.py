@@ -23,7 +23,8 @@ PROTO = ROOT / "proto" / "llmcore" / "v1" / "llmcore.proto"
 class ServerThread:
     """serve_grpc(engine, args, api_key) on its own event loop thread."""
 
-    def __init__(self, engine: Any, api_key: Optional[str] = None, **frontend: Any):
+    def __init__(self, engine: Any, api_key: Optional[str] = None,
+                 serve_kw: Optional[dict] = None, **frontend: Any):
         from llmcore.entrypoints.grpc.server import serve_grpc
 
         frontend.setdefault("host", "127.0.0.1")
@@ -33,7 +34,7 @@ class ServerThread:
         self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-test-server",
                                        daemon=True)
         self.thread.start()
-        self.server = self.run(serve_grpc(engine, self.args, api_key))
+        self.server = self.run(serve_grpc(engine, self.args, api_key, **(serve_kw or {})))
         self.port = self.server.llmcore_port
         self.target = f"127.0.0.1:{self.port}"
 

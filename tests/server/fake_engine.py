@@ -45,6 +45,7 @@ class FakeEngine:
         self.step_delay = step_delay
         self.running: set[str] = set()
         self.aborted: list[str] = []
+        self.calls: list = []   # (request_id, SamplingParams, priority) per generate()
         self._dead = False
         self._error: Optional[BaseException] = None
         self._death_waiters: list = []  # (event loop, future)
@@ -90,7 +91,9 @@ class FakeEngine:
     def shutdown(self) -> None:
         pass
 
-    def generate(self, prompt: Any, sampling_params: Any, request_id: str) -> AsyncIterator:
+    def generate(self, prompt: Any, sampling_params: Any, request_id: str,
+                 priority: int = 0) -> AsyncIterator:
+        self.calls.append((request_id, sampling_params, priority))
         if self._dead:
             raise RuntimeError("engine loop is dead")
         if isinstance(prompt, dict):

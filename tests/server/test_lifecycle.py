@@ -119,10 +119,20 @@ def _wait_for(cond, what: str, timeout: float = 60) -> None:
 
 
 # ------------------------------------------------------------------ engine death, in process
-def test_engine_death_ends_in_flight_requests_at_once(fake_server):
-    from fake_engine import FakeEngine
+def _server_fake_engine_cls():
+    """tests/server/fake_engine.py's FakeEngine, by path: grpc/ has a fake_engine module of
+    its own, which `import fake_engine` may find when both directories run in one session."""
+    import importlib.util
 
-    engine = FakeEngine(step_delay=0.01)
+    spec = importlib.util.spec_from_file_location("server_fake_engine",
+                                                  os.path.join(HERE, "fake_engine.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.FakeEngine
+
+
+def test_engine_death_ends_in_flight_requests_at_once(fake_server):
+    engine = _server_fake_engine_cls()(step_delay=0.01)
     with fake_server(engine) as srv:
         client, stream, lines = _open_stream(srv.url, max_tokens=400)
         unary: dict = {}

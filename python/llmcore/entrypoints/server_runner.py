@@ -174,13 +174,16 @@ def _http_server(engine: Any, engine_args: EngineArgs, frontend_args: FrontendAr
 
 
 async def _start_grpc(engine: Any, frontend_args: FrontendArgs, api_key: Optional[str],
-                      lifecycle: ServerLifecycle) -> Any:
+                      lifecycle: ServerLifecycle, engine_args: Optional[EngineArgs] = None) -> Any:
     try:
         from llmcore.entrypoints.grpc.server import serve_grpc  # noqa: PLC0415
     except ImportError as e:
         raise StartupError(f"--grpc-port: the gRPC front end is not available: {e}", 2) \
             from None
-    grpc_server = await serve_grpc(engine, frontend_args, api_key, lifecycle=lifecycle)
+    ea = engine_args if engine_args is not None else EngineArgs()
+    grpc_server = await serve_grpc(engine, frontend_args, api_key, lifecycle=lifecycle,
+                                   log_requests=not ea.disable_log_requests,
+                                   max_log_len=ea.max_log_len)
     logger.info("gRPC listening on port %s",
                 getattr(grpc_server, "llmcore_port", frontend_args.grpc_port))
     return grpc_server
@@ -200,7 +203,8 @@ async def serve(engine: Any, engine_args: EngineArgs, frontend_args: FrontendArg
     try:
         grpc_port = None
         if frontend_args.grpc_port is not None:
-            grpc_server = await _start_grpc(engine, frontend_args, api_key, lifecycle)
+            grpc_server = await _start_grpc(engine, frontend_args, api_key, lifecycle,
+                                            engine_args)
             grpc_port = getattr(grpc_server, "llmcore_port", frontend_args.grpc_port)
         if not frontend_args.grpc_only:
             http_server = _http_server(engine, engine_args, frontend_args, api_key,

@@ -8,6 +8,13 @@ Scaling variants follow transformers' definitions (modeling_rope_utils):
   rope once the sequence reaches L).
 - llama3: per-frequency smooth interpolation between inv_freq and inv_freq / factor.
 - yarn: as transformers `_compute_yarn_parameters` (attention factor folded into cos/sin).
+- longrope (Phi-3; "su" is its old name): inv_freq = 1 / (ext * theta^(2i/d)) with ext the
+  short_factor list below original_max_position_embeddings and the long_factor list from
+  there on, cos/sin scaled by attention_factor (default sqrt(1 + ln(s)/ln(orig)), s = factor,
+  else max_position/orig). The choice is per position, so a cached key never changes: as
+  transformers while a sequence grows past orig (its cached keys keep the short factors);
+  a single prompt longer than orig gets short factors for its first orig positions where
+  transformers re-rotates all of them with the long ones (vLLM switches the whole batch).
 """
 
 from __future__ import annotations
@@ -21,11 +28,77 @@ from torch import nn
 from llmcore.layers.utils import use_cuda_kernels
 
 
+SUPPORTED_ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3", "longrope", "su")
+_REQUIRED_KEYS = {"linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor",),
+                  "llama3": ("factor", "low_freq_factor", "high_freq_factor",
+                             "original_max_position_embeddings"),
+                  "longrope": ("short_factor", "long_factor", "original_max_position_embeddings")}
+
+
 def _scaling_type(rope_scaling: Optional[dict]) -> str:
     if not rope_scaling:
         return "default"
     t = rope_scaling.get("rope_type", rope_scaling.get("type", "default"))
-    return "linear" if t == "su" else t
+    return "longrope" if t == "su" else t
+
+
+def check_rope_scaling(rope_scaling: dict, from_flag: bool = True) -> None:
+    """ValueError naming the source (--rope-scaling or the model config) when the type is
+    unknown or a key it needs is missing or malformed."""
+    where = "--rope-scaling" if from_flag else "the model config's rope_scaling"
+    kind = _scaling_type(rope_scaling)
+    if kind == "default":
+        return
+    if kind not in _REQUIRED_KEYS:
+        raise ValueError(f"{where}: RoPE scaling type {kind!r} is not supported; supported types: "
+                         f"{', '.join(SUPPORTED_ROPE_TYPES)}")
+    missing = [k for k in _REQUIRED_KEYS[kind] if rope_scaling.get(k) is None]
+    if missing:
+        raise ValueError(f"{where}: type {kind!r} needs {', '.join(missing)}")
+    if kind == "longrope":
+        for key in ("short_factor", "long_factor"):
+            v = rope_scaling[key]
+            if not isinstance(v, (list, tuple)) or not v or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v):
+                raise ValueError(f"{where}: {key} must be a list of positive numbers")
+        if len(rope_scaling["short_factor"]) != len(rope_scaling["long_factor"]):
+            raise ValueError(f"{where}: short_factor and long_factor must have the same length")
+    else:
+        f = rope_scaling["factor"]
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or f <= 0:
+            raise ValueError(f"{where}: factor must be a positive number, got {f!r}")
+
+
+def longrope_cache(rotary_dim: int, base: float, rope_scaling: dict, max_position: int,
+                   cache_len: int) -> torch.Tensor:
+    """[cache_len, rotary_dim] cos|sin cache of longrope (see the module docstring)."""
+    orig = int(rope_scaling["original_max_position_embeddings"])
+    half = rotary_dim // 2
+    factors = {}
+    for key in ("short_factor", "long_factor"):
+        f = torch.tensor([float(x) for x in rope_scaling[key]], dtype=torch.float32)
+        if f.numel() != half:
+            raise ValueError(f"rope_scaling {key} has {f.numel()} entries; the rotary dimension "
+                             f"{rotary_dim} needs {half}")
+        factors[key] = f
+    attn = rope_scaling.get("attention_factor")
+    if attn is None:
+        scale = float(rope_scaling.get("factor") or max_position / orig)
+        attn = 1.0 if scale <= 1.0 else math.sqrt(1 + math.log(scale) / math.log(orig))
+    attn = float(attn)
+    mscales = {"short_factor": float(rope_scaling.get("short_mscale") or attn),
+               "long_factor": float(rope_scaling.get("long_mscale") or attn)}
+    exps = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
+    parts = []
+    for key, (lo, hi) in (("short_factor", (0, min(orig, cache_len))),
+                          ("long_factor", (min(orig, cache_len), cache_len))):
+        if hi <= lo:
+            continue
+        inv_freq = 1.0 / (factors[key] * base ** exps)
+        freqs = torch.outer(torch.arange(lo, hi, dtype=torch.float32), inv_freq)
+        m = mscales[key]
+        parts.append(torch.cat([freqs.cos() * m, freqs.sin() * m], dim=-1))
+    return torch.cat(parts, dim=0)
 
 
 def compute_inv_freq(rotary_dim: int, base: float, rope_scaling: Optional[dict],
@@ -61,6 +134,8 @@ def compute_inv_freq(rotary_dim: int, base: float, rope_scaling: Optional[dict],
         smoothed = (1 - smooth) * scaled / factor + smooth * scaled
         is_medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
         inv_freq = torch.where(is_medium, smoothed, scaled)
+    elif kind == "longrope":
+        pass  # per-position factors: see longrope_cache (RotaryEmbedding builds it)
     elif kind == "yarn":
         factor = float(rope_scaling["factor"])
         orig = int(rope_scaling.get("original_max_position_embeddings") or max_position)
@@ -85,8 +160,8 @@ def compute_inv_freq(rotary_dim: int, base: float, rope_scaling: Optional[dict],
         inv_freq = (inv_freq / factor) * (1 - extrap_factor) + inv_freq * extrap_factor
         cache_len = max(max_position, int(orig * factor))
     else:
-        raise ValueError(f"rope_scaling type {kind!r} is not supported "
-                         "(supported: linear, dynamic, llama3, yarn)")
+        raise ValueError(f"rope_scaling type {kind!r} is not supported; supported types: "
+                         f"{', '.join(SUPPORTED_ROPE_TYPES)}")
     return inv_freq, mscale, cache_len
 
 
@@ -107,9 +182,12 @@ class RotaryEmbedding(nn.Module):
         self.is_neox_style = is_neox_style
         inv_freq, mscale, cache_len = compute_inv_freq(rotary_dim, base, rope_scaling, max_position)
         cache_len = max(cache_len, max_len or 0)
-        t = torch.arange(cache_len, dtype=torch.float32)
-        freqs = torch.outer(t, inv_freq)
-        cache = torch.cat([freqs.cos() * mscale, freqs.sin() * mscale], dim=-1)
+        if _scaling_type(rope_scaling) == "longrope":
+            cache = longrope_cache(rotary_dim, base, rope_scaling, max_position, cache_len)
+        else:
+            t = torch.arange(cache_len, dtype=torch.float32)
+            freqs = torch.outer(t, inv_freq)
+            cache = torch.cat([freqs.cos() * mscale, freqs.sin() * mscale], dim=-1)
         self.register_buffer("cos_sin_cache", cache.to(device), persistent=False)
 
     def get_cos_sin(self, positions: torch.Tensor, dtype: torch.dtype

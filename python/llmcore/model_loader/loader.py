@@ -11,6 +11,7 @@ from torch import nn
 
 from llmcore.layers.context import LayerContext
 from llmcore.model_loader.cpu_tuning import tune_cpu_allocator
+from llmcore.model_loader.extra_config import loader_extra
 from llmcore.model_loader.model_config import ModelConfig
 from llmcore.model_loader.weight_utils import (initialize_dummy_weights, iterate_gguf_weights,
                                                iterate_hf_weights)
@@ -23,7 +24,34 @@ def iterate_weights(model_config: ModelConfig):
         if converted and os.path.isdir(converted):
             return iterate_hf_weights(converted, "safetensors")
         return iterate_gguf_weights(model_config.model_path, model_config.hf_config)
+    extra = model_config.loader_extra_config
+    if model_config.load_format == "npcache":
+        from llmcore.model_loader.npcache import iterate_npcache_weights
+        return iterate_npcache_weights(model_config.model_path,
+                                       loader_extra(extra, "npcache_dir"))
+    if model_config.load_format == "tensorizer":
+        return iterate_tensorizer_weights(
+            loader_extra(extra, "tensorizer_uri",
+                         os.path.join(model_config.model_path, "model.tensors")))
     return iterate_hf_weights(model_config.model_path, model_config.load_format)
+
+
+def iterate_tensorizer_weights(uri: str):
+    """(name, tensor) pairs of a tensorizer-serialized state dict (a file path or URI)."""
+    try:
+        from tensorizer import TensorDeserializer
+    except ImportError:
+        raise ValueError("--load-format tensorizer needs the tensorizer package: "
+                         "pip install tensorizer") from None
+    if "://" not in uri and not os.path.isfile(uri):
+        raise ValueError(f"--load-format tensorizer: {uri} does not exist; name the serialized "
+                         "file with --model-loader-extra-config '{\"tensorizer_uri\": ...}'")
+    deserializer = TensorDeserializer(uri, device="cpu")
+    try:
+        for name, tensor in deserializer.items():
+            yield name, tensor
+    finally:
+        deserializer.close()
 
 
 def build_layer_context(model_config: ModelConfig, device=None,

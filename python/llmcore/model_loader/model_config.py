@@ -12,7 +12,9 @@ from typing import Any, Optional
 import torch
 
 from llmcore.layers.context import divide, per_rank_kv_heads
-from llmcore.model_loader.default_model import resolve_model_path
+from llmcore.model_loader.default_model import is_hub_model, resolve_model_path
+from llmcore.model_loader.generation_config import (eos_token_ids, read_generation_config,
+                                                    sampling_defaults)
 
 _DTYPES = {"half": torch.float16, "float16": torch.float16, "bfloat16": torch.bfloat16,
            "float": torch.float32, "float32": torch.float32}
@@ -62,6 +64,13 @@ class ModelConfig:
     disable_sliding_window: bool = False
     eos_token_id: Any = None
     bos_token_id: Any = None
+    # EOS ids from generation_config.json (else config.json), e.g. [128001, 128009]
+    eos_token_ids: list = field(default_factory=list)
+    # SamplingParams defaults from generation_config.json (temperature, top_p, top_k, min_p,
+    # repetition_penalty, max_tokens): the front ends fill unset request fields with them.
+    sampling_defaults: dict = field(default_factory=dict)
+    generation_config: dict = field(default_factory=dict)
+    loader_extra_config: dict = field(default_factory=dict)
     # Where the weights are read from: model_path, or for a GGUF its converted folder
     # (model_loader/gguf_cache.py) once that exists.
     weights_path: Optional[str] = None
@@ -251,15 +260,32 @@ def _load_gguf_config(path: str):
     return hf_config
 
 
-def _load_hf_config(path: str, trust_remote_code: bool):
+def needs_remote_code_message(what: str, path: str) -> str:
+    return (f"{path} ships its own {what} code (auto_map); pass --trust-remote-code to let "
+            "transformers run it")
+
+
+def _is_remote_code_error(e: Exception) -> bool:
+    return "trust_remote_code" in str(e)
+
+
+def _load_hf_config(path: str, trust_remote_code: bool, source: Optional[str] = None,
+                    **hub_kwargs):
+    """hub_kwargs: revision / code_revision / cache_dir for a hub id (read offline); source:
+    the folder named in config errors (default: path)."""
     from transformers import AutoConfig
 
+    if hub_kwargs:
+        hub_kwargs["local_files_only"] = True
     try:
-        # Never run code from the folder: only built-in config classes.
-        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        # Code shipped with the model runs only with --trust-remote-code.
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=bool(trust_remote_code),
+                                               **hub_kwargs)
     except Exception as e:  # noqa: BLE001
+        if not trust_remote_code and _is_remote_code_error(e):
+            raise ValueError(needs_remote_code_message("config", path)) from None
         raise ValueError(f"cannot read the model config in {path}: {e}") from e
-    check_hf_config(hf_config, os.path.join(path, "config.json"))
+    check_hf_config(hf_config, os.path.join(source or path, "config.json"))
     return hf_config
 
 
@@ -300,7 +326,15 @@ def _derive_max_len(hf_config, scaling: Optional[dict]) -> int:
 def load_model_config(engine_args, device="cpu") -> ModelConfig:
     """Resolve the model and everything about it from EngineArgs (see llmcore.config)."""
     device = torch.device(device) if not isinstance(device, torch.device) else device
-    model_path = resolve_model_path(engine_args.model, "model")
+    cache_dir = getattr(engine_args, "download_dir", None)
+    revision = getattr(engine_args, "revision", None)
+    code_revision = getattr(engine_args, "code_revision", None)
+    model_path = resolve_model_path(engine_args.model, "model", revision=revision,
+                                    cache_dir=cache_dir)
+    from_hub = is_hub_model(engine_args.model, revision)
+    if code_revision is not None and not from_hub:
+        raise ValueError("--code-revision applies to a hub-id --model (org/name) read from the "
+                         f"HF cache; {engine_args.model!r} is a local path")
     load_format = getattr(engine_args, "load_format", "auto") or "auto"
     is_gguf = os.path.isfile(model_path) and (model_path.endswith(".gguf")
                                               or load_format == "gguf")
@@ -319,6 +353,12 @@ def load_model_config(engine_args, device="cpu") -> ModelConfig:
         else:
             hf_config = _load_gguf_config(model_path)
             weights_path = converted_gguf_dir(model_path, hf_config) or model_path
+    elif from_hub:
+        # The repo id (not the snapshot folder), so that transformers reads remote code at
+        # --code-revision; local_files_only keeps it offline.
+        hf_config = _load_hf_config(engine_args.model, engine_args.trust_remote_code,
+                                    source=model_path, revision=revision,
+                                    code_revision=code_revision, cache_dir=cache_dir)
     else:
         hf_config = _load_hf_config(model_path, engine_args.trust_remote_code)
     hf_config = copy.deepcopy(hf_config)
@@ -341,6 +381,15 @@ def load_model_config(engine_args, device="cpu") -> ModelConfig:
             scaling["rope_type"] = scaling["type"]
         if scaling.get("rope_type") == "default":
             scaling = None
+    if scaling is not None and scaling.get("rope_type") in ("longrope", "su") and \
+            scaling.get("original_max_position_embeddings") is None and \
+            getattr(hf_config, "original_max_position_embeddings", None):
+        # Phi-3 keeps it beside max_position_embeddings, not in rope_scaling
+        scaling["original_max_position_embeddings"] = int(
+            hf_config.original_max_position_embeddings)
+    if scaling is not None:
+        from llmcore.layers.rotary import check_rope_scaling
+        check_rope_scaling(scaling, from_flag=flag_scaling is not None)
     if engine_args.rope_theta is not None or flag_scaling is not None:
         _set_rope_params(hf_config, theta, scaling)
 
@@ -381,7 +430,17 @@ def load_model_config(engine_args, device="cpu") -> ModelConfig:
     head_dim = int(getattr(hf_config, "head_dim", None) or hidden_size // num_heads)
 
     tok = getattr(engine_args, "tokenizer", None)
-    tokenizer_path = resolve_model_path(tok, "tokenizer") if tok else weights_path
+    tokenizer_path = (resolve_model_path(tok, "tokenizer",
+                                         revision=getattr(engine_args, "tokenizer_revision", None),
+                                         cache_dir=cache_dir) if tok else weights_path)
+    if tok is None and getattr(engine_args, "tokenizer_revision", None) is not None:
+        raise ValueError("--tokenizer-revision needs --tokenizer (a hub id); the model's own "
+                         "tokenizer follows --revision")
+    gen_cfg = read_generation_config(getattr(engine_args, "generation_config", "auto") or "auto",
+                                     model_path)
+    eos_ids = eos_token_ids(gen_cfg, getattr(hf_config, "eos_token_id", None))
+    extra = (engine_args.model_loader_extra_config_dict()
+             if hasattr(engine_args, "model_loader_extra_config_dict") else {})
     served = engine_args.served_model_name
     if isinstance(served, str):
         served = [served]
@@ -402,4 +461,6 @@ def load_model_config(engine_args, device="cpu") -> ModelConfig:
         rope_theta=theta, rope_scaling=scaling, disable_sliding_window=disable_sw,
         eos_token_id=getattr(hf_config, "eos_token_id", None),
         bos_token_id=getattr(hf_config, "bos_token_id", None),
+        eos_token_ids=eos_ids, sampling_defaults=sampling_defaults(gen_cfg),
+        generation_config=gen_cfg, loader_extra_config=extra,
     )

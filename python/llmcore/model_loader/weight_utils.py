@@ -148,7 +148,10 @@ def iterate_gguf_weights(path: str, hf_config) -> Iterator[tuple[str, torch.Tens
     n_head = hf_config.num_attention_heads
     n_kv = getattr(hf_config, "num_key_value_heads", None) or n_head
     for t in reader.tensors:
-        hf_name = gguf_to_hf_name(t.name)
+        try:
+            hf_name = gguf_to_hf_name(t.name)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
         if hf_name is None:
             continue
         qtype = t.tensor_type
@@ -166,10 +169,14 @@ def iterate_gguf_weights(path: str, hf_config) -> Iterator[tuple[str, torch.Tens
         except (ValueError, RuntimeError, TypeError) as e:
             raise GGUFFormatError(f"{path}: GGUF tensor {t.name} ({qtype.name}, shape {shape}) "
                                   f"cannot be read: {e}") from None
-        if permute and ".self_attn.q_proj." in hf_name:
-            w = unpermute_rope(w, n_head)
-        elif permute and ".self_attn.k_proj." in hf_name:
-            w = unpermute_rope(w, n_kv)
+        try:
+            if permute and ".self_attn.q_proj." in hf_name:
+                w = unpermute_rope(w, n_head)
+            elif permute and ".self_attn.k_proj." in hf_name:
+                w = unpermute_rope(w, n_kv)
+        except RuntimeError as e:  # a shape that does not split into the config's heads
+            raise GGUFFormatError(f"{path}: GGUF tensor {t.name} (shape {shape}) does not "
+                                  f"match the config's heads: {e}") from None
         yield hf_name, w
 
 

@@ -39,22 +39,24 @@ def load_tokenizer(model_config, tokenizer_mode: Optional[str] = None) -> Any:
     if not os.path.exists(path):
         raise ValueError(f"tokenizer path {path!r} does not exist")
     use_fast = mode == "auto"
+    trust = bool(getattr(model_config, "trust_remote_code", False))
     try:
         if os.path.isfile(path) and path.endswith(".gguf"):
             from llmcore.model_loader.gguf_check import check_gguf_file
             check_gguf_file(path)  # before transformers' reader, which trusts the counts
             tok = AutoTokenizer.from_pretrained(os.path.dirname(path),
                                                 gguf_file=os.path.basename(path),
-                                                use_fast=use_fast, trust_remote_code=False)
+                                                use_fast=use_fast, trust_remote_code=trust)
             if getattr(tok, "chat_template", None) is None:
                 tok.chat_template = read_gguf_chat_template(path)
         else:
-            tok = AutoTokenizer.from_pretrained(path, use_fast=use_fast, trust_remote_code=False)
-    except ValueError as e:
-        if path in str(e):
-            raise
-        raise ValueError(f"cannot load the tokenizer from {path}: {e}") from e
+            tok = AutoTokenizer.from_pretrained(path, use_fast=use_fast, trust_remote_code=trust)
     except Exception as e:  # noqa: BLE001 - transformers raises many types here
+        if not trust and "trust_remote_code" in str(e):
+            raise ValueError(f"{path} ships its own tokenizer code (auto_map); pass "
+                             "--trust-remote-code to let transformers run it") from None
+        if isinstance(e, ValueError) and path in str(e):
+            raise
         raise ValueError(f"cannot load the tokenizer from {path}: {e}") from e
     if getattr(tok, "chat_template", None) is None:
         tok.chat_template = None

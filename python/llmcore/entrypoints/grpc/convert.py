@@ -58,9 +58,16 @@ def _f32(v: float) -> float:
     return float(f"{v:.7g}")
 
 
-def sampling_params_from_proto(msg: Any, *, has_msg: bool = True):
-    """pb2.SamplingParams -> llmcore.SamplingParams. Raises RpcError(INVALID_ARGUMENT)."""
+def sampling_params_from_proto(msg: Any, *, has_msg: bool = True,
+                               defaults: Optional[dict] = None):
+    """pb2.SamplingParams -> llmcore.SamplingParams. Raises RpcError(INVALID_ARGUMENT).
+
+    defaults: the model's generation-config defaults (ServedModelInfo.sampling_defaults),
+    used for the fields the message leaves unset."""
     kwargs: dict[str, Any] = {}
+    for name, value in (defaults or {}).items():
+        if not (has_msg and msg.HasField(name)):
+            kwargs[name] = value
     if has_msg:
         for name in _OPTIONAL_FIELDS:
             if msg.HasField(name):

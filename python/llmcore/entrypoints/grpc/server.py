@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from llmcore.entrypoints.chat_template import load_chat_template, render_chat
 from llmcore.entrypoints.grpc._stubs import pb2, pb2_grpc
+from llmcore.entrypoints.request_log import prompt_for_log
 from llmcore.entrypoints.grpc.convert import (RpcError, _full_response, _invalid,
                                               _is_unavailable_error, _StreamState,
                                               sampling_params_from_proto)
@@ -41,9 +42,12 @@ _NO_AUTH_METHODS = ("/grpc.health.v1.Health/", f"/{SERVICE_NAME}/Health")
 
 class GenerationServicer(pb2_grpc.GenerationServicer):
     def __init__(self, engine: Any, args: Any, max_inflight: Optional[int] = None,
-                 lifecycle: Optional[ServerLifecycle] = None):
+                 lifecycle: Optional[ServerLifecycle] = None, *,
+                 log_requests: bool = False, max_log_len: Optional[int] = None):
         self.engine = engine
         self.args = args
+        self.log_requests = log_requests
+        self.max_log_len = max_log_len
         self.lifecycle = lifecycle if lifecycle is not None else ServerLifecycle(engine)
         info = engine.model_info
         self.model_names = list(info.served_model_names) or [info.model_path]
@@ -93,8 +97,9 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
         raise _invalid("prompt: set one of text or token_ids")
 
     def _params(self, request: Any, streaming: bool):
-        params = sampling_params_from_proto(request.sampling_params,
-                                            has_msg=request.HasField("sampling_params"))
+        params = sampling_params_from_proto(
+            request.sampling_params, has_msg=request.HasField("sampling_params"),
+            defaults=getattr(self.engine.model_info, "sampling_defaults", None))
         conflict = streaming_conflict(getattr(params, "n", 1), getattr(params, "best_of", None),
                                       bool(getattr(params, "use_beam_search", False))) \
             if streaming else None
@@ -109,8 +114,15 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
     async def _abort(self, context: Any, e: RpcError):
         await context.abort(e.code, e.message)
 
-    async def _run(self, prompt: Any, params: Any, request_id: str):
-        """Yield the engine's RequestOutputs; map engine errors to RpcError; abort on exit."""
+    def _log(self, request_id: str, prompt: Any, params: Any, priority: int) -> None:
+        if self.log_requests:
+            text, ids = prompt_for_log(prompt, self.max_log_len)
+            logger.info("request %s: prompt=%r prompt_token_ids=%s params=%s priority=%d",
+                        request_id, text, ids, params, priority)
+
+    async def _run(self, prompt: Any, params: Any, request_id: str, priority: int = 0):
+        """Yield the engine's RequestOutputs; map engine errors to RpcError; abort on exit.
+        priority 0 is the engine's default, so it is passed only when another is asked for."""
         if self.max_inflight is not None and self.inflight >= self.max_inflight:
             raise RpcError(grpc.StatusCode.UNAVAILABLE,
                            f"server overloaded: {self.inflight} requests in flight "
@@ -121,7 +133,10 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
         got_output = False
         try:
             try:
-                gen = self.engine.generate(prompt, params, request_id)
+                if priority:
+                    gen = self.engine.generate(prompt, params, request_id, priority=priority)
+                else:
+                    gen = self.engine.generate(prompt, params, request_id)
             except ValueError as e:  # validated synchronously, nothing queued
                 raise _invalid(str(e)) from None
             gen = self.lifecycle.track(gen)
@@ -159,9 +174,11 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
     def _request_id(given: str) -> str:
         return given or f"grpc-{uuid.uuid4().hex}"
 
-    async def _stream(self, prompt: Any, params: Any, request_id: str, model: str, context: Any):
+    async def _stream(self, prompt: Any, params: Any, request_id: str, model: str, context: Any,
+                      priority: int = 0):
         state = _StreamState(request_id, model, params)
-        async for out in self._run(prompt, params, request_id):
+        self._log(request_id, prompt, params, priority)
+        async for out in self._run(prompt, params, request_id, priority):
             msg = state.delta(out)
             if msg is not None:
                 yield msg
@@ -174,7 +191,8 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             params = self._params(request, streaming=True)
             rid = self._request_id(request.request_id)
             with self.lifecycle.admitted():
-                async for msg in self._stream(prompt, params, rid, model, context):
+                async for msg in self._stream(prompt, params, rid, model, context,
+                                              request.priority):
                     yield msg
         except RequestTerminated as e:
             await self._abort(context, RpcError(grpc.StatusCode.UNAVAILABLE, e.message))
@@ -189,7 +207,8 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             rid = self._request_id(request.request_id)
             last = None
             with self.lifecycle.admitted():
-                async for out in self._run(prompt, params, rid):
+                self._log(rid, prompt, params, request.priority)
+                async for out in self._run(prompt, params, rid, request.priority):
                     last = out
             if last is None:
                 raise RpcError(grpc.StatusCode.INTERNAL, "the engine returned no output")
@@ -206,7 +225,8 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             params = self._params(request, streaming=True)
             rid = self._request_id(request.request_id)
             with self.lifecycle.admitted():
-                async for msg in self._stream(prompt, params, rid, model, context):
+                async for msg in self._stream(prompt, params, rid, model, context,
+                                              request.priority):
                     yield msg
         except RequestTerminated as e:
             await self._abort(context, RpcError(grpc.StatusCode.UNAVAILABLE, e.message))
@@ -401,7 +421,9 @@ def _server_credentials(args: Any) -> Optional[grpc.ServerCredentials]:
 # entry points
 
 async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None,
-                     lifecycle: Optional[ServerLifecycle] = None) -> grpc.aio.Server:
+                     lifecycle: Optional[ServerLifecycle] = None, *,
+                     log_requests: bool = False,
+                     max_log_len: Optional[int] = None) -> grpc.aio.Server:
     """Start the gRPC server on `engine` at args.host:args.grpc_port and return it, listening.
 
     args: FrontendArgs (grpc_port, host, grpc_max_message_size, grpc_max_inflight, ssl_*,
@@ -409,6 +431,8 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None,
     <key>` (on every method but the health checks, server reflection included); when None,
     args.api_key. lifecycle: shared with the HTTP server when both run (draining, engine
     death); a new one watching `engine` when None.
+    log_requests / max_log_len: log each request (prompt cut to max_log_len characters or
+    token ids), as --disable-log-requests off / --max-log-len.
     With grpc_port 0 a free port is chosen: it is in `server.llmcore_port`.
     """
     max_size = int(getattr(args, "grpc_max_message_size", 16 * 1024 * 1024))
@@ -426,7 +450,8 @@ async def serve_grpc(engine: Any, args: Any, api_key: Optional[str] = None,
     lifecycle = lifecycle if lifecycle is not None else ServerLifecycle(engine)
     lifecycle.start()
     servicer = GenerationServicer(engine, args, lifecycle=lifecycle,
-                                  max_inflight=getattr(args, "grpc_max_inflight", None))
+                                  max_inflight=getattr(args, "grpc_max_inflight", None),
+                                  log_requests=log_requests, max_log_len=max_log_len)
     pb2_grpc.add_GenerationServicer_to_server(servicer, server)
     health = _HealthServicer(servicer)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -137,7 +137,8 @@ def make_server_config(engine: Any, frontend_args: FrontendArgs,
                         trust_request_chat_template=bool(
                             getattr(frontend_args, "trust_request_chat_template", False)),
                         disable_log_requests=bool(ea.disable_log_requests),
-                        max_log_len=ea.max_log_len)
+                        max_log_len=ea.max_log_len,
+                        sampling_defaults=dict(getattr(info, "sampling_defaults", None) or {}))
 
 
 def build_app(engine: Any, frontend_args: Optional[FrontendArgs] = None,

@@ -46,7 +46,12 @@ class _SamplingFields(OpenAIBaseModel):
     stream_options: Optional[StreamOptions] = None
     temperature: Optional[float] = 1.0
     top_p: Optional[float] = 1.0
-    user: Optional[str] = None
+    user: Optional[str] = None  # logged with the request
+
+    # Scheduling priority (vLLM's): lower values are scheduled first; default 0.
+    priority: Optional[Int64] = 0
+    # vLLM extra: logprob tokens rendered as "token_id:N" instead of their text.
+    return_tokens_as_token_ids: Optional[bool] = False
 
     # vLLM extras
     best_of: Optional[Int64] = None
@@ -97,6 +102,8 @@ class ChatMessage(OpenAIBaseModel):
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage]
     temperature: Optional[float] = 0.7  # vLLM's default for chat
+    # What current OpenAI clients send instead of max_tokens; with both set the smaller wins.
+    max_completion_tokens: Optional[Int64] = None
     logprobs: Optional[bool] = False
     top_logprobs: Optional[Int64] = 0
     tools: Optional[list[dict[str, Any]]] = None

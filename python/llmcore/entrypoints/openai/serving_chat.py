@@ -97,14 +97,15 @@ class OpenAIServingChat(OpenAIServingBase):
                 raise APIError("truncate_prompt_tokens must be >= 1", 400,
                                param="truncate_prompt_tokens")
             ids = ids[-trunc:]
-        max_tokens = self.check_length(len(ids), request.max_tokens, what="messages")
+        max_tokens = self.resolve_max_tokens(request, len(ids), what="messages")
+        priority = self.check_priority(request)
         logprobs = top_logprobs if request.logprobs else None
         params = self.sampling_params(request, max_tokens=max_tokens, logprobs=logprobs,
                                       prompt_logprobs=request.prompt_logprobs)
         request_id = f"chat-{random_id()}"
-        self.log_request(request_id, prompt_text, params)
+        self.log_request(request_id, prompt_text, params, user=request.user, priority=priority)
         created = now()
-        first, gen = await self.prime({"prompt_token_ids": ids}, params, request_id)
+        first, gen = await self.prime({"prompt_token_ids": ids}, params, request_id, priority)
         stream = chain_first(first, gen)
         role = self.config.response_role if request.add_generation_prompt else messages[-1]["role"]
         if request.stream:
@@ -146,7 +147,8 @@ class OpenAIServingChat(OpenAIServingBase):
             logprobs = None
             if request.logprobs:
                 logprobs = chat_logprobs(tok, token_ids, list(o.logprobs or []),
-                                         request.top_logprobs or 0)
+                                         request.top_logprobs or 0,
+                                         bool(request.return_tokens_as_token_ids))
             choices.append({"index": o.index,
                             "message": {"role": role, "content": echo + o.text, "tool_calls": []},
                             "logprobs": logprobs, "finish_reason": o.finish_reason,
@@ -162,17 +164,26 @@ class OpenAIServingChat(OpenAIServingBase):
     async def _events(self, request, model_name, request_id, created, role, messages, prompt_len,
                       stream: AsyncIterator) -> AsyncIterator[str]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        # continuous_usage_stats: every chunk carries the usage so far (vLLM's extra)
+        continuous = include_usage and bool(request.stream_options.continuous_usage_stats)
         tok = self.tokenizer
         n = request.n or 1
         echo = self._echo_text(request, messages, role)
         deltas = StreamDeltas()
         prompt_tokens = prompt_len
 
+        def usage_now() -> dict:
+            ct = deltas.completion_tokens
+            return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + ct,
+                    "completion_tokens": ct}
+
         def chunk(choices: list, usage: Any = "unset") -> str:
             obj = {"id": request_id, "object": "chat.completion.chunk", "created": created,
                    "model": model_name, "choices": choices}
             if include_usage:
-                obj["usage"] = None if usage == "unset" else usage
+                if usage == "unset":
+                    usage = usage_now() if continuous else None
+                obj["usage"] = usage
             return f"data: {dumps(obj)}\n\n"
 
         for i in range(n):
@@ -190,7 +201,8 @@ class OpenAIServingChat(OpenAIServingBase):
                 logprobs = None
                 if request.logprobs:
                     logprobs = chat_logprobs(tok, d.token_ids, d.logprobs,
-                                             request.top_logprobs or 0)
+                                             request.top_logprobs or 0,
+                                             bool(request.return_tokens_as_token_ids))
                 choice: dict[str, Any] = {"index": o.index, "delta": {"content": d.text}
                                           if d.text or o.finish_reason is None else {},
                                           "logprobs": logprobs,
@@ -199,6 +211,4 @@ class OpenAIServingChat(OpenAIServingBase):
                     choice["stop_reason"] = o.stop_reason
                 yield chunk([choice])
         if include_usage:
-            ct = deltas.completion_tokens
-            yield chunk([], {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + ct,
-                             "completion_tokens": ct})
+            yield chunk([], usage_now())

@@ -87,18 +87,20 @@ class OpenAIServingCompletion(OpenAIServingBase):
         if request.echo and logprobs is not None:
             prompt_logprobs = max(prompt_logprobs or 0, logprobs)
         params = []
+        priority = self.check_priority(request)
         for p in prompts:
-            max_tokens = self.check_length(len(p.ids), request.max_tokens)
+            max_tokens = self.resolve_max_tokens(request, len(p.ids))
             params.append(self.sampling_params(request, max_tokens=max_tokens, logprobs=logprobs,
                                                prompt_logprobs=prompt_logprobs))
         request_id = f"cmpl-{random_id()}"
         rids = [f"{request_id}-{i}" for i in range(len(prompts))]
         for rid, p, sp in zip(rids, prompts, params):
-            self.log_request(rid, p.engine_prompt, sp)
+            self.log_request(rid, p.engine_prompt, sp, user=request.user, priority=priority)
         created = now()
 
         results = await asyncio.gather(
-            *(self.prime(p.engine_prompt, sp, rid) for p, sp, rid in zip(prompts, params, rids)),
+            *(self.prime(p.engine_prompt, sp, rid, priority)
+              for p, sp, rid in zip(prompts, params, rids)),
             return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -155,7 +157,8 @@ class OpenAIServingCompletion(OpenAIServingBase):
                         lp_steps = plp + lp_steps
                 logprobs = None
                 if request.logprobs is not None:
-                    logprobs = completion_logprobs(tok, lp_ids, lp_steps, request.logprobs, offset)
+                    logprobs = completion_logprobs(tok, lp_ids, lp_steps, request.logprobs, offset,
+                                                   bool(request.return_tokens_as_token_ids))
                 choice = {"index": i * n + o.index, "text": text, "logprobs": logprobs,
                           "finish_reason": o.finish_reason, "stop_reason": o.stop_reason}
                 if request.prompt_logprobs is not None:
@@ -171,6 +174,8 @@ class OpenAIServingCompletion(OpenAIServingBase):
                       created: int, prompts: list[_Prompt], gens: list[AsyncIterator],
                       n: int) -> AsyncIterator[str]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        # continuous_usage_stats: every chunk carries the usage so far (vLLM's extra)
+        continuous = include_usage and bool(request.stream_options.continuous_usage_stats)
         tok = self.tokenizer
         deltas = StreamDeltas()
         prompt_tokens: dict[int, int] = {}
@@ -196,7 +201,8 @@ class OpenAIServingCompletion(OpenAIServingBase):
                 logprobs = None
                 if request.logprobs is not None:
                     logprobs = completion_logprobs(tok, d.token_ids, d.logprobs, request.logprobs,
-                                                   offsets.get(idx, 0))
+                                                   offsets.get(idx, 0),
+                                                   bool(request.return_tokens_as_token_ids))
                     offsets[idx] = offsets.get(idx, 0) + sum(len(t) for t in logprobs["tokens"])
                 chunk = {"id": request_id, "object": "text_completion", "created": created,
                          "model": model_name,
@@ -205,6 +211,11 @@ class OpenAIServingCompletion(OpenAIServingBase):
                                       "stop_reason": o.stop_reason}]}
                 if include_usage:
                     chunk["usage"] = None
+                    if continuous:
+                        pt = sum(prompt_tokens.values())
+                        ct = deltas.completion_tokens
+                        chunk["usage"] = {"prompt_tokens": pt, "total_tokens": pt + ct,
+                                          "completion_tokens": ct}
                 yield f"data: {dumps(chunk)}\n\n"
         if include_usage:
             pt = sum(prompt_tokens.values())

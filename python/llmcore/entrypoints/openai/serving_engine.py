@@ -15,6 +15,7 @@ import anyio
 
 from llmcore.entrypoints.lifecycle import RequestTerminated, ServerLifecycle
 from llmcore.entrypoints.openai.errors import APIError, sse_error, value_error_to_api_error
+from llmcore.entrypoints.request_log import prompt_for_log
 from llmcore.entrypoints.request_validation import (UNSUPPORTED, InvalidField, first_out_of_vocab,
                                                     make_sampling_params, streaming_conflict)
 from llmcore.entrypoints.stream_deltas import ChoiceDelta, StreamDeltas  # noqa: F401 (re-export)
@@ -40,6 +41,8 @@ class ServerConfig:
     trust_request_chat_template: bool = False
     disable_log_requests: bool = True
     max_log_len: Optional[int] = None
+    # generation_config.json defaults for request fields left unset (ServedModelInfo's)
+    sampling_defaults: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
 
@@ -124,6 +127,43 @@ class OpenAIServingBase:
                            code="context_length_exceeded")
         return max_tokens
 
+    def resolve_max_tokens(self, request: Any, prompt_len: int, what: str = "prompt") -> int:
+        """The request's max_tokens: the smaller of max_tokens and max_completion_tokens when
+        given (400 when it exceeds the context), else the generation config's
+        max_new_tokens capped at the context left, else the protocol default."""
+        explicit = []
+        mt = getattr(request, "max_tokens", None)
+        if mt is not None and "max_tokens" in request.model_fields_set:
+            explicit.append(mt)
+        mct = getattr(request, "max_completion_tokens", None)
+        if mct is not None:
+            if mct < 1:
+                raise APIError(f"max_completion_tokens must be at least 1, got {mct}.", 400,
+                               param="max_completion_tokens")
+            explicit.append(mct)
+        if explicit:
+            return self.check_length(prompt_len, min(explicit), what)
+        default = self.config.sampling_defaults.get("max_tokens")
+        if default is not None:
+            return min(int(default), self.check_length(prompt_len, None, what))
+        return self.check_length(prompt_len, mt, what)
+
+    def request_value(self, request: Any, name: str) -> Any:
+        """A sampling field of the request; when the request leaves it unset (absent or
+        null), the model's generation-config default if it has one."""
+        value = getattr(request, name, None)
+        defaults = self.config.sampling_defaults
+        if name in defaults and (value is None or name not in request.model_fields_set):
+            return defaults[name]
+        return value
+
+    def check_priority(self, request: Any) -> int:
+        priority = getattr(request, "priority", None) or 0
+        if not -(2**31) <= priority < 2**31:
+            raise APIError(f"priority must fit a 32-bit signed integer, got {priority}.", 400,
+                           param="priority")
+        return int(priority)
+
     # ------------------------------------------------------------------ sampling
     def sampling_params(self, request: Any, *, max_tokens: int, logprobs: Optional[int],
                         prompt_logprobs: Optional[int]) -> Any:
@@ -164,8 +204,10 @@ class OpenAIServingBase:
         kwargs: dict[str, Any] = dict(
             n=n, best_of=best_of, presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
-            repetition_penalty=request.repetition_penalty, temperature=request.temperature,
-            top_p=request.top_p, top_k=request.top_k, min_p=request.min_p, seed=request.seed,
+            repetition_penalty=self.request_value(request, "repetition_penalty"),
+            temperature=self.request_value(request, "temperature"),
+            top_p=self.request_value(request, "top_p"), top_k=self.request_value(request, "top_k"),
+            min_p=self.request_value(request, "min_p"), seed=request.seed,
             use_beam_search=request.use_beam_search, length_penalty=request.length_penalty,
             early_stopping=request.early_stopping, stop=stop, stop_token_ids=stop_token_ids,
             include_stop_str_in_output=request.include_stop_str_in_output,
@@ -194,11 +236,16 @@ class OpenAIServingBase:
             raise value_error_to_api_error(e) from None
 
     # ------------------------------------------------------------------ generation
-    async def prime(self, prompt: Any, params: Any, request_id: str) -> tuple[Any, AsyncIterator]:
+    async def prime(self, prompt: Any, params: Any, request_id: str,
+                    priority: int = 0) -> tuple[Any, AsyncIterator]:
         """Start generating and wait for the first output, so that errors the engine raises
-        (bad prompt, bad params) become a 400 before any response byte is sent."""
+        (bad prompt, bad params) become a 400 before any response byte is sent.
+        priority 0 is the engine's default, so it is passed only when another is asked for."""
         try:
-            gen = self.engine.generate(prompt, params, request_id)
+            if priority:
+                gen = self.engine.generate(prompt, params, request_id, priority=priority)
+            else:
+                gen = self.engine.generate(prompt, params, request_id)
             if self.lifecycle is not None:
                 gen = self.lifecycle.track(gen)
             first = await gen.__anext__()
@@ -221,13 +268,13 @@ class OpenAIServingBase:
                 except Exception:  # noqa: BLE001 - abort is best effort and idempotent
                     logger.debug("abort %s failed", rid, exc_info=True)
 
-    def log_request(self, request_id: str, prompt: Any, params: Any) -> None:
+    def log_request(self, request_id: str, prompt: Any, params: Any, *,
+                    user: Optional[str] = None, priority: int = 0) -> None:
         if self.config.disable_log_requests:
             return
-        text = prompt if isinstance(prompt, str) else repr(prompt)
-        if self.config.max_log_len is not None:
-            text = text[: self.config.max_log_len]
-        logger.info("request %s: prompt=%r params=%s", request_id, text, params)
+        text, ids = prompt_for_log(prompt, self.config.max_log_len)
+        logger.info("request %s: prompt=%r prompt_token_ids=%s params=%s user=%r priority=%d",
+                    request_id, text, ids, params, user, priority)
 
 
 async def sse_stream(events: AsyncIterator[str], request_id: str,
@@ -339,7 +386,9 @@ def _lp_value(lp: Any) -> float:
     return max(value, -9999.0)
 
 
-def _token_text(tokenizer: Any, token_id: int, lp: Any) -> str:
+def _token_text(tokenizer: Any, token_id: int, lp: Any, as_token_ids: bool = False) -> str:
+    if as_token_ids:  # return_tokens_as_token_ids: unambiguous even for partial UTF-8
+        return f"token_id:{token_id}"
     text = getattr(lp, "decoded_token", None)
     if text is None:
         text = tokenizer.decode([token_id]) if tokenizer is not None else f"token_id:{token_id}"
@@ -355,7 +404,7 @@ def top_entries(step: Optional[dict], k: int) -> list[tuple[int, Any]]:
 
 
 def completion_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[Optional[dict]],
-                        num: int, initial_offset: int) -> dict:
+                        num: int, initial_offset: int, as_token_ids: bool = False) -> dict:
     """OpenAI legacy completions logprobs: tokens, token_logprobs, top_logprobs, text_offset."""
     out_tokens: list[str] = []
     out_lps: list[Optional[float]] = []
@@ -365,19 +414,20 @@ def completion_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[Opt
     for i, tid in enumerate(token_ids):
         step = logprobs[i] if i < len(logprobs) else None
         if step is None:
-            text = tokenizer.decode([tid]) if tokenizer is not None else ""
+            text = _token_text(tokenizer, tid, None, as_token_ids) if as_token_ids else (
+                tokenizer.decode([tid]) if tokenizer is not None else "")
             out_tokens.append(text)
             out_lps.append(None)
             out_top.append(None)
         else:
             lp = step.get(tid)
-            text = _token_text(tokenizer, tid, lp) if lp is not None else (
-                tokenizer.decode([tid]) if tokenizer is not None else "")
+            text = _token_text(tokenizer, tid, lp, as_token_ids) if lp is not None or as_token_ids \
+                else (tokenizer.decode([tid]) if tokenizer is not None else "")
             out_tokens.append(text)
             out_lps.append(_lp_value(lp) if lp is not None else None)
             top = {}
             for t, l in top_entries(step, max(num, 0)):
-                top[_token_text(tokenizer, t, l)] = _lp_value(l)
+                top[_token_text(tokenizer, t, l, as_token_ids)] = _lp_value(l)
             if lp is not None and num > 0:
                 top.setdefault(text, _lp_value(lp))
             out_top.append(top)
@@ -388,16 +438,16 @@ def completion_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[Opt
 
 
 def chat_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[Optional[dict]],
-                  num: int) -> dict:
+                  num: int, as_token_ids: bool = False) -> dict:
     content = []
     for i, tid in enumerate(token_ids):
         step = logprobs[i] if i < len(logprobs) else None
         lp = step.get(tid) if step else None
-        text = _token_text(tokenizer, tid, lp) if lp is not None else (
-            tokenizer.decode([tid]) if tokenizer is not None else "")
+        text = _token_text(tokenizer, tid, lp, as_token_ids) if lp is not None or as_token_ids \
+            else (tokenizer.decode([tid]) if tokenizer is not None else "")
         top = []
         for t, l in top_entries(step, max(num, 0)):
-            tt = _token_text(tokenizer, t, l)
+            tt = _token_text(tokenizer, t, l, as_token_ids)
             top.append({"token": tt, "logprob": _lp_value(l), "bytes": list(tt.encode("utf-8"))})
         content.append({"token": text, "logprob": _lp_value(lp) if lp is not None else -9999.0,
                         "bytes": list(text.encode("utf-8")), "top_logprobs": top})
