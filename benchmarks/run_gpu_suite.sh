@@ -234,6 +234,13 @@ case "$SUITE" in
     thr thr_8b_128 100 128 --skip-hf
     serving "16 200" "inf 1000"
     thr thr_8b_1000_fp8_s512 170 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf ;;
+  h200core)  # H200, engine core v2, one call: h200core1 and h200core2 without the second 128/128
+    kernel_tests gpu_engine_tests 150 -x $K/test_gpu_engine.py $K/test_sampling.py
+    lat lat_8b_bs1 80 $M8 --skip-hf
+    thr thr_8b_128 100 128 --skip-hf
+    thr thr_8b_128_n4 100 128 --skip-hf --mixed-n-fraction 0.1
+    serving "16 200" "inf 1000"
+    thr thr_8b_1000_fp8_s512 170 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf ;;
   h200spy)  # H200: rate inf, 1000 prompts, the front-end process's GIL holder sampled with py-spy
     SPY=${SPY:-20} serving "inf 1000" ;;
   *)
