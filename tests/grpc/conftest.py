@@ -3,7 +3,7 @@
 The engine is the real AsyncLLMEngine with the default model (SmolLM2-135M on CPU),
 shared by every server of the session. Each server runs in its own thread with its own
 event loop, so tests talk to it like any client would: over 127.0.0.1.
-LLMCORE_GRPC_FAKE_ENGINE=1 swaps in tests/grpc/fake_engine.py (development only; the
+LLMCORE_GRPC_FAKE_ENGINE=1 swaps in tests/grpc/grpc_fake_engine.py (development only; the
 tests that compare with LLM.generate are skipped then).
 """
 
@@ -67,7 +67,7 @@ def cli_server(_children):
 def engine():
     if FAKE:
         sys.path.insert(0, str(Path(__file__).parent))
-        from fake_engine import FakeEngine
+        from grpc_fake_engine import FakeEngine
         yield FakeEngine()
         return
     from llmcore.config import EngineArgs

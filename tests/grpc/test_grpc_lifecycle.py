@@ -29,7 +29,7 @@ EXIT_TIMEOUT = 60
 # thread may hold).
 SCRIPT = """
 import signal, sys, threading
-from fake_engine import FakeEngine
+from grpc_fake_engine import FakeEngine
 from llmcore.entrypoints.cli import main
 engine = FakeEngine(step_s=float(sys.argv[1]))
 signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=engine.kill).start())
@@ -77,18 +77,8 @@ def procs():
             p.wait()
 
 
-def _grpc_fake_engine():
-    """tests/grpc/fake_engine.py by path: tests/server has a module of the same name, and
-    whichever was imported first in a session owns `fake_engine` in sys.modules."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("grpc_fake_engine", HERE / "fake_engine.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.FakeEngine
-
-
 def test_engine_death_in_flight_unavailable(stubs):
-    FakeEngine = _grpc_fake_engine()
+    from grpc_fake_engine import FakeEngine
 
     pb2, pb2_grpc = stubs
     engine = FakeEngine(step_s=0.01)

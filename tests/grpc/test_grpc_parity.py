@@ -8,7 +8,7 @@ import logging
 import grpc
 import pytest
 
-from fake_engine import FakeEngine
+from grpc_fake_engine import FakeEngine
 from grpc_testlib import ServerThread
 
 

@@ -1,12 +1,8 @@
-import os
-import sys
 
 import pytest
 
-# Make `import llmcore` work from a source checkout (python/ layout) without installation.
-_PY = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "python"))
-if _PY not in sys.path:
-    sys.path.insert(0, _PY)
+# (tests/conftest.py puts the source tree on sys.path when llmcore is not installed:
+# an unconditional insert here would make spawned processes import the uninstalled tree)
 
 SKIP_REASON = "needs an NVIDIA GPU and llmcore._cuda"
 

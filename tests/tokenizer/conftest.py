@@ -1,12 +1,9 @@
 import importlib.util
-import os
-import sys
 
 import pytest
 
-_PY = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "python"))
-if _PY not in sys.path:
-    sys.path.insert(0, _PY)
+# (tests/conftest.py puts the source tree on sys.path when llmcore is not installed:
+# an unconditional insert here would make spawned processes import the uninstalled tree)
 
 
 @pytest.fixture(scope="session")
