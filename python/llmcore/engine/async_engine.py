@@ -18,6 +18,7 @@ from typing import AsyncIterator, Optional
 
 from llmcore.config import EngineArgs
 from llmcore.engine.llm_engine import LLMEngine
+from llmcore.engine.snapshot_stream import newest_snapshots
 from llmcore.engine.protocol import EngineStats, PromptType
 from llmcore.engine.stat_logger import StatLogger
 from llmcore.outputs import RequestOutput
@@ -98,29 +99,11 @@ class AsyncLLMEngine:
         return self._iterate(request_id, stream)
 
     async def _iterate(self, request_id: str, stream: _Stream) -> AsyncIterator[RequestOutput]:
-        q = stream.queue
-        pending = None
         try:
-            while True:
-                if pending is not None:
-                    item, pending = pending, None
-                else:
-                    item = await q.get()
-                # Outputs are cumulative snapshots: when the consumer has fallen behind, the
-                # newest supersedes those queued before it, so one chunk carries several steps'
-                # tokens (as in vLLM) instead of the event loop sending every stale snapshot.
-                while not isinstance(item, BaseException) and not item.finished and not q.empty():
-                    nxt = q.get_nowait()
-                    if isinstance(nxt, BaseException):
-                        pending = nxt  # deliver what came before the error first
-                        break
-                    item = nxt
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            async for item in newest_snapshots(stream.queue):
                 if item.finished:
                     stream.finished = True
-                    return
+                yield item
         finally:
             if not stream.finished:
                 # Consumer went away (disconnect, cancellation): free the KV blocks now.

@@ -19,6 +19,7 @@ from llmcore.engine.core_client import AsyncMPClient, CoreProcessConfig, EngineD
 from llmcore.engine.core_types import SchedulerStats
 from llmcore.engine.frontend import EngineFrontend
 from llmcore.engine.llm_engine import load_frontend_tokenizer, served_model_info
+from llmcore.engine.snapshot_stream import newest_snapshots
 from llmcore.engine.protocol import EngineStats, PromptType
 from llmcore.engine.stat_logger import StatLogger
 from llmcore.outputs import RequestOutput
@@ -84,29 +85,18 @@ class AsyncLLM:
 
     async def _iterate(self, request_id: str, q: asyncio.Queue, msg) -> AsyncIterator[RequestOutput]:
         finished = False
-        pending = None
         try:
             await self.client.add_request_async(msg)
-            while True:
-                if pending is not None:
-                    item, pending = pending, None
-                else:
-                    item = await q.get()
-                # Outputs are cumulative snapshots: a consumer that fell behind takes the
-                # newest (an error still comes after the snapshots queued before it).
-                while not isinstance(item, BaseException) and not item.finished and not q.empty():
-                    nxt = q.get_nowait()
-                    if isinstance(nxt, BaseException):
-                        pending = nxt
-                        break
-                    item = nxt
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
+            snapshots = newest_snapshots(q)
+            while not finished:
+                try:
+                    item = await snapshots.__anext__()
+                except Exception:
+                    finished = True   # the engine ended it (refused, dead): nothing to abort
+                    raise
+                finished = item.finished
+                # a consumer that goes away gets GeneratorExit here: not finished, aborted below
                 yield item
-                if item.finished:
-                    finished = True
-                    return
         finally:
             self._streams.pop(request_id, None)
             if not finished:
