@@ -17,6 +17,7 @@ import uuid
 from typing import AsyncIterator, Optional
 
 from llmcore.config import EngineArgs
+from llmcore.engine.death_waiters import resolve_waiters
 from llmcore.engine.llm_engine import LLMEngine
 from llmcore.engine.snapshot_stream import newest_snapshots
 from llmcore.engine.protocol import EngineStats, PromptType
@@ -46,11 +47,6 @@ class _Stream:
 def _put_all(items: list) -> None:
     for q, item in items:
         q.put_nowait(item)
-
-
-def _resolve(fut: asyncio.Future, value) -> None:
-    if not fut.done():
-        fut.set_result(value)
 
 
 class AsyncLLMEngine:
@@ -177,11 +173,7 @@ class AsyncLLMEngine:
                 waiters = list(self._death_waiters)
             for s in streams:
                 s.put(EngineDeadError(f"engine loop died: {e!r}"))
-            for loop, fut in waiters:
-                try:
-                    loop.call_soon_threadsafe(_resolve, fut, e)
-                except RuntimeError:  # that loop is closed: nobody waits there any more
-                    pass
+            resolve_waiters(waiters, e)
 
     def _deliver(self, outputs: list) -> None:
         """Hand one step's outputs to their streams with one call_soon_threadsafe per event

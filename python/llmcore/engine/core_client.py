@@ -30,6 +30,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from llmcore.engine.death_waiters import resolve_waiters
 from llmcore.engine.core_proc import (
     OUTPUT_FRAME_OUTPUTS,
     OUTPUT_FRAME_UTILITY,
@@ -279,11 +280,7 @@ class MPClient(EngineCoreClient):
             self._dead.set()
             waiters, self._death_waiters = self._death_waiters, []
         self._on_death(err)
-        for loop, fut in waiters:
-            try:
-                loop.call_soon_threadsafe(_resolve, fut, err)
-            except RuntimeError:  # that loop is closed: nobody awaits there any more
-                pass
+        resolve_waiters(waiters, err)
 
     def _on_death(self, err: EngineDeadError) -> None:
         """Fail what is pending (subclasses); runs on the watcher thread."""
@@ -374,11 +371,6 @@ class MPClient(EngineCoreClient):
         self._dead.wait()  # the watcher has failed what was pending
         self._close_transport()
         self._parent_conn.close()
-
-
-def _resolve(fut: asyncio.Future, value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
 
 
 def _fail(fut: Union[asyncio.Future, concurrent.futures.Future], err: BaseException) -> None:
