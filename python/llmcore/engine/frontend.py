@@ -136,7 +136,7 @@ class EngineFrontend:
             if done:
                 self._finish_request(req)
                 touched[rid] = req
-                if getattr(req, "frontend_stopped", False) and req.num_seqs_total > 1:
+                if req.frontend_stopped and req.num_seqs_total > 1:
                     to_abort.append(rid)
         outs = [proc.make_output(req, final_order=req.finished) for req in touched.values()]
         return outs, to_abort
@@ -208,13 +208,8 @@ class EngineFrontend:
         if core_stats is not None:
             self._observe_stats(core_stats)
         st = self.core_stats
-        return EngineStats(num_running=st.num_running, num_waiting=st.num_waiting,
-                           num_swapped=st.num_swapped, kv_cache_usage=st.kv_cache_usage,
-                           num_total_blocks=st.num_total_blocks, num_free_blocks=st.num_free_blocks,
-                           prefix_cache_hit_rate=st.prefix_cache_hit_rate,
-                           num_preemptions_total=st.num_preemptions_total,
-                           prompt_tokens_total=st.prompt_tokens_total,
-                           generation_tokens_total=st.generation_tokens_total,
+        # EngineStats = the core's SchedulerStats + the front end's finish counts
+        return EngineStats(**{f: getattr(st, f) for f in SchedulerStats.__struct_fields__},
                            request_success_total=dict(self._success))
 
 

@@ -52,6 +52,8 @@ class RequestState:
     metrics: RequestMetrics = None
     num_cached_tokens: int = 0
     stream_outputs: bool = True        # False: only the final output is built (offline LLM)
+    # a sample ended on a stop string, which only the front end sees: the core must be told
+    frontend_stopped: bool = False
 
     def __post_init__(self):
         if self.metrics is None:

@@ -185,9 +185,16 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
 
     # -- RPCs
     async def Generate(self, request, context):
+        # closed with the RPC (a cancelled client aborts the request now, not at GC)
+        async with contextlib.aclosing(self._streaming_rpc(request, context, self._prompt)) as msgs:
+            async for msg in msgs:
+                yield msg
+
+    async def _streaming_rpc(self, request, context, make_prompt):
+        """Generate and Chat: they differ only in how the prompt is built."""
         try:
             model = self._check_model(request.model)
-            prompt = self._prompt(request)
+            prompt = make_prompt(request)
             params = self._params(request, streaming=True)
             rid = self._request_id(request.request_id)
             with self.lifecycle.admitted():
@@ -219,19 +226,10 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             await self._abort(context, e)
 
     async def Chat(self, request, context):
-        try:
-            model = self._check_model(request.model)
-            prompt = self._chat_prompt(request)
-            params = self._params(request, streaming=True)
-            rid = self._request_id(request.request_id)
-            with self.lifecycle.admitted():
-                async for msg in self._stream(prompt, params, rid, model, context,
-                                              request.priority):
-                    yield msg
-        except RequestTerminated as e:
-            await self._abort(context, RpcError(grpc.StatusCode.UNAVAILABLE, e.message))
-        except RpcError as e:
-            await self._abort(context, e)
+        # closed with the RPC (a cancelled client aborts the request now, not at GC)
+        async with contextlib.aclosing(self._streaming_rpc(request, context, self._chat_prompt)) as msgs:
+            async for msg in msgs:
+                yield msg
 
     def _chat_prompt(self, request: Any) -> Any:
         if not request.messages:
