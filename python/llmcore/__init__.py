@@ -7,7 +7,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "EngineArgs", "LLMEngine",
+__all__ = ["LLM", "SamplingParams", "GuidedDecodingParams", "RequestOutput", "CompletionOutput", "EngineArgs", "LLMEngine",
            "AsyncLLMEngine"]
 
 
@@ -16,9 +16,9 @@ def __getattr__(name):
     if name == "LLM":
         from llmcore.entrypoints.llm import LLM
         return LLM
-    if name == "SamplingParams":
-        from llmcore.sampling_params import SamplingParams
-        return SamplingParams
+    if name in ("SamplingParams", "GuidedDecodingParams"):
+        from llmcore import sampling_params
+        return getattr(sampling_params, name)
     if name in ("RequestOutput", "CompletionOutput"):
         from llmcore import outputs
         return getattr(outputs, name)

@@ -52,6 +52,65 @@ def _is_number(x: Any) -> bool:
     return True
 
 
+GUIDED_DECODING_BACKENDS = ("outlines", "lm-format-enforcer", "xgrammar")
+
+
+@dataclass
+class GuidedDecodingParams:
+    """What a request's output must match (vLLM's `GuidedDecodingParams`).
+
+    Exactly one of `json` (a JSON schema, as a dict or its JSON text), `regex`, `choice`
+    (the output is one of these strings), `grammar` (EBNF) or `json_object` (any JSON
+    object) is set. `backend` overrides the server's `--guided-decoding-backend` for this
+    request; `whitespace_pattern` is the regex allowed between JSON tokens (outlines).
+    """
+
+    json: Optional[Union[str, Dict[str, Any]]] = None
+    regex: Optional[str] = None
+    choice: Optional[List[str]] = None
+    grammar: Optional[str] = None
+    json_object: Optional[bool] = None
+    backend: Optional[str] = None
+    whitespace_pattern: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        kinds = [k for k in ("json", "regex", "choice", "grammar") if getattr(self, k) is not None]
+        if self.json_object:
+            kinds.append("json_object")
+        if len(kinds) != 1:
+            raise ValueError(
+                "guided_decoding must set exactly one of json, regex, choice, grammar or "
+                f"json_object, got {kinds or 'none'}.")
+        if self.json is not None and not isinstance(self.json, (str, dict)):
+            raise ValueError(f"guided_decoding.json must be a JSON schema (object or string), "
+                             f"got {type(self.json).__name__}.")
+        if self.regex is not None and not isinstance(self.regex, str):
+            raise ValueError("guided_decoding.regex must be a string.")
+        if self.grammar is not None and not isinstance(self.grammar, str):
+            raise ValueError("guided_decoding.grammar must be a string.")
+        if self.choice is not None:
+            if (not isinstance(self.choice, (list, tuple)) or not self.choice
+                    or not all(isinstance(c, str) for c in self.choice)):
+                raise ValueError("guided_decoding.choice must be a non-empty list of strings.")
+            self.choice = list(self.choice)
+        if self.backend is not None:
+            # "xgrammar:no-fallback"-style options are vLLM's; the name is what counts here
+            name = self.backend.split(":", 1)[0]
+            if name not in GUIDED_DECODING_BACKENDS:
+                raise ValueError(f"guided_decoding.backend must be one of "
+                                 f"{', '.join(GUIDED_DECODING_BACKENDS)}, got {self.backend!r}.")
+        if self.whitespace_pattern is not None and not isinstance(self.whitespace_pattern, str):
+            raise ValueError("guided_decoding.whitespace_pattern must be a string.")
+
+    @property
+    def kind(self) -> str:
+        """'json' | 'regex' | 'choice' | 'grammar' | 'json_object'."""
+        for k in ("json", "regex", "choice", "grammar"):
+            if getattr(self, k) is not None:
+                return k
+        return "json_object"
+
+
 @dataclass
 class SamplingParams:
     n: int = 1
@@ -80,6 +139,8 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     logit_bias: Optional[Dict[int, float]] = None
     truncate_prompt_tokens: Optional[int] = None
+    # Structured output: the output must match this (None: unconstrained).
+    guided_decoding: Optional[GuidedDecodingParams] = None
     # Stop token ids incl. EOS ids from generation config (vLLM's _all_stop_token_ids);
     # used for the min_tokens ban. Not a constructor argument in spirit: keep it last.
     _all_stop_token_ids: Set[int] = field(default_factory=set, repr=False)
@@ -106,6 +167,15 @@ class SamplingParams:
                     f"stop_token_ids must be a list of ints, got {self.stop_token_ids!r}.")
         if self.best_of is None:
             self.best_of = self.n
+        if isinstance(self.guided_decoding, dict):
+            try:
+                self.guided_decoding = GuidedDecodingParams(**self.guided_decoding)
+            except TypeError as e:
+                raise ValueError(f"guided_decoding: {e}.") from None
+        elif self.guided_decoding is not None and not isinstance(self.guided_decoding,
+                                                                 GuidedDecodingParams):
+            raise ValueError(f"guided_decoding must be GuidedDecodingParams, got "
+                             f"{type(self.guided_decoding).__name__}.")
         if self.logit_bias is not None:
             if not isinstance(self.logit_bias, dict):
                 raise ValueError(
