@@ -83,13 +83,18 @@ serving() {  # serving "RATE PROMPTS"...: llmcore-server with Llama-3-8B, then b
   local spec spy=
   for spec in "$@"; do
     set -- $spec
-    if [ -n "${SPY:-}" ] && [ -x /tmp/site/bin/py-spy ]; then  # only the GIL holder's stacks
+    if [ -n "${SPY_ALL:-}" ] && [ -x /tmp/site/bin/py-spy ]; then  # every thread, core process too
+      /tmp/site/bin/py-spy record -p $srv -d "$SPY_ALL" -r 100 --subprocesses --threads --nonblocking \
+        -f raw -o "$OUT/spyall_rate_$1_n$2$tag.txt" > "$OUT/spyall_rate_$1_n$2$tag.log" 2>&1 &
+      spy=$!
+    elif [ -n "${SPY:-}" ] && [ -x /tmp/site/bin/py-spy ]; then  # only the GIL holder's stacks
       /tmp/site/bin/py-spy record -p $srv -d "$SPY" -r 200 --threads --gil --nonblocking -f raw \
         -o "$OUT/spy_rate_$1_n$2$tag.txt" > "$OUT/spy_rate_$1_n$2$tag.log" 2>&1 &
       spy=$!
     fi
     step serving_rate_$1_n$2$tag 150 python benchmarks/serving.py --base-url http://127.0.0.1:8000 \
       --random-input-len 128 --random-output-len 128 --num-prompts $2 --request-rate $1 --ignore-eos \
+      ${CLIENT:+--client $CLIENT} \
       --save-result --result-dir "$OUT" --result-filename serving_rate_$1_n$2$tag.json
     [ -n "${spy:-}" ] && { wait $spy; spy=; }
   done
@@ -241,6 +246,11 @@ case "$SUITE" in
     thr thr_8b_128_n4 100 128 --skip-hf --mixed-n-fraction 0.1
     serving "16 200" "inf 1000"
     thr thr_8b_1000_fp8_s512 170 1000 --kv-cache-dtype fp8 --max-num-seqs 512 --skip-hf ;;
+  h200client)  # H200: offline 128/128, then served rate 16 and inf with the aiohttp client
+    # (vLLM's benchmark client) and rate inf with httpx, the core process sampled by py-spy
+    thr thr_8b_128 100 128 --skip-hf
+    CLIENT=aiohttp serving "16 200" "inf 1000"
+    CLIENT=httpx TAG=_httpx SPY_ALL=8 serving "inf 1000" ;;
   h200spy)  # H200: rate inf, 1000 prompts, the front-end process's GIL holder sampled with py-spy
     SPY=${SPY:-20} serving "inf 1000" ;;
   *)
