@@ -167,8 +167,14 @@ class EngineArgs:
         None, group=GROUP_SCHED,
         help="Overlap the host side of a step (output processing, scheduling, input copies) with "
              "the GPU running the previous one; sampled tokens reach the next step on the device. "
-             "Default: on for CUDA devices. While a request with n/best_of > 1, beam search or "
-             "prompt_logprobs is live, steps run without it.")
+             "Default: on for CUDA devices. While a beam-search request is live, steps run "
+             "without it (n/best_of > 1 and prompt_logprobs keep it).")
+    engine_core_process: bool = arg(
+        False, group=GROUP_SCHED,
+        help="LLM / LLMEngine: run the engine core (scheduler, executor, step loop) in its own "
+             "process, reached over ZeroMQ like the servers' (which always do this), so "
+             "tokenization and detokenization overlap the model's steps. Default: in this "
+             "process.")
     max_context_len_to_capture: Optional[int] = arg(None, group=GROUP_SCHED,
                                                     help="Deprecated alias of --max-seq-len-to-capture.")
     max_seq_len_to_capture: int = arg(8192, group=GROUP_SCHED,

@@ -1,8 +1,10 @@
 """LLMEngine: the synchronous engine of the offline `LLM` API.
 
 A front end (EngineFrontend: validation, tokenization, detokenization, stop strings) over
-an engine core reached through a client: in this process by default (`InprocClient`, one
-call per step), so one step = core.step() -> front-end processing -> RequestOutputs.
+an engine core: in this process by default (called directly, one call per step), so one
+step = core.step() -> front-end processing -> RequestOutputs; or, with
+`engine_core_process=True`, in its own process through `SyncMPClient` (the servers' IPC
+contract), where a step is the next batch of outputs the core sent.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Iterable, Optional, Union
 from llmcore.config import EngineArgs
 from llmcore.config.engine_config import EngineConfig
 from llmcore.engine.core import EngineCore
+from llmcore.engine.core_client import CoreProcessConfig, SyncMPClient
 from llmcore.engine.frontend import EngineFrontend
 from llmcore.engine.protocol import EngineStats, ServedModelInfo
 from llmcore.engine.request import RequestState
@@ -48,7 +51,17 @@ class LLMEngine:
         self.device = config.device
         self.tokenizer, eos = load_frontend_tokenizer(config, engine_args)
         self.eos_token_id = eos
-        self.core = EngineCore(config, eos_token_id=eos)
+        self.client: Optional[SyncMPClient] = None
+        self.core: Optional[EngineCore] = None
+        if engine_args.engine_core_process:
+            self.client = SyncMPClient(CoreProcessConfig(
+                core_factory="llmcore.engine.async_llm:engine_core_from_args",
+                factory_args=(engine_args, eos)))
+            info = self.client.ready_info
+            self._num_blocks = (int(info.get("num_device_blocks", 0)),
+                                int(info.get("num_cpu_blocks", 0)))
+        else:
+            self.core = EngineCore(config, eos_token_id=eos)
         self.model_info = served_model_info(config)
         self.frontend = EngineFrontend(self.tokenizer, self.model_info, eos,
                                        max_num_seqs=config.scheduler_config.max_num_seqs)
@@ -60,40 +73,49 @@ class LLMEngine:
                     "(block_size=%d, %d tokens; max concurrency at max_model_len: %.1fx) swap blocks=%d",
                     mc.model, self.model_info.dtype, self.device, mc.max_model_len,
                     self.num_device_blocks, bs, self.num_device_blocks * bs, self.max_concurrency(),
-                    self.core.num_cpu_blocks)
+                    self.num_cpu_blocks)
+        if self.client is not None:
+            self.frontend.core_stats.num_total_blocks = self.num_device_blocks
+            self.frontend.core_stats.num_free_blocks = self.num_device_blocks
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
         return cls(engine_args)
 
     # in-process views of the core (tests and benchmarks look at them)
+    def _local_core(self) -> EngineCore:
+        if self.core is None:
+            raise RuntimeError("the engine core runs in its own process (engine_core_process="
+                               "True): its scheduler and runner are not reachable from here")
+        return self.core
+
     @property
     def scheduler(self):
-        return self.core.scheduler
+        return self._local_core().scheduler
 
     @property
     def runner(self):
-        return self.core.executor.worker.runner
+        return self._local_core().executor.worker.runner
 
     @property
     def num_device_blocks(self) -> int:
-        return self.core.num_device_blocks
+        return self.core.num_device_blocks if self.core is not None else self._num_blocks[0]
 
     @property
     def num_cpu_blocks(self) -> int:
-        return self.core.num_cpu_blocks
+        return self.core.num_cpu_blocks if self.core is not None else self._num_blocks[1]
 
     @property
     def async_scheduling(self) -> bool:
-        return self.core.async_scheduling
+        return self.config.scheduler_config.async_scheduling
 
     @property
     def _inflight(self):
-        return self.core._inflight
+        return self._local_core()._inflight
 
     @property
     def _num_unpipelinable(self) -> int:
-        return self.core._num_unpipelinable
+        return self._local_core()._num_unpipelinable
 
     @property
     def requests(self) -> dict:
@@ -117,14 +139,16 @@ class LLMEngine:
     def add_processed_request(self, req: RequestState, priority: int = 0) -> None:
         msg = self.frontend.register(req, priority)
         try:
-            self.core.add_request(msg)
+            (self.core or self.client).add_request(msg)
         except BaseException:
             self.frontend.fail(req.request_id)
             raise
 
     def abort_request(self, request_id: Union[str, Iterable[str]]) -> None:
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
-        self.core.abort_requests(self.frontend.abort(ids))
+        to_abort = self.frontend.abort(ids)
+        if to_abort:
+            (self.core or self.client).abort_requests(to_abort)
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.frontend.requests)
@@ -137,13 +161,23 @@ class LLMEngine:
         """One engine step; returns the outputs of the requests it advanced. With async
         scheduling the step returns the outputs of the step before it (its own tokens are
         still on the device)."""
-        outs, to_abort = self.frontend.process(self.core.step())
+        core_outputs = self.core.step() if self.core is not None else self.client.get_output()
+        outs, to_abort = self.frontend.process(core_outputs)
         if to_abort:
-            self.core.abort_requests(to_abort)
+            (self.core or self.client).abort_requests(to_abort)
         return outs
 
     def get_stats(self) -> EngineStats:
+        if self.core is None:   # the core process sends its stats with every step
+            return self.frontend.get_stats()
         return self.frontend.get_stats(self.core.get_stats())
+
+    def shutdown(self) -> None:
+        """Stop the engine core (and its process and workers, if any)."""
+        if self.client is not None:
+            self.client.shutdown()
+        elif self.core is not None:
+            self.core.shutdown()
 
     @property
     def _stats(self) -> EngineStats:
