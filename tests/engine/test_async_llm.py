@@ -5,6 +5,7 @@ streams give their KV blocks back."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 
@@ -45,6 +46,17 @@ async def test_same_text_as_offline_and_blocks_freed(offline_reference):
                                       for i, p in enumerate(PROMPTS)])
         assert [o.outputs[0].text for o in outs] == offline_reference
         assert all(o.finished for o in outs)
+        # a stream that is never iterated never reaches the core and, once dropped, leaves
+        # nothing behind (its id is free again)
+        gen = engine.generate(PROMPTS[0], GREEDY, request_id="never")
+        assert "never" not in engine.frontend.requests
+        with pytest.raises(ValueError, match="already in use"):
+            engine.generate(PROMPTS[0], GREEDY, request_id="never")
+        del gen
+        gc.collect()
+        assert "never" not in engine._streams and not engine.frontend.requests
+        again = await _collect(engine, PROMPTS[0], GREEDY, "never")
+        assert again.outputs[0].text == offline_reference[0]
         stats = await _core_stats(engine)
         assert stats.num_free_blocks == stats.num_total_blocks
         assert not engine.errored

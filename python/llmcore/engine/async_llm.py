@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+import weakref
 from typing import AsyncIterator, Optional
 
 from llmcore.config import EngineArgs
@@ -77,13 +78,26 @@ class AsyncLLM:
         req = self.frontend.make_request(request_id, prompt, sampling_params)
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        msg = self.frontend.register(req, priority)
         queue: asyncio.Queue = asyncio.Queue()
-        self._streams[request_id] = queue
+        self._streams[request_id] = queue   # reserves the id
         self._ensure_output_task()
-        return self._iterate(request_id, queue, msg)
+        stream = self._iterate(request_id, queue, req, priority)
+        # The request reaches the front end's books and the core on the first iteration; a
+        # stream that is never iterated only gives its reserved id back when collected.
+        weakref.finalize(stream, self._release_stream, request_id, queue)
+        return stream
 
-    async def _iterate(self, request_id: str, q: asyncio.Queue, msg) -> AsyncIterator[RequestOutput]:
+    def _release_stream(self, request_id: str, queue: asyncio.Queue) -> None:
+        if self._streams.get(request_id) is queue:
+            del self._streams[request_id]
+
+    async def _iterate(self, request_id: str, q: asyncio.Queue, req,
+                       priority: int) -> AsyncIterator[RequestOutput]:
+        try:
+            msg = self.frontend.register(req, priority)
+        except BaseException:
+            self._release_stream(request_id, q)
+            raise
         finished = False
         try:
             await self.client.add_request_async(msg)
@@ -98,7 +112,7 @@ class AsyncLLM:
                 # a consumer that goes away gets GeneratorExit here: not finished, aborted below
                 yield item
         finally:
-            self._streams.pop(request_id, None)
+            self._release_stream(request_id, q)
             if not finished:
                 # consumer went away (disconnect, cancellation): free the KV blocks now
                 await self._abort_quietly(request_id)
