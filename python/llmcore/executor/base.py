@@ -14,6 +14,10 @@ from llmcore.config.engine_config import EngineConfig
 from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
 
 
+class WorkerFailure(RuntimeError):
+    """A worker of a multi-process executor died or raised; the executor cannot go on."""
+
+
 class Executor(ABC):
     def __init__(self, config: EngineConfig, eos_token_id: Optional[int] = None):
         self.config = config
