@@ -1,12 +1,13 @@
 """Engine start-up time of the tensor-parallel executors: mp vs Ray, TP=2 on a tiny random
 Llama (4 heads, 2 KV heads, fp32) on the CPU. Each case runs in a fresh Python process and
-times `LLM(...)` (workers started, model loaded, KV cache sized and allocated), then
-checks the greedy tokens agree across cases (and with TP=1).
+times `LLM(...)` (workers started, model loaded, KV cache sized and allocated) and the time
+per step of a 4-prompt x 64-token greedy batch (the executor's per-step overhead dominates
+on this model), then checks the greedy tokens agree across cases (and with TP=1).
 
 Cases: mp; ray-local (the executor starts a local Ray cluster and shuts it down);
 ray-joined (a Ray cluster is already up in the process: ray.init() first, not timed).
 
-    python benchmarks/executor_startup.py [--repeats 1] [--tp 2]
+    python benchmarks/executor_startup.py [--repeats 1] [--tp 2] [--cases mp,ray-local,ray-joined]
 """
 
 from __future__ import annotations
@@ -38,10 +39,16 @@ _CHILD = textwrap.dedent("""
     outs = llm.generate(prompt_token_ids=[list(range(3, 8)), list(range(10, 27))],
                         sampling_params=SamplingParams(temperature=0.0, max_tokens=8,
                                                        ignore_eos=True), use_tqdm=False)
+    params = SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True)
+    prompts = [list(range(3 + i, 11 + i)) for i in range(4)]
+    llm.generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False)   # warm-up
+    t0 = time.perf_counter()
+    llm.generate(prompt_token_ids=prompts, sampling_params=params, use_tqdm=False)
+    decode_ms = (time.perf_counter() - t0) * 1000 / params.max_tokens
     t0 = time.perf_counter()
     llm.llm_engine.core.shutdown()
     stop_s = time.perf_counter() - t0
-    print("RESULT " + json.dumps({"start_s": start_s, "stop_s": stop_s,
+    print("RESULT " + json.dumps({"start_s": start_s, "stop_s": stop_s, "step_ms": decode_ms,
                                   "tokens": [list(o.outputs[0].token_ids) for o in outs]}))
 """)
 
@@ -71,17 +78,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--tp", type=int, default=2)
+    ap.add_argument("--cases", default="mp,ray-local,ray-joined")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         tiny_llama(folder)
         want = run_case("tp1", folder, args.tp)["tokens"]
-        for case in ("mp", "ray-local", "ray-joined"):
+        for case in args.cases.split(","):
             runs = [run_case(case, folder, args.tp) for _ in range(args.repeats)]
             same = all(r["tokens"] == want for r in runs)
             starts = [r["start_s"] for r in runs]
             print(f"{case:>10}: start-up median {statistics.median(starts):6.2f} s "
                   f"(runs {', '.join(f'{s:.2f}' for s in starts)}), shutdown median "
-                  f"{statistics.median(r['stop_s'] for r in runs):5.2f} s, "
+                  f"{statistics.median(r['stop_s'] for r in runs):5.2f} s, step (4 x 64 tokens) median "
+                  f"{statistics.median(r['step_ms'] for r in runs):6.2f} ms, "
                   f"tokens {'==' if same else '!='} TP=1")
 
 
