@@ -1,7 +1,7 @@
 """The Ray executor on the CPU (gloo, fp32) against one module-wide local Ray cluster
-(2 CPUs): TP=2 gives TP=1's and mp's greedy tokens, sync and async; shutdown and deletion
-leave no actor and no placement group; a killed actor fails the engine naming its rank;
-the backend flags resolve as vLLM's."""
+(2 CPUs): TP=2 gives TP=1's greedy tokens, sync and async; deletion leaves no actor and no
+placement group; a killed or raising actor fails the engine naming its rank; joining vs
+starting a cluster; the backend flags resolve as vLLM's."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 from llmcore import LLM, SamplingParams
 from llmcore.config import EngineArgs
 from llmcore.config.executor_backend import resolve_executor_backend
-from llmcore.executor import MultiprocExecutor, RayExecutor, WorkerFailure
+from llmcore.executor import RayExecutor, WorkerFailure
+from llmcore.executor.ray_utils import connect_ray
 
 ray = pytest.importorskip("ray")
 
@@ -196,3 +197,38 @@ def test_ray_missing_or_nsys_missing_or_engine_use_ray_fail_clearly(tiny_llama, 
     with pytest.raises(ValueError, match="--engine-use-ray is not supported: the engine core is "
                                          "not started as a Ray actor"):
         EngineArgs(**args, engine_use_ray=True).create_engine_config()
+
+
+class _FakeRay:
+    """What connect_ray sees of Ray: whether it is initialized, and ray.init."""
+
+    def __init__(self, initialized=False, cluster_running=False):
+        self.initialized, self.cluster_running, self.calls = initialized, cluster_running, []
+
+    def is_initialized(self):
+        return self.initialized
+
+    def init(self, address=None, **kw):
+        self.calls.append((address, kw))
+        if address == "auto" and not self.cluster_running:
+            raise ConnectionError("Could not find any running Ray instance.")
+        self.initialized = True
+
+
+def test_connect_ray_joins_a_running_cluster_else_starts_a_small_local_one(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    fake = _FakeRay(initialized=True)                    # this process already joined one
+    assert connect_ray(fake, num_cpus=2) is False and fake.calls == []
+    fake = _FakeRay(cluster_running=True)                # `ray start` / RAY_ADDRESS
+    assert connect_ray(fake, num_cpus=2) is False
+    assert [c[0] for c in fake.calls] == ["auto"]
+    fake = _FakeRay()                                    # none: a local one, ours to stop
+    assert connect_ray(fake, num_cpus=3) is True
+    (addr, kw), = fake.calls[1:]
+    assert addr is None and kw["num_cpus"] == 3 and kw["include_dashboard"] is False
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")   # named but unreachable: no fallback
+    fake = _FakeRay()
+    with pytest.raises(RuntimeError, match="cannot reach the Ray cluster at "
+                                           "RAY_ADDRESS=10.0.0.9:6379"):
+        connect_ray(fake, num_cpus=2)
+    assert len(fake.calls) == 1
