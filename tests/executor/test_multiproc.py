@@ -14,32 +14,12 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 from llmcore import LLM, SamplingParams
 from llmcore.executor import MultiprocExecutor, WorkerFailure
 
-_CFG = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            rms_norm_eps=1e-6, tie_word_embeddings=False)
 _PROMPTS = [list(range(3, 8)), list(range(10, 27)), [5] * 9, list(range(40, 73))]
 _GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> str:
-    import transformers as tf
-
-    cfg = tf.LlamaConfig(**_CFG)
-    torch.manual_seed(0)
-    model = tf.LlamaForCausalLM(cfg).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    out = str(tmp_path_factory.mktemp("tiny_llama_tp"))
-    model.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -167,8 +147,6 @@ def test_bad_parallel_settings_fail_before_any_worker_starts(tiny_llama):
     with pytest.raises(ValueError, match="4 attention heads are not divisible by "
                                          "--tensor-parallel-size 3"):
         _llm(tiny_llama, 3)
-    with pytest.raises(ValueError, match="ray is not supported"):
-        _llm(tiny_llama, 2, distributed_executor_backend="ray")
     with pytest.raises(ValueError, match="pipeline-parallel-size"):
         _llm(tiny_llama, 2, pipeline_parallel_size=2)
 

@@ -201,21 +201,25 @@ class EngineArgs:
     tensor_parallel_size: int = arg(1, group=GROUP_PARALLEL, aliases=("-tp",),
                                     help="Tensor parallel ranks (one worker process each).")
     distributed_executor_backend: Optional[str] = arg(None, group=GROUP_PARALLEL, choices=["ray", "mp"],
-                                                      help="Backend for distributed serving: mp "
-                                                           "(worker processes; the default).")
+                                                      help="Backend for distributed serving: ray "
+                                                           "(Ray actors, one or more hosts) or mp "
+                                                           "(worker processes on this host). "
+                                                           "Default: ray when more than one GPU "
+                                                           "is used and Ray is installed, else mp.")
     worker_use_ray: bool = arg(False, group=GROUP_PARALLEL,
-                               unsupported="Ray workers are not supported yet",
                                help="Deprecated: use --distributed-executor-backend=ray.")
     engine_use_ray: bool = arg(False, group=GROUP_PARALLEL,
-                               unsupported="running the engine under Ray is not supported yet",
+                               unsupported="the engine core is not started as a Ray actor: "
+                                           "llmcore-server already runs it in its own process; "
+                                           "use --distributed-executor-backend ray to run the "
+                                           "workers under Ray",
                                help="Run the engine in a separate Ray process.")
     max_parallel_loading_workers: Optional[int] = arg(None, group=GROUP_PARALLEL,
                                                       unsupported="parallel loading needs tensor "
                                                                   "parallelism, not supported yet",
                                                       help="Load the model in batches of workers.")
     ray_workers_use_nsight: bool = arg(False, group=GROUP_PARALLEL,
-                                       unsupported="Ray workers are not supported yet",
-                                       help="Profile Ray workers with nsight.")
+                                       help="Profile Ray workers with nsight (needs nsys).")
     disable_custom_all_reduce: bool = arg(False, group=GROUP_PARALLEL,
                                           help="Disable the custom all-reduce (only matters with "
                                                "tensor parallelism).")
@@ -320,9 +324,6 @@ class EngineArgs:
                 raise ValueError(f"--{flag_name(f.name)}: {value!r} is not one of {choices}")
         if self.tensor_parallel_size < 1:
             raise ValueError("--tensor-parallel-size must be >= 1")
-        if self.distributed_executor_backend == "ray":
-            raise ValueError("--distributed-executor-backend ray is not supported: Ray workers are "
-                             "not built yet; use mp")
         if self.device in ("neuron", "tpu"):
             raise ValueError(f"--device {self.device} is not supported: llmcore runs on cpu and cuda")
         if self.load_format == "bitsandbytes":
@@ -368,6 +369,8 @@ class EngineArgs:
         from llmcore.config.engine_config import (
             CacheConfig, DeviceConfig, EngineConfig, LoadConfig, ObservabilityConfig,
             ParallelConfig, SchedulerConfig, StructuredOutputConfig)
+        from llmcore.config.executor_backend import (check_ray_workers_use_nsight,
+                                                     ray_installed, resolve_executor_backend)
         from llmcore.model_loader.model_config import load_model_config
 
         self.validate()
@@ -378,6 +381,10 @@ class EngineArgs:
         if max_batched is None:
             # vLLM's defaults: small chunks keep decodes flowing; unchunked must fit any prompt.
             max_batched = 512 if self.enable_chunked_prefill else max(mc.max_model_len, 2048)
+        backend = resolve_executor_backend(
+            self.distributed_executor_backend, self.worker_use_ray,
+            self.tensor_parallel_size * self.pipeline_parallel_size, device.type, ray_installed())
+        check_ray_workers_use_nsight(self.ray_workers_use_nsight, backend)
         async_sched = (device.type == "cuda" if self.async_scheduling is None
                        else bool(self.async_scheduling))
         config = EngineConfig(
@@ -400,8 +407,9 @@ class EngineArgs:
             parallel_config=ParallelConfig(
                 tensor_parallel_size=self.tensor_parallel_size,
                 pipeline_parallel_size=self.pipeline_parallel_size,
-                distributed_executor_backend=self.distributed_executor_backend,
-                disable_custom_all_reduce=self.disable_custom_all_reduce),
+                distributed_executor_backend=backend,
+                disable_custom_all_reduce=self.disable_custom_all_reduce,
+                ray_workers_use_nsight=self.ray_workers_use_nsight),
             load_config=LoadConfig(load_format=self.load_format, download_dir=self.download_dir,
                                    model_loader_extra_config=self.model_loader_extra_config_dict()),
             device_config=device_config,

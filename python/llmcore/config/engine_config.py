@@ -68,8 +68,9 @@ class SchedulerConfig:
 class ParallelConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
-    distributed_executor_backend: Optional[str] = None   # None: this process ("uni")
+    distributed_executor_backend: Optional[str] = None   # "ray" | "mp" | None: this process
     disable_custom_all_reduce: bool = False
+    ray_workers_use_nsight: bool = False   # Ray workers run under nsys
 
     @property
     def world_size(self) -> int:

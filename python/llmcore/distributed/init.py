@@ -38,10 +38,11 @@ def free_tcp_init_method(host: str = "127.0.0.1") -> str:
 
 def init_distributed(rank: int, world_size: int, init_method: str,
                      backend: Optional[str] = None, device: Optional[torch.device] = None,
-                     timeout_s: float = 600.0) -> None:
+                     timeout_s: float = 600.0, local_rank: Optional[int] = None) -> None:
     """Join the default process group as `rank` of `world_size`.
 
-    backend None: nccl for a CUDA device, gloo otherwise. Raises RuntimeError naming the
+    backend None: nccl for a CUDA device, gloo otherwise. local_rank: the rank's GPU index
+    on its host; None: `rank` (every rank on this host). Raises RuntimeError naming the
     rank, world size, backend and address when the group cannot be formed."""
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
@@ -50,7 +51,10 @@ def init_distributed(rank: int, world_size: int, init_method: str,
     device = torch.device(device if device is not None else "cpu")
     backend = backend or default_backend(device)
     if backend == "nccl":
-        check_visible_devices(device, world_size)
+        if local_rank is None:
+            check_visible_devices(device, world_size)
+        else:   # the ranks span hosts: this host needs this rank's GPU only
+            check_visible_devices(device, local_rank + 1)
         # NVLink multicast (NVLS) stays off: it is unreliable on shared hosts.
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
         if not dist.is_nccl_available():
@@ -65,7 +69,8 @@ def init_distributed(rank: int, world_size: int, init_method: str,
         return
     kwargs = {}
     if backend == "nccl":
-        kwargs["device_id"] = torch.device("cuda", rank % max(1, torch.cuda.device_count()))
+        index = rank if local_rank is None else local_rank
+        kwargs["device_id"] = torch.device("cuda", index % max(1, torch.cuda.device_count()))
     try:
         dist.init_process_group(backend=backend, init_method=init_method, rank=rank,
                                 world_size=world_size,

@@ -1,5 +1,6 @@
-from llmcore.executor.base import Executor
-from llmcore.executor.multiproc import MultiprocExecutor, WorkerFailure
+from llmcore.executor.base import Executor, WorkerFailure
+from llmcore.executor.multiproc import MultiprocExecutor
+from llmcore.executor.ray_executor import RayExecutor
 from llmcore.executor.uniproc import UniProcExecutor
 
-__all__ = ["Executor", "MultiprocExecutor", "UniProcExecutor", "WorkerFailure"]
+__all__ = ["Executor", "MultiprocExecutor", "RayExecutor", "UniProcExecutor", "WorkerFailure"]

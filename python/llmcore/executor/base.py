@@ -1,8 +1,8 @@
 """The executor interface: how the engine core reaches its workers.
 
 `UniProcExecutor` drives one in-process worker; `MultiprocExecutor` one worker process per
-tensor-parallel rank, started and stopped by the engine. Both implement the same calls; the engine core
-cannot tell them apart.
+tensor-parallel rank, started and stopped by the engine; `RayExecutor` one Ray actor per rank,
+on one host or several. All implement the same calls; the engine core cannot tell them apart.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from typing import Any, Optional
 
 from llmcore.config.engine_config import EngineConfig
 from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
+
+
+class WorkerFailure(RuntimeError):
+    """A worker of a multi-process executor died or raised; the executor cannot go on."""
 
 
 class Executor(ABC):
@@ -24,15 +28,15 @@ class Executor(ABC):
     def get_class(config: EngineConfig) -> type["Executor"]:
         pc = config.parallel_config
         backend = pc.distributed_executor_backend
+        if backend == "ray":
+            from llmcore.executor.ray_executor import RayExecutor
+            return RayExecutor
         if pc.world_size == 1 and backend in (None, "uni", "mp"):
             from llmcore.executor.uniproc import UniProcExecutor
             return UniProcExecutor
         if pc.pipeline_parallel_size == 1 and backend in (None, "mp"):
             from llmcore.executor.multiproc import MultiprocExecutor
             return MultiprocExecutor
-        if backend == "ray":
-            raise ValueError("--distributed-executor-backend ray is not supported: Ray workers "
-                             "are not built yet; use mp")
         raise ValueError(f"--distributed-executor-backend {backend!r} with tensor x pipeline size "
                          f"{config.parallel_config.world_size} is not supported yet")
 

@@ -25,17 +25,13 @@ import traceback
 import weakref
 from typing import Any, Optional
 
-from llmcore.executor.base import Executor
+from llmcore.executor.base import Executor, WorkerFailure
 from llmcore.model_runner.step_io import ModelRunnerOutput, StepInput
 
 logger = logging.getLogger(__name__)
 
 # How long a worker gets to exit after "shutdown" before it is killed.
 _SHUTDOWN_GRACE_S = 30.0
-
-
-class WorkerFailure(RuntimeError):
-    """A tensor-parallel worker died or raised; the executor cannot go on."""
 
 
 class _RemoteOutput:
@@ -247,21 +243,10 @@ def _worker_main(config, rank: int, world_size: int, init_method: str, backend: 
     os.environ["NCCL_NVLS_ENABLE"] = "0"   # before NCCL reads it: NVLink multicast stays off
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C and stops us
     _watch_parent()
-    import torch
-
-    if config.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # the ranks share the host's cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
-        from llmcore.distributed.group import TorchDistributedGroup
-        from llmcore.distributed.init import init_distributed
-        from llmcore.worker.worker import Worker
+        from llmcore.worker.rank_worker import create_rank_worker
 
-        init_distributed(rank, world_size, init_method, backend, device=config.device)
-        worker = Worker(config, rank=rank, local_rank=rank, eos_token_id=eos_token_id,
-                        tp_group=TorchDistributedGroup())
-        worker.init_device()
-        worker.load_model()
+        worker = create_rank_worker(config, rank, world_size, init_method, backend, eos_token_id)
         conn.send(("ok", None))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit
         _reply_error(conn, rank, e)
@@ -281,6 +266,8 @@ def _worker_main(config, rank: int, world_size: int, init_method: str, backend: 
 
 
 def _serve(worker, rank: int, conn) -> None:
+    from llmcore.worker.rank_worker import run_step
+
     while True:
         try:
             method, args, kwargs = conn.recv()
@@ -288,8 +275,7 @@ def _serve(worker, rank: int, conn) -> None:
             return   # the parent closed the pipe
         try:
             if method == "execute_model":
-                out = worker.execute_model(*args).get()
-                result = out if rank == 0 else None   # ranks agree; one copy travels
+                result = run_step(worker, *args)   # ranks agree; one copy travels
             else:
                 result = getattr(worker, method)(*args, **kwargs)
             conn.send(("ok", result))
