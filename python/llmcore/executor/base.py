@@ -14,6 +14,13 @@ from llmcore.config.engine_config import EngineConfig
 from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
 
 
+def loading_waves(world_size: int, max_parallel: Optional[int]) -> list[list[int]]:
+    """--max-parallel-loading-workers: the ranks in groups of at most max_parallel, each
+    group loading its weights only after the previous one finished (None: all at once)."""
+    n = world_size if max_parallel is None else max(1, min(max_parallel, world_size))
+    return [list(range(i, min(i + n, world_size))) for i in range(0, world_size, n)]
+
+
 class Executor(ABC):
     def __init__(self, config: EngineConfig, eos_token_id: Optional[int] = None):
         self.config = config
@@ -27,7 +34,7 @@ class Executor(ABC):
         if pc.world_size == 1 and backend in (None, "uni", "mp"):
             from llmcore.executor.uniproc import UniProcExecutor
             return UniProcExecutor
-        if pc.pipeline_parallel_size == 1 and backend in (None, "mp"):
+        if backend in (None, "mp"):
             from llmcore.executor.multiproc import MultiprocExecutor
             return MultiprocExecutor
         if backend == "ray":
@@ -44,6 +51,10 @@ class Executor(ABC):
     def collective_rpc(self, method: str, args: tuple = (), kwargs: Optional[dict] = None
                        ) -> list[Any]:
         """Call `method` on every worker; their results in rank order."""
+
+    def output_of(self, results: list) -> Any:
+        """The step's answer among the ranks' results (ParallelConfig.output_rank)."""
+        return results[self.config.parallel_config.output_rank]
 
     def determine_num_blocks(self) -> tuple[int, int]:
         """The engine takes the minimum over workers: every rank must hold every block."""
