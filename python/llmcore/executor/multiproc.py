@@ -195,9 +195,13 @@ class MultiprocExecutor(Executor):
         return f"pid {p.pid}, exit code {p.exitcode}"
 
     def _fail(self, message: str) -> None:
-        """Stop every worker (the others may wait in a collective forever) and raise."""
+        """Stop every worker (the others may wait in a collective or a pipeline recv
+        forever: killed at once, nothing of theirs is worth a grace period) and raise."""
         self._failure = message
         logger.error("mp executor: %s; stopping the workers", message)
+        for p in self._procs:
+            if p.is_alive():
+                p.kill()
         self._finalizer()
         raise WorkerFailure(message)
 
