@@ -7,7 +7,6 @@ last bits may differ and a near-tie could flip one token; the test measures the 
 
 from __future__ import annotations
 
-
 from llmcore import LLM, SamplingParams
 
 _PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, there was a",
