@@ -157,10 +157,6 @@ class ModelRunner:
     def _graphs_possible(self) -> bool:
         if self.device.type != "cuda":
             return False
-        if self.pp is not None:
-            # The decode graphs capture embedding -> final norm; a stage's graph would need
-            # static buffers for the received tensors. Not built yet: stages run eagerly.
-            return False
         from llmcore import ops
         return ops.cuda_available()
 
@@ -168,9 +164,12 @@ class ModelRunner:
         self.kv_cache = KVCache(self.kv_spec, num_device_blocks, num_cpu_blocks, self.device)
         if self._graphs_possible() and not self.cache_config.enforce_eager:
             from llmcore.model_runner.cuda_graph import DecodeGraphRunner
+            stage_input = None
+            if self.pp is not None and not self.pp.is_first:
+                stage_input = (self.model_config.hidden_size, self.model_config.dtype)
             gr = DecodeGraphRunner(self.model, self.kv_cache.device_caches, self.device,
                                    self.cache_config.max_num_seqs, self.model_config.max_model_len,
-                                   self.cache_config.block_size)
+                                   self.cache_config.block_size, stage_input=stage_input)
             try:
                 gr.capture()
                 self.graph_runner = gr
@@ -241,10 +240,7 @@ class ModelRunner:
         if self.pp is not None:
             return self._execute_stage(plan, logits_rows, input_fix)
         gr = self.graph_runner
-        # graphs are captured for one token per sequence (a k-token verify step runs eager)
-        if (gr is not None and int(plan.num_prefill_seqs) == 0
-                and int(plan.num_batched_tokens) == int(plan.num_seqs)
-                and int(plan.num_seqs) <= gr.max_bs):
+        if gr is not None and self._graph_step(plan, gr):
             hidden = gr.run(plan, int(plan.num_seqs),
                             lambda ids: self._apply_input_fix(ids, input_fix))
             return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
@@ -255,20 +251,33 @@ class ModelRunner:
         hidden = self.model(input_ids, positions, kv.device_caches, meta)
         return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
 
+    @staticmethod
+    def _graph_step(plan, gr) -> bool:
+        # graphs are captured for one token per sequence (a k-token verify step runs eager)
+        return (int(plan.num_prefill_seqs) == 0
+                and int(plan.num_batched_tokens) == int(plan.num_seqs)
+                and int(plan.num_seqs) <= gr.max_bs)
+
     def _execute_stage(self, plan, logits_rows: np.ndarray, input_fix) -> Optional[torch.Tensor]:
         """One pipeline stage's part of the step: logits on the last stage, None elsewhere."""
         pp = self.pp
-        meta = self.build_metadata(plan)
-        input_ids = _tensor(plan.input_ids, self.device, torch.int64)
-        if pp.is_first:
-            self._apply_input_fix(input_ids, input_fix)
-            intermediate = None
-        else:
+        intermediate = None
+        if not pp.is_first:
             intermediate = pp.recv_intermediate(int(plan.num_batched_tokens),
                                                 self.model_config.hidden_size,
                                                 self.model_config.dtype, self.device)
-        positions = _tensor(plan.positions, self.device, torch.int64)
-        out = self.model(input_ids, positions, self.kv_cache.device_caches, meta, intermediate)
+        gr = self.graph_runner
+        if gr is not None and self._graph_step(plan, gr):
+            out = gr.run(plan, int(plan.num_seqs),
+                         lambda ids: self._apply_input_fix(ids, input_fix), intermediate)
+        else:
+            meta = self.build_metadata(plan)
+            input_ids = _tensor(plan.input_ids, self.device, torch.int64)
+            if pp.is_first:
+                self._apply_input_fix(input_ids, input_fix)
+            positions = _tensor(plan.positions, self.device, torch.int64)
+            out = self.model(input_ids, positions, self.kv_cache.device_caches, meta,
+                             intermediate)
         if not pp.is_last:
             pp.send_intermediate(out)
             return None
