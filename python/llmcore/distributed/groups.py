@@ -45,12 +45,21 @@ def build_parallel_groups(tp_size: int, pp_size: int) -> ParallelGroups:
     # every rank creates every group, in the same order
     for p in range(pp_size):
         ranks = [p * tp_size + t for t in range(tp_size)]
-        g = dist.new_group(ranks)
+        g = _new_group(ranks, "tensor-parallel", rank, world)
         if p == pp_rank:
             tp_group = TorchDistributedGroup(g)
     for t in range(tp_size):
         ranks = [p * tp_size + t for p in range(pp_size)]
-        g = dist.new_group(ranks)
+        g = _new_group(ranks, "pipeline", rank, world)
         if t == tp_rank:
             pp_group = PipelineGroup(g, ranks, rank)
     return ParallelGroups(tp_group, pp_group, tp_rank, pp_rank)
+
+
+def _new_group(ranks: list[int], what: str, rank: int, world: int):
+    try:
+        return dist.new_group(ranks)
+    except Exception as e:  # noqa: BLE001 - named with the numbers, like init_distributed
+        raise RuntimeError(f"rank {rank} of {world}: creating the {what} group of ranks "
+                           f"{ranks} ({dist.get_backend()}) failed: {type(e).__name__}: "
+                           f"{e}") from e
