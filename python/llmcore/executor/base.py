@@ -52,10 +52,6 @@ class Executor(ABC):
                        ) -> list[Any]:
         """Call `method` on every worker; their results in rank order."""
 
-    def output_of(self, results: list) -> Any:
-        """The step's answer among the ranks' results (ParallelConfig.output_rank)."""
-        return results[self.config.parallel_config.output_rank]
-
     def determine_num_blocks(self) -> tuple[int, int]:
         """The engine takes the minimum over workers: every rank must hold every block."""
         results = self.collective_rpc("determine_num_blocks")
