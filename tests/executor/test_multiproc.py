@@ -147,8 +147,8 @@ def test_bad_parallel_settings_fail_before_any_worker_starts(tiny_llama):
     with pytest.raises(ValueError, match="4 attention heads are not divisible by "
                                          "--tensor-parallel-size 3"):
         _llm(tiny_llama, 3)
-    with pytest.raises(ValueError, match="pipeline-parallel-size"):
-        _llm(tiny_llama, 2, pipeline_parallel_size=2)
+    with pytest.raises(ValueError, match="pipeline-parallel-size 3 exceeds the model's 2 layers"):
+        _llm(tiny_llama, 2, pipeline_parallel_size=3)
 
 
 async def test_async_llm_runs_tp2_workers_under_its_engine_core_process(tiny_llama, tp1_tokens):

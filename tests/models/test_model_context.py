@@ -118,9 +118,45 @@ def test_get_model_context_errors(tmp_path):
         get_model(mc, layer_context=dataclasses.replace(ctx, dtype=torch.float16))
     with pytest.raises(ValueError, match="root one"):
         get_model(mc, layer_context=ctx.child("model"))
-    with pytest.raises(ValueError, match="pipeline parallelism"):
-        get_model(mc, layer_context=dataclasses.replace(ctx, pp_rank=0, pp_size=2))
+    with pytest.raises(ValueError, match="pipeline-parallel-size 3 exceeds the model's 2 layers"):
+        get_model(mc, layer_context=dataclasses.replace(ctx, pp_rank=0, pp_size=3))
     with pytest.raises(ValueError, match=r"attention heads \(4\) is not divisible .*\(3\)"):
         get_model(mc, layer_context=dataclasses.replace(ctx, tp_rank=0, tp_size=3))
     with pytest.raises(ValueError, match="must be a LayerContext"):
         get_model(mc, layer_context="cpu")
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_pipeline_stages_chained_give_the_whole_models_hidden_states(tmp_path, tied):
+    from llmcore.distributed.pipeline import IntermediateTensors
+    from paged_kv_helper import build_metadata
+
+    hf, folder = _make_hf(tmp_path, "llama")
+    if tied:   # the last stage's LM head shares an embedding table it must hold itself
+        cfg_path = f"{folder}/config.json"
+        cfg = json.load(open(cfg_path))
+        cfg["tie_word_embeddings"] = True
+        json.dump(cfg, open(cfg_path, "w"))
+    mc = load_model_config(EngineArgs(model=folder), "cpu")
+    whole = get_model(mc, "cpu")
+    ctx = LayerContext(device="cpu", dtype=mc.dtype)
+    s0 = get_model(mc, layer_context=dataclasses.replace(ctx, pp_rank=0, pp_size=2))
+    s1 = get_model(mc, layer_context=dataclasses.replace(ctx, pp_rank=1, pp_size=2))
+    names0, names1 = set(dict(s0.named_parameters())), set(dict(s1.named_parameters()))
+    assert all(not n.startswith("model.layers.1.") for n in names0)
+    assert all(not n.startswith("model.layers.0.") for n in names1)
+    assert "model.embed_tokens.weight" in names0 and "lm_head.weight" not in names0
+    assert "model.norm.weight" in names1 and "model.norm.weight" not in names0
+    assert ("model.embed_tokens.weight" in names1) == tied
+    assert s0.kv_cache_spec() == s1.kv_cache_spec() == (1, 2, 16)   # one layer each
+    ids = torch.tensor(_PROMPTS[0])
+    meta, pos = build_metadata([([0] * 8, 0, len(ids))], 1, 8)
+    mid = s0(ids, pos, [], meta)
+    assert isinstance(mid, IntermediateTensors) and mid.residual.shape == mid.hidden_states.shape
+    with pytest.raises(ValueError, match="needs the previous stage's tensors"):
+        s1(ids, pos, [], meta)
+    with pytest.raises(RuntimeError, match="last pipeline stage"):
+        s0.compute_logits(mid.hidden_states)
+    got = s1.compute_logits(s1(ids, pos, [], meta, mid))
+    want = whole.compute_logits(whole(ids, pos, [], meta))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -144,6 +144,8 @@ def test_help_groups_and_defaults():
                   "LoRA:"):
         assert group in text
     assert "(default: 8000)" in text and "(default: 16)" in text
+    flat = " ".join(text.split())
+    assert "custom all-reduce not built yet: NCCL is always used" in flat
 
 
 def _run_cli(*args: str, env_extra=None) -> subprocess.CompletedProcess:
@@ -158,6 +160,8 @@ def _run_cli(*args: str, env_extra=None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("argv,needle", [
     (["-tp", "2"], "--tensor-parallel-size"),
+    (["-pp", "100"], "--pipeline-parallel-size 100 exceeds the model's 30 layers"),
+    (["--max-parallel-loading-workers", "0"], "--max-parallel-loading-workers"),
     (["--lora-modules", "a=/x"], "--lora-modules"),
     (["--enable-lora"], "--enable-lora"),
     (["--speculative-model", "x"], "--speculative-model"),

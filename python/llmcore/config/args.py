@@ -196,8 +196,8 @@ class EngineArgs:
 
     # --- parallelism ---
     pipeline_parallel_size: int = arg(1, group=GROUP_PARALLEL, aliases=("-pp",),
-                                      unsupported="pipeline parallelism is not supported yet",
-                                      help="Pipeline parallel stages.")
+                                      help="Pipeline parallel stages (contiguous layer ranges; "
+                                           "one worker process per tp x pp rank).")
     tensor_parallel_size: int = arg(1, group=GROUP_PARALLEL, aliases=("-tp",),
                                     help="Tensor parallel ranks (one worker process each).")
     distributed_executor_backend: Optional[str] = arg(None, group=GROUP_PARALLEL, choices=["ray", "mp"],
@@ -215,14 +215,13 @@ class EngineArgs:
                                            "workers under Ray",
                                help="Run the engine in a separate Ray process.")
     max_parallel_loading_workers: Optional[int] = arg(None, group=GROUP_PARALLEL,
-                                                      unsupported="parallel loading needs tensor "
-                                                                  "parallelism, not supported yet",
-                                                      help="Load the model in batches of workers.")
+                                                      help="At most this many workers read "
+                                                           "weights at once (default: all).")
     ray_workers_use_nsight: bool = arg(False, group=GROUP_PARALLEL,
                                        help="Profile Ray workers with nsight (needs nsys).")
     disable_custom_all_reduce: bool = arg(False, group=GROUP_PARALLEL,
-                                          help="Disable the custom all-reduce (only matters with "
-                                               "tensor parallelism).")
+                                          help="Accepted for compatibility: custom all-reduce "
+                                               "not built yet: NCCL is always used.")
     tokenizer_pool_size: int = arg(0, group=GROUP_PARALLEL,
                                    unsupported="tokenizer pools are not supported yet",
                                    help="Async tokenizer pool size; 0 = synchronous.")
@@ -409,7 +408,8 @@ class EngineArgs:
                 pipeline_parallel_size=self.pipeline_parallel_size,
                 distributed_executor_backend=backend,
                 disable_custom_all_reduce=self.disable_custom_all_reduce,
-                ray_workers_use_nsight=self.ray_workers_use_nsight),
+                ray_workers_use_nsight=self.ray_workers_use_nsight,
+                max_parallel_loading_workers=self.max_parallel_loading_workers),
             load_config=LoadConfig(load_format=self.load_format, download_dir=self.download_dir,
                                    model_loader_extra_config=self.model_loader_extra_config_dict()),
             device_config=device_config,

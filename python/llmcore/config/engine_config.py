@@ -69,12 +69,20 @@ class ParallelConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     distributed_executor_backend: Optional[str] = None   # "ray" | "mp" | None: this process
-    disable_custom_all_reduce: bool = False
+    disable_custom_all_reduce: bool = False   # accepted; NCCL all-reduce is always used
     ray_workers_use_nsight: bool = False   # Ray workers run under nsys
+    # at most this many ranks read weights at once (None: all)
+    max_parallel_loading_workers: Optional[int] = None
 
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def output_rank(self) -> int:
+        """The rank whose step output the engine reads: the first rank of the last
+        pipeline stage (rank = pp_rank * tp_size + tp_rank); its tp peers agree with it."""
+        return (self.pipeline_parallel_size - 1) * self.tensor_parallel_size
 
 
 @dataclass
@@ -128,12 +136,22 @@ class EngineConfig:
             raise ValueError("--preemption-mode swap needs --swap-space > 0")
         check_kv_cache_dtype(cc.kv_cache_dtype, mc.dtype, self.device)
         tp = pc.tensor_parallel_size
+        if pc.pipeline_parallel_size < 1:
+            raise ValueError(f"--pipeline-parallel-size must be >= 1, got "
+                             f"{pc.pipeline_parallel_size}")
+        if pc.max_parallel_loading_workers is not None and pc.max_parallel_loading_workers < 1:
+            raise ValueError(f"--max-parallel-loading-workers must be >= 1, got "
+                             f"{pc.max_parallel_loading_workers}")
         if mc.num_heads % tp:
             raise ValueError(f"the model's {mc.num_heads} attention heads are not divisible by "
                              f"--tensor-parallel-size {tp}")
         if mc.num_kv_heads % tp and tp % mc.num_kv_heads:
             raise ValueError(f"the model's {mc.num_kv_heads} KV heads and --tensor-parallel-size {tp}: "
                              "one must divide the other")
+        inter = getattr(mc.hf_config, "intermediate_size", None)
+        if inter is not None and int(inter) % tp:
+            raise ValueError(f"the model's intermediate size {inter} is not divisible by "
+                             f"--tensor-parallel-size {tp}")
         if mc.num_layers < pc.pipeline_parallel_size:
             raise ValueError(f"--pipeline-parallel-size {pc.pipeline_parallel_size} exceeds the "
                              f"model's {mc.num_layers} layers")

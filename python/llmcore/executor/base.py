@@ -18,6 +18,13 @@ class WorkerFailure(RuntimeError):
     """A worker of a multi-process executor died or raised; the executor cannot go on."""
 
 
+def loading_waves(world_size: int, max_parallel: Optional[int]) -> list[list[int]]:
+    """--max-parallel-loading-workers: the ranks in groups of at most max_parallel, each
+    group loading its weights only after the previous one finished (None: all at once)."""
+    n = world_size if max_parallel is None else max(1, min(max_parallel, world_size))
+    return [list(range(i, min(i + n, world_size))) for i in range(0, world_size, n)]
+
+
 class Executor(ABC):
     def __init__(self, config: EngineConfig, eos_token_id: Optional[int] = None):
         self.config = config
@@ -34,7 +41,7 @@ class Executor(ABC):
         if pc.world_size == 1 and backend in (None, "uni", "mp"):
             from llmcore.executor.uniproc import UniProcExecutor
             return UniProcExecutor
-        if pc.pipeline_parallel_size == 1 and backend in (None, "mp"):
+        if backend in (None, "mp"):
             from llmcore.executor.multiproc import MultiprocExecutor
             return MultiprocExecutor
         raise ValueError(f"--distributed-executor-backend {backend!r} with tensor x pipeline size "

@@ -1,11 +1,16 @@
-"""One worker process per tensor-parallel rank (the "mp" backend).
+"""One worker process per tensor x pipeline parallel rank (the "mp" backend).
 
 The engine core's process holds a multiprocessing Pipe to each worker (spawn context; the
 Pipe pickles, between parent and child only — never a socket). Every call goes to every
-rank and every rank answers it, in order; rank 0's answer is the call's result. The ranks
-talk among themselves through torch.distributed (gloo on the CPU, NCCL on CUDA) inside the
-model's layers. Every rank samples from the same all-gathered logits with the same seed,
-so their sampling state stays identical without broadcasting tokens.
+rank and every rank answers it, in order; for a step, the answer of
+ParallelConfig.output_rank (first rank of the last pipeline stage) is the result. The
+ranks talk among themselves through torch.distributed (gloo on the CPU, NCCL on CUDA):
+all-reduce/all-gather inside the layers, send/recv between pipeline stages. Every rank of
+the last stage samples from the same all-gathered logits with the same seed, so their
+sampling state stays identical without broadcasting tokens.
+
+Weights are loaded after every rank has joined its groups, in waves of
+--max-parallel-loading-workers ranks (executor.base.loading_waves).
 
 No orphans: a worker exits when told to shut down, when its pipe closes, or when its
 parent process dies (it watches the parent's sentinel); the executor's finalizer stops
@@ -25,7 +30,7 @@ import traceback
 import weakref
 from typing import Any, Optional
 
-from llmcore.executor.base import Executor, WorkerFailure
+from llmcore.executor.base import Executor, WorkerFailure, loading_waves
 from llmcore.model_runner.step_io import ModelRunnerOutput, StepInput
 
 logger = logging.getLogger(__name__)
@@ -53,13 +58,11 @@ class MultiprocExecutor(Executor):
                                               free_tcp_init_method)
 
         cfg, pc = self.config, self.config.parallel_config
-        if pc.pipeline_parallel_size != 1:
-            raise ValueError(f"--pipeline-parallel-size {pc.pipeline_parallel_size}: pipeline "
-                             "parallelism is not supported yet")
         # Everything that can fail without a worker fails here, before one starts.
         cfg.validate()
         cfg.model_config.verify_tensor_parallel(pc.tensor_parallel_size)
         self.world_size = ws = pc.world_size
+        self._output_rank = pc.output_rank
         check_visible_devices(cfg.device, ws)
         backend = default_backend(cfg.device)
         init_method = free_tcp_init_method()
@@ -73,7 +76,7 @@ class MultiprocExecutor(Executor):
         with _children_allowed():
             for rank in range(ws):
                 parent_end, child_end = ctx.Pipe(duplex=True)
-                proc = ctx.Process(target=_worker_main, name=f"llmcore-tp{rank}", daemon=True,
+                proc = ctx.Process(target=_worker_main, name=f"llmcore-rank{rank}", daemon=True,
                                    args=(cfg, rank, ws, init_method, backend, self.eos_token_id,
                                          child_end))
                 proc.start()
@@ -81,7 +84,13 @@ class MultiprocExecutor(Executor):
                 self._procs.append(proc)
                 self._conns.append(parent_end)
         try:
-            self._read_replies()   # "ready" from every rank, once its model is loaded
+            self._read_replies()   # "ready" from every rank, once its groups are formed
+            # (start, end) monotonic time of each rank's weight loading, rank order
+            self.load_intervals: list = [None] * ws
+            for wave in loading_waves(ws, pc.max_parallel_loading_workers):
+                self._send(("load_model", (), {}), wave)
+                for rank, interval in zip(wave, self._read_replies(wave)):
+                    self.load_intervals[rank] = interval
         except WorkerFailure:
             self._finalizer()
             raise
@@ -121,13 +130,14 @@ class MultiprocExecutor(Executor):
         if not self._finalizer.alive:
             raise WorkerFailure("the mp executor is shut down")
 
-    def _send(self, msg: tuple) -> None:
+    def _send(self, msg: tuple, ranks: Optional[list] = None) -> None:
         self._check()
-        for rank, conn in enumerate(self._conns):
+        for rank in range(self.world_size) if ranks is None else ranks:
+            conn = self._conns[rank]
             try:
                 conn.send(msg)
             except (BrokenPipeError, EOFError, OSError):
-                self._fail(f"tensor-parallel worker rank {rank} is gone "
+                self._fail(f"worker rank {rank} is gone "
                            f"({self._exit_text(rank)})")
 
     def _drain(self) -> None:
@@ -138,15 +148,17 @@ class MultiprocExecutor(Executor):
         out = self._unread[0]
         results = self._read_replies()
         self._unread.popleft()
-        out._result = results[0]
+        out._result = results[self._output_rank]
 
-    def _read_replies(self) -> list:
-        """One answer from every rank (rank order), or WorkerFailure when a rank died or
-        raised. Waits on the pipes and the processes' sentinels together."""
+    def _read_replies(self, ranks: Optional[list] = None) -> list:
+        """One answer from every rank of `ranks` (default all; in that order), or
+        WorkerFailure when a rank died or raised. Waits on the pipes and the processes'
+        sentinels together."""
         self._check()
+        ranks = list(range(self.world_size)) if ranks is None else ranks
         results: list = [None] * self.world_size
         errors: dict = {}   # rank -> error text: reported for the lowest rank, once all answered
-        waiting = {conn: rank for rank, conn in enumerate(self._conns)}
+        waiting = {self._conns[rank]: rank for rank in ranks}
         sentinels = {p.sentinel: rank for rank, p in enumerate(self._procs)}
         while waiting:
             for ready in mpc.wait(list(waiting) + list(sentinels)):
@@ -154,7 +166,7 @@ class MultiprocExecutor(Executor):
                     rank = sentinels.pop(ready)
                     conn = self._conns[rank]
                     if conn in waiting and not conn.poll():
-                        self._fail(f"tensor-parallel worker rank {rank} died "
+                        self._fail(f"worker rank {rank} died "
                                    f"({self._exit_text(rank)})")
                     continue
                 if ready not in waiting:
@@ -163,15 +175,15 @@ class MultiprocExecutor(Executor):
                 try:
                     status, value = ready.recv()
                 except (EOFError, OSError):
-                    self._fail(f"tensor-parallel worker rank {rank} died "
+                    self._fail(f"worker rank {rank} died "
                                f"({self._exit_text(rank)})")
                 if status != "ok":
                     errors[rank] = value
                 results[rank] = value
         if errors:
             rank = min(errors)
-            self._fail(f"tensor-parallel worker rank {rank} failed: {errors[rank]}")
-        return results
+            self._fail(f"worker rank {rank} failed: {errors[rank]}")
+        return [results[rank] for rank in ranks]
 
     def _exit_text(self, rank: int) -> str:
         p = self._procs[rank]
@@ -179,9 +191,13 @@ class MultiprocExecutor(Executor):
         return f"pid {p.pid}, exit code {p.exitcode}"
 
     def _fail(self, message: str) -> None:
-        """Stop every worker (the others may wait in a collective forever) and raise."""
+        """Stop every worker (the others may wait in a collective or a pipeline recv
+        forever: killed at once, nothing of theirs is worth a grace period) and raise."""
         self._failure = message
         logger.error("mp executor: %s; stopping the workers", message)
+        for p in self._procs:
+            if p.is_alive():
+                p.kill()
         self._finalizer()
         raise WorkerFailure(message)
 
@@ -212,7 +228,7 @@ def _stop_workers(procs: list, conns: list) -> None:
     for p in procs:
         p.join(_SHUTDOWN_GRACE_S)
         if p.is_alive():
-            logger.warning("tensor-parallel worker pid %s did not exit; killing it", p.pid)
+            logger.warning("worker pid %s did not exit; killing it", p.pid)
             p.kill()
             p.join()
     for conn in conns:
@@ -246,6 +262,8 @@ def _worker_main(config, rank: int, world_size: int, init_method: str, backend: 
     try:
         from llmcore.worker.rank_worker import create_rank_worker
 
+        # joins its tensor / pipeline groups (with every other rank); weights load later,
+        # in the executor's --max-parallel-loading-workers waves
         worker = create_rank_worker(config, rank, world_size, init_method, backend, eos_token_id)
         conn.send(("ok", None))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit
@@ -275,7 +293,7 @@ def _serve(worker, rank: int, conn) -> None:
             return   # the parent closed the pipe
         try:
             if method == "execute_model":
-                result = run_step(worker, *args)   # ranks agree; one copy travels
+                result = run_step(worker, *args)   # one copy travels: the output rank's
             else:
                 result = getattr(worker, method)(*args, **kwargs)
             conn.send(("ok", result))

@@ -21,7 +21,7 @@ import logging
 import weakref
 from typing import Any, Optional
 
-from llmcore.executor.base import Executor, WorkerFailure
+from llmcore.executor.base import Executor, WorkerFailure, loading_waves
 from llmcore.executor.ray_utils import RayWorkerWrapper, connect_ray, import_ray
 from llmcore.model_runner.step_io import ModelRunnerOutput, StepInput
 
@@ -102,6 +102,9 @@ class RayExecutor(Executor):
         self._gather([a.init_worker.remote(cfg, rank, ws, init_method, backend, self.eos_token_id,
                                            local_ranks[rank])
                       for rank, a in enumerate(self.actors)])
+        for wave in loading_waves(ws, cfg.parallel_config.max_parallel_loading_workers):
+            self._gather([self.actors[r].call.remote("load_model", (), {}) for r in wave],
+                         ranks=wave)
 
     def _local_ranks(self, on_gpu: bool) -> list:
         """Each rank's device index on its host. On CUDA every actor of a host is shown all

@@ -22,7 +22,8 @@ def iterate_weights(model_config: ModelConfig):
     if model_config.is_gguf:
         converted = model_config.weights_path
         if converted and os.path.isdir(converted):
-            return iterate_hf_weights(converted, "safetensors")
+            return iterate_hf_weights(converted, "safetensors", lazy=True)
+        # a raw GGUF file is dequantized whole, then each layer slices its shard
         return iterate_gguf_weights(model_config.model_path, model_config.hf_config)
     extra = model_config.loader_extra_config
     if model_config.load_format == "npcache":
@@ -33,7 +34,7 @@ def iterate_weights(model_config: ModelConfig):
         return iterate_tensorizer_weights(
             loader_extra(extra, "tensorizer_uri",
                          os.path.join(model_config.model_path, "model.tensors")))
-    return iterate_hf_weights(model_config.model_path, model_config.load_format)
+    return iterate_hf_weights(model_config.model_path, model_config.load_format, lazy=True)
 
 
 def iterate_tensorizer_weights(uri: str):

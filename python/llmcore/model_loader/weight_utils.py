@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from llmcore.model_loader.lazy_tensor import LazyTensor
+
 # ---------------------------------------------------------------------- HF folders
 _ST_INDEX = "model.safetensors.index.json"
 _PT_INDEX = "pytorch_model.bin.index.json"
@@ -60,10 +62,15 @@ def find_weight_files(folder: str, load_format: str = "auto") -> tuple[str, list
     raise ValueError(f"no model weights (*.safetensors, *.bin, *.pt) found in {folder}")
 
 
-def iterate_hf_weights(folder: str, load_format: str = "auto"
+def iterate_hf_weights(folder: str, load_format: str = "auto", lazy: bool = False
                        ) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of every weight file; a malformed file raises a ValueError
-    naming it (the readers' own errors name neither the file nor, often, the problem)."""
+    naming it (the readers' own errors name neither the file nor, often, the problem).
+
+    lazy: safetensors tensors come as LazyTensor (model_loader/lazy_tensor.py), read only
+    as far as the consumer slices them (a tensor-parallel shard, or nothing for another
+    pipeline stage's layers); use each before advancing the iterator. .bin files are
+    memory-mapped (torch.load mmap=True), so slicing them reads only the shard's pages."""
     kind, files = find_weight_files(folder, load_format)
     if kind == "safetensors":
         from safetensors import SafetensorError, safe_open
@@ -71,8 +78,11 @@ def iterate_hf_weights(folder: str, load_format: str = "auto"
             try:
                 with safe_open(path, framework="pt", device="cpu") as f:
                     for name in f.keys():
-                        tensor = f.get_tensor(name)
-                        yield name, tensor
+                        if lazy:
+                            yield name, LazyTensor(f.get_slice(name),
+                                                     what=f"{path}: tensor {name}")
+                        else:
+                            yield name, f.get_tensor(name)
             except (SafetensorError, OSError) as e:
                 raise ValueError(f"{path}: not a valid safetensors file: {e}") from None
     else:

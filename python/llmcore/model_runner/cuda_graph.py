@@ -7,6 +7,10 @@ into static buffers, the padding rows get slot -1 (no KV write) and seq_len 1 (t
 output is discarded). The model's forward runs up to the final norm inside the graph; the
 lm_head/logits run eagerly on the selected rows only.
 
+A pipeline stage after the first (`stage_input=(hidden_size, dtype)`) also gets static
+buffers for the hidden states and residual it receives; a stage before the last returns
+the graph's static IntermediateTensors (sent on before the next replay).
+
 The decode kernel's number of splits is fixed at capture (for max_model_len); each
 sequence spreads its own length over them, so short contexts still use every split.
 """
@@ -33,7 +37,7 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 
 class DecodeGraphRunner:
     def __init__(self, model: torch.nn.Module, kv_caches, device: torch.device, max_num_seqs: int,
-                 max_model_len: int, block_size: int):
+                 max_model_len: int, block_size: int, stage_input: Optional[tuple] = None):
         self.model = model
         self.kv_caches = kv_caches
         self.device = device
@@ -51,6 +55,11 @@ class DecodeGraphRunner:
         self.context_lens = torch.zeros(B, dtype=torch.int32, **kw)
         self.query_start_loc = torch.arange(B + 1, dtype=torch.int32, **kw)
         self.block_tables = torch.zeros((B, self.max_blocks), dtype=torch.int32, **kw)
+        self.stage_hidden = self.stage_residual = None
+        if stage_input is not None:   # a pipeline stage's received tensors
+            hidden_size, dtype = stage_input
+            self.stage_hidden = torch.zeros((B, hidden_size), dtype=dtype, **kw)
+            self.stage_residual = torch.zeros((B, hidden_size), dtype=dtype, **kw)
         # Pinned staging for the step inputs, two sets used in turn: a set is rewritten two
         # steps after its copies were queued, and the engine has waited for the step in
         # between, so the copies never block the host on the stream.
@@ -70,8 +79,14 @@ class DecodeGraphRunner:
             context_lens_host=np.zeros(bs, dtype=np.int32),
             query_start_loc_host=np.arange(bs + 1, dtype=np.int32))
 
-    def _run(self, bs: int) -> torch.Tensor:
-        return self.model(self.input_ids[:bs], self.positions[:bs], self.kv_caches, self._meta(bs))
+    def _run(self, bs: int):
+        if self.stage_hidden is None:
+            return self.model(self.input_ids[:bs], self.positions[:bs], self.kv_caches,
+                              self._meta(bs))
+        from llmcore.distributed.pipeline import IntermediateTensors
+        received = IntermediateTensors(self.stage_hidden[:bs], self.stage_residual[:bs])
+        return self.model(self.input_ids[:bs], self.positions[:bs], self.kv_caches,
+                          self._meta(bs), received)
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -107,10 +122,11 @@ class DecodeGraphRunner:
                 return s
         return None
 
-    def run(self, plan, n: int, fix_inputs=None) -> torch.Tensor:
+    def run(self, plan, n: int, fix_inputs=None, received=None):
         """Decode-only plan with n sequences -> hidden states [n, hidden] (a view of a static
-        buffer, valid until the next replay). fix_inputs(input_ids) may patch the token ids
-        on the device before the replay."""
+        buffer, valid until the next replay), or a pipeline stage's IntermediateTensors of
+        such views. fix_inputs(input_ids) may patch the token ids on the device before the
+        replay; `received`: the previous stage's IntermediateTensors of n rows."""
         bs = self.padded_size(n)
         st = self._staging[self._turn]
         self._turn ^= 1
@@ -127,5 +143,12 @@ class DecodeGraphRunner:
         if bs > n:
             self.slot_mapping[n:bs].fill_(-1)
             self.seq_lens[n:bs].fill_(1)
+        if received is not None:
+            self.stage_hidden[:n].copy_(received.hidden_states)
+            self.stage_residual[:n].copy_(received.residual)
         self.graphs[bs].replay()
-        return self.outputs[bs][:n]
+        out = self.outputs[bs]
+        if isinstance(out, torch.Tensor):
+            return out[:n]
+        from llmcore.distributed.pipeline import IntermediateTensors
+        return IntermediateTensors(out.hidden_states[:n], out.residual[:n])

@@ -7,6 +7,12 @@ sampled tokens on the device, which become inputs of the next step without a hos
 
 The plan's arrays come from C++ as numpy views; each becomes a tensor with one copy at
 most and no per-sequence Python loop.
+
+Pipeline parallelism (pp_group given, more than one stage): every stage runs every step
+with the same plan. A stage other than the first receives the hidden states and residual
+from the previous one; a stage other than the last sends them on and answers an empty
+output; the last stage computes the logits and samples. With async scheduling the last
+stage sends the sampled ids to stage 0, which needs them as the next step's inputs.
 """
 
 from __future__ import annotations
@@ -34,13 +40,18 @@ def _tensor(a: np.ndarray, device: torch.device, dtype: Optional[torch.dtype] = 
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, config: EngineConfig, eos_token_id=None):
+    def __init__(self, model: torch.nn.Module, config: EngineConfig, eos_token_id=None,
+                 pp_group=None):
         self.model = model
+        # llmcore.distributed.PipelineGroup; None: one stage
+        self.pp = pp_group if pp_group is not None and pp_group.size > 1 else None
         self.model_config = model_config = config.model_config
         self.cache_config = cache_config = config.cache_config
         self.device = device = config.device
         kv_dtype = cache_config.kv_torch_dtype(model_config.dtype)
-        self.kv_spec = KVCacheSpec(num_layers=model_config.num_layers,
+        # a pipeline stage caches its own layers only
+        self.kv_spec = KVCacheSpec(num_layers=getattr(model, "num_layers",
+                                                      model_config.num_layers),
                                    num_kv_heads=config.num_kv_heads_per_rank(),
                                    head_dim=model_config.head_dim,
                                    block_size=cache_config.block_size, dtype=kv_dtype)
@@ -59,6 +70,7 @@ class ModelRunner:
         self._prev_tokens: Optional[torch.Tensor] = None
         self._prev_row_of_seq: dict[int, int] = {}
         self._prev_len_of_seq: dict[int, int] = {}
+        self._prev_pending = None   # stage 0 of a pipeline: PendingTokens from the last stage
 
     # ------------------------------------------------------------------ sizing
     def determine_num_blocks(self) -> tuple[int, int]:
@@ -126,10 +138,21 @@ class ModelRunner:
             context_lens_host=np.zeros(len(lens), dtype=np.int32), query_start_loc_host=qsl)
         input_ids = torch.zeros(T, dtype=torch.int64, device=dev)
         positions = torch.from_numpy(np.concatenate([np.arange(x) for x in lens])).to(dev)
-        hidden = self.model(input_ids, positions, [], meta)
+        if self.pp is not None:   # each stage profiles alone: stand-in inputs, no messages
+            hidden = self.model(input_ids, positions, [], meta, self._zero_intermediate(T))
+            if not self.pp.is_last:
+                return
+        else:
+            hidden = self.model(input_ids, positions, [], meta)
         rows = torch.arange(min(T, cc.max_num_seqs), device=dev) % T
         self.model.compute_logits(hidden.index_select(0, rows)).float()
         del hidden
+
+    def _zero_intermediate(self, num_tokens: int):
+        from llmcore.distributed.pipeline import IntermediateTensors
+        h = torch.zeros((num_tokens, self.model_config.hidden_size),
+                        dtype=self.model_config.dtype, device=self.device)
+        return None if self.pp.is_first else IntermediateTensors(h, h.clone())
 
     def _graphs_possible(self) -> bool:
         if self.device.type != "cuda":
@@ -141,9 +164,12 @@ class ModelRunner:
         self.kv_cache = KVCache(self.kv_spec, num_device_blocks, num_cpu_blocks, self.device)
         if self._graphs_possible() and not self.cache_config.enforce_eager:
             from llmcore.model_runner.cuda_graph import DecodeGraphRunner
+            stage_input = None
+            if self.pp is not None and not self.pp.is_first:
+                stage_input = (self.model_config.hidden_size, self.model_config.dtype)
             gr = DecodeGraphRunner(self.model, self.kv_cache.device_caches, self.device,
                                    self.cache_config.max_num_seqs, self.model_config.max_model_len,
-                                   self.cache_config.block_size)
+                                   self.cache_config.block_size, stage_input=stage_input)
             try:
                 gr.capture()
                 self.graph_runner = gr
@@ -211,11 +237,10 @@ class ModelRunner:
         kv.copy_blocks(np.asarray(plan.blocks_to_copy))
         if plan.num_seqs == 0:
             return torch.empty((0, self.model_config.vocab_size), dtype=torch.float32)
+        if self.pp is not None:
+            return self._execute_stage(plan, logits_rows, input_fix)
         gr = self.graph_runner
-        # graphs are captured for one token per sequence (a k-token verify step runs eager)
-        if (gr is not None and int(plan.num_prefill_seqs) == 0
-                and int(plan.num_batched_tokens) == int(plan.num_seqs)
-                and int(plan.num_seqs) <= gr.max_bs):
+        if gr is not None and self._graph_step(plan, gr):
             hidden = gr.run(plan, int(plan.num_seqs),
                             lambda ids: self._apply_input_fix(ids, input_fix))
             return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
@@ -225,6 +250,38 @@ class ModelRunner:
         positions = _tensor(plan.positions, self.device, torch.int64)
         hidden = self.model(input_ids, positions, kv.device_caches, meta)
         return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
+
+    @staticmethod
+    def _graph_step(plan, gr) -> bool:
+        # graphs are captured for one token per sequence (a k-token verify step runs eager)
+        return (int(plan.num_prefill_seqs) == 0
+                and int(plan.num_batched_tokens) == int(plan.num_seqs)
+                and int(plan.num_seqs) <= gr.max_bs)
+
+    def _execute_stage(self, plan, logits_rows: np.ndarray, input_fix) -> Optional[torch.Tensor]:
+        """One pipeline stage's part of the step: logits on the last stage, None elsewhere."""
+        pp = self.pp
+        intermediate = None
+        if not pp.is_first:
+            intermediate = pp.recv_intermediate(int(plan.num_batched_tokens),
+                                                self.model_config.hidden_size,
+                                                self.model_config.dtype, self.device)
+        gr = self.graph_runner
+        if gr is not None and self._graph_step(plan, gr):
+            out = gr.run(plan, int(plan.num_seqs),
+                         lambda ids: self._apply_input_fix(ids, input_fix), intermediate)
+        else:
+            meta = self.build_metadata(plan)
+            input_ids = _tensor(plan.input_ids, self.device, torch.int64)
+            if pp.is_first:
+                self._apply_input_fix(input_ids, input_fix)
+            positions = _tensor(plan.positions, self.device, torch.int64)
+            out = self.model(input_ids, positions, self.kv_cache.device_caches, meta,
+                             intermediate)
+        if not pp.is_last:
+            pp.send_intermediate(out)
+            return None
+        return self.model.compute_logits(self._rows_hidden(out, logits_rows)).float()
 
     # ------------------------------------------------------------------ sampling state
     def _add_seq(self, new) -> None:
@@ -266,8 +323,17 @@ class ModelRunner:
                 fix_rows.append(r)
         if not fix_pos:
             return None
+        if self._prev_pending is not None:   # pipeline stage 0: the last stage's samples
+            self._prev_tokens = self._prev_pending.wait()
+            self._prev_pending = None
         return (np.asarray(fix_pos, dtype=np.int64), self._prev_tokens,
                 np.asarray(fix_rows, dtype=np.int64))
+
+    def _remember_samples(self, step: StepInput) -> None:
+        # next step, a sequence of this length + 1 ends in this step's sample
+        self._prev_row_of_seq = {sid: i for i, sid in enumerate(step.sample_seq_ids)}
+        self._prev_len_of_seq = dict(zip(step.sample_seq_ids,
+                                         (step.sample_seq_lens + 1).tolist()))
 
     # ------------------------------------------------------------------ one step
     @torch.inference_mode()
@@ -280,7 +346,10 @@ class ModelRunner:
             self._add_seq(new)
         plan = step.plan
         input_fix = self._device_token_fix(plan) if step.use_device_tokens else None
+        if self._prev_pending is not None:   # unused (e.g. the sequences finished): drain it
+            self._prev_pending.wait()
         self._prev_row_of_seq, self._prev_len_of_seq, self._prev_tokens = {}, {}, None
+        self._prev_pending = None
         n_sample = len(step.sample_seq_ids)
         parts = [r for r in (step.sample_rows, step.beam_rows) if r is not None and len(r)]
         jobs = step.prompt_logprob_jobs
@@ -289,6 +358,11 @@ class ModelRunner:
                                          for j in jobs]).astype(np.int64))
         rows = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         logits = self.execute(plan, rows, input_fix=input_fix)
+        if logits is None:   # a pipeline stage before the last
+            if self.pp.is_first and step.use_device_tokens and n_sample:
+                self._prev_pending = self.pp.irecv_tokens_from_last(n_sample, self.device)
+                self._remember_samples(step)
+            return PendingRunnerOutput.empty()
         if plan.num_seqs == 0 or len(rows) == 0:
             return PendingRunnerOutput.empty()
         tensors: dict = {}
@@ -302,11 +376,11 @@ class ModelRunner:
             tensors.update(token_ids=out.token_ids, logprobs=out.logprobs, topk_ids=out.topk_ids,
                            topk_logprobs=out.topk_logprobs, ranks=out.ranks)
             if step.use_device_tokens:
-                # next step, a sequence of this length + 1 ends in this step's sample
-                self._prev_tokens = out.token_ids
-                self._prev_row_of_seq = {sid: i for i, sid in enumerate(step.sample_seq_ids)}
-                self._prev_len_of_seq = dict(zip(step.sample_seq_ids,
-                                                 (step.sample_seq_lens + 1).tolist()))
+                if self.pp is not None:   # stage 0 builds the next inputs
+                    self.pp.send_tokens_to_first(out.token_ids)
+                else:
+                    self._prev_tokens = out.token_ids
+                    self._remember_samples(step)
             off = n_sample
         n_beam = 0 if step.beam_rows is None else len(step.beam_rows)
         if n_beam:

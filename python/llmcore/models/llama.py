@@ -2,10 +2,17 @@
 
 Runner interface:
     model.forward(input_ids [T], positions [T], kv_caches [(key_cache, value_cache)] * L,
-                  attn_metadata) -> hidden_states [T, hidden] (after the final norm)
-    model.compute_logits(hidden_states [N, hidden]) -> float32 logits [N, vocab]
-    model.kv_cache_spec() -> (num_layers, this rank's num_kv_heads, head_dim)
+                  attn_metadata, intermediate=None) -> hidden_states [T, hidden] (after the
+                  final norm) on the last pipeline stage, IntermediateTensors on the others
+    model.compute_logits(hidden_states [N, hidden]) -> float32 logits [N, vocab] (last stage)
+    model.kv_cache_spec() -> (this stage's num_layers, this rank's num_kv_heads, head_dim)
     model.load_weights(iterable of (hf_name, tensor))
+
+Pipeline parallelism (ctx.pp_rank of ctx.pp_size): a stage builds and loads only its
+layers (distributed.pipeline.get_pp_layer_range); stage 0 owns the embedding, the last
+stage the final norm and the LM head (and, with tied embeddings, the embedding table the
+LM head shares). `model.layers` is keyed by the global layer index, so parameter names
+stay the checkpoint's on every stage.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Iterable, Optional
 import torch
 from torch import nn
 
+from llmcore.distributed.pipeline import IntermediateTensors, get_pp_layer_range
 from llmcore.layers.activation import SiluAndMul
 from llmcore.layers.attention import Attention, AttentionMetadata
 from llmcore.layers.context import LayerContext
@@ -106,30 +114,55 @@ class LlamaDecoderLayer(nn.Module):
         return self.mlp(hidden_states), residual
 
 
+class LayersByIndex(nn.ModuleDict):
+    """This stage's decoder layers keyed by their global index ("3"); `layers[3]` works."""
+
+    def __getitem__(self, key):
+        return super().__getitem__(str(key))
+
+
 class LlamaModel(nn.Module):
     def __init__(self, config, *, ctx: LayerContext, rotary_emb, qkv_bias, o_bias,
-                 layer_windows):
+                 layer_windows, needs_embedding: bool):
         super().__init__()
         self.config = config
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
-                                                   ctx=ctx.child("embed_tokens"))
-        self.layers = nn.ModuleList([
-            LlamaDecoderLayer(config, i, ctx=ctx.child(f"layers.{i}"), rotary_emb=rotary_emb,
-                              qkv_bias=qkv_bias, o_bias=o_bias, sliding_window=layer_windows[i])
-            for i in range(config.num_hidden_layers)])
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx=ctx.child("norm"))
+        self.is_first = ctx.pp_rank == 0
+        self.is_last = ctx.pp_rank == ctx.pp_size - 1
+        self.start_layer, self.end_layer = get_pp_layer_range(config.num_hidden_layers,
+                                                              ctx.pp_rank, ctx.pp_size)
+        self.embed_tokens = None
+        if needs_embedding:
+            self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
+                                                       ctx=ctx.child("embed_tokens"))
+        # keyed "3", "4", ...: the parameter names are "model.layers.3...." on any stage
+        self.layers = LayersByIndex({
+            str(i): LlamaDecoderLayer(config, i, ctx=ctx.child(f"layers.{i}"),
+                                      rotary_emb=rotary_emb, qkv_bias=qkv_bias, o_bias=o_bias,
+                                      sliding_window=layer_windows[i])
+            for i in range(self.start_layer, self.end_layer)})
+        self.norm = None
+        if self.is_last:
+            self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx=ctx.child("norm"))
 
-    def forward(self, input_ids, cos_sin, kv_caches, attn_metadata):
+    def forward(self, input_ids, cos_sin, kv_caches, attn_metadata,
+                intermediate: Optional[IntermediateTensors] = None):
         if len(kv_caches) != len(self.layers):
             if len(kv_caches) != 0:
                 raise ValueError(f"got {len(kv_caches)} KV caches for {len(self.layers)} layers")
-            empty = torch.empty(0, device=input_ids.device)
+            empty = torch.empty(0, device=cos_sin[0].device)
             kv_caches = [(empty, empty)] * len(self.layers)  # no cache: e.g. a profiling run
-        hidden_states = self.embed_tokens(input_ids)
-        residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches):
+        if self.is_first:
+            hidden_states, residual = self.embed_tokens(input_ids), None
+        else:
+            if intermediate is None:
+                raise ValueError(f"pipeline stage of layers [{self.start_layer}, "
+                                 f"{self.end_layer}) needs the previous stage's tensors")
+            hidden_states, residual = intermediate.hidden_states, intermediate.residual
+        for layer, kv_cache in zip(self.layers.values(), kv_caches):
             hidden_states, residual = layer(cos_sin, hidden_states, residual, kv_cache,
                                             attn_metadata)
+        if not self.is_last:
+            return IntermediateTensors(hidden_states, residual)
         hidden_states, _ = self.norm(hidden_states, residual)
         return hidden_states
 
@@ -150,15 +183,14 @@ class LlamaForCausalLM(nn.Module):
         rope_theta, rope_scaling, sliding_window); ctx: the root LayerContext (prefix "",
         this rank's tensor-parallel shard, dtype, device, quantization config)."""
         super().__init__()
-        if ctx.pp_size != 1:
-            raise ValueError(f"{type(self).__name__} has no pipeline parallelism "
-                             f"(pp_size={ctx.pp_size})")
         config = model_config.hf_config
         self.config = config
         self.model_config = model_config
         self.ctx = ctx
         self.head_dim = model_config.head_dim
-        self.num_layers = model_config.num_layers
+        self.pp_size = ctx.pp_size
+        self.is_last_stage = ctx.pp_rank == ctx.pp_size - 1
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.rotary_emb = get_rope(
             self.head_dim, int(self.head_dim * getattr(config, "partial_rotary_factor", 1.0)),
             max_position=config.max_position_embeddings, base=model_config.rope_theta,
@@ -168,24 +200,31 @@ class LlamaForCausalLM(nn.Module):
         qkv_bias = attention_bias or self.default_qkv_bias
         self.model = LlamaModel(config, ctx=ctx.child("model"), rotary_emb=self.rotary_emb,
                                 qkv_bias=qkv_bias, o_bias=attention_bias,
-                                layer_windows=model_config.layer_sliding_windows())
+                                layer_windows=model_config.layer_sliding_windows(),
+                                needs_embedding=ctx.pp_rank == 0 or (
+                                    self.is_last_stage and self.tie_word_embeddings))
+        self.num_layers = self.model.end_layer - self.model.start_layer   # this stage's
         # this rank's kv heads (what its KV cache holds)
         self.num_kv_heads = model_config.get_num_kv_heads(ctx.tp_size)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size,
-                                      ctx=ctx.child("lm_head"))
-        if self.tie_word_embeddings:
-            self.lm_head.tie_weights(self.model.embed_tokens)
-        self.logits_processor = LogitsProcessor(config.vocab_size)
+        self.lm_head = self.logits_processor = None
+        if self.is_last_stage:
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size,
+                                          ctx=ctx.child("lm_head"))
+            if self.tie_word_embeddings:
+                self.lm_head.tie_weights(self.model.embed_tokens)
+            self.logits_processor = LogitsProcessor(config.vocab_size)
 
     # ------------------------------------------------------------------ runner interface
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-                attn_metadata: AttentionMetadata) -> torch.Tensor:
-        cos_sin = self.rotary_emb.get_cos_sin(positions, self.lm_head.weight.dtype)
-        return self.model(input_ids, cos_sin, kv_caches, attn_metadata)
+                attn_metadata: AttentionMetadata,
+                intermediate: Optional[IntermediateTensors] = None):
+        cos_sin = self.rotary_emb.get_cos_sin(positions, self.ctx.dtype)
+        return self.model(input_ids, cos_sin, kv_caches, attn_metadata, intermediate)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.lm_head is None:
+            raise RuntimeError("compute_logits runs on the last pipeline stage only")
         return self.logits_processor(self.lm_head, hidden_states)
 
     def kv_cache_spec(self) -> tuple[int, int, int]:
@@ -200,6 +239,8 @@ class LlamaForCausalLM(nn.Module):
                 continue
             if self.tie_word_embeddings and name == "lm_head.weight":
                 continue
+            if self._on_other_stage(name):
+                continue   # never read: a lazy checkpoint tensor stays on disk
             for param_piece, ckpt_piece, shard_id in self.stacked_params_mapping:
                 if f".{ckpt_piece}." not in name:
                     continue
@@ -219,6 +260,19 @@ class LlamaForCausalLM(nn.Module):
                 loaded.add(name)
         self._check_all_loaded(params, loaded)
         return loaded
+
+    def _on_other_stage(self, name: str) -> bool:
+        """A checkpoint tensor another pipeline stage owns."""
+        if self.pp_size == 1:
+            return False
+        if name.startswith("model.layers."):
+            idx = int(name.split(".")[2])
+            return not self.model.start_layer <= idx < self.model.end_layer
+        if name.startswith("model.embed_tokens."):
+            return self.model.embed_tokens is None
+        if name.startswith(("model.norm.", "lm_head.")):
+            return not self.is_last_stage
+        return False
 
     def _check_all_loaded(self, params: dict, loaded: set[str]) -> None:
         missing = []

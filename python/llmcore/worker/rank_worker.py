@@ -15,11 +15,12 @@ from llmcore.worker.worker import Worker
 def create_rank_worker(config: EngineConfig, rank: int, world_size: int, init_method: str,
                        backend: str, eos_token_id: Optional[int],
                        local_rank: Optional[int] = None) -> Worker:
-    """Join torch.distributed as `rank` of `world_size`, then build the rank's Worker with its
-    model loaded. local_rank: the rank's device index on its host (default: rank)."""
+    """Join torch.distributed as `rank` of `world_size`, then build the rank's Worker, joined
+    to its tensor- and pipeline-parallel groups; the executor loads its weights next
+    (`load_model`, in --max-parallel-loading-workers waves). local_rank: the rank's device
+    index on its host (default: rank)."""
     import torch
 
-    from llmcore.distributed.group import TorchDistributedGroup
     from llmcore.distributed.init import init_distributed
 
     if config.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -28,16 +29,16 @@ def create_rank_worker(config: EngineConfig, rank: int, world_size: int, init_me
     init_distributed(rank, world_size, init_method, backend, device=config.device,
                      local_rank=local_rank)
     worker = Worker(config, rank=rank, local_rank=rank if local_rank is None else local_rank,
-                    eos_token_id=eos_token_id, tp_group=TorchDistributedGroup())
-    worker.init_device()
-    worker.load_model()
+                    eos_token_id=eos_token_id)
+    worker.init_device()   # builds its groups collectively with every other rank
     return worker
 
 
 def output_rank(config: EngineConfig) -> int:
-    """The rank whose step output travels back to the engine: every tensor-parallel rank
-    samples the same tokens, so one copy is enough."""
-    return 0
+    """The rank whose step output travels back to the engine: the first rank of the last
+    pipeline stage (every tensor-parallel rank of it samples the same tokens, so one copy
+    is enough)."""
+    return config.parallel_config.output_rank
 
 
 def run_step(worker: Worker, step: StepInput) -> Optional[ModelRunnerOutput]:
