@@ -450,6 +450,16 @@ class FrontendArgs:
                                                  "(rendered in a sandbox). Off: such requests get 400.")
     response_role: str = arg("assistant", group=GROUP_SERVER,
                              help="Role name returned when add_generation_prompt=true.")
+    enable_auto_tool_choice: bool = arg(False, group=GROUP_SERVER,
+                                        help="Let the model decide when to call tools "
+                                             "(tool_choice \"auto\"); needs --tool-call-parser.")
+    tool_call_parser: Optional[str] = arg(None, group=GROUP_SERVER,
+                                          help="How tool calls are read from the model's output: "
+                                               "hermes, llama3_json, mistral, pythonic, or a "
+                                               "name a --tool-parser-plugin registers.")
+    tool_parser_plugin: Optional[str] = arg(None, group=GROUP_SERVER,
+                                            help="A Python file registering more tool-call "
+                                                 "parsers (@register_tool_parser(\"name\")).")
     ssl_keyfile: Optional[str] = arg(None, group=GROUP_SERVER, help="SSL key file.")
     ssl_certfile: Optional[str] = arg(None, group=GROUP_SERVER, help="SSL certificate file.")
     ssl_ca_certs: Optional[str] = arg(None, group=GROUP_SERVER, help="CA certificates file.")

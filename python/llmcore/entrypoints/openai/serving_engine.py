@@ -38,6 +38,8 @@ class ServerConfig:
     max_num_seqs: int = 256
     response_role: str = "assistant"
     chat_template: Optional[str] = None           # --chat-template, already loaded
+    enable_auto_tool_choice: bool = False
+    tool_parser_cls: Optional[type] = None          # --tool-call-parser's class
     trust_request_chat_template: bool = False
     disable_log_requests: bool = True
     max_log_len: Optional[int] = None
