@@ -97,14 +97,14 @@ class PythonicToolParser(ToolParser):
         j = skip_ws(text, 0)
         if text.startswith(START, j):
             j = skip_ws(text, j + len(START))
-        elif START.startswith(text[j:]) and j < n:
-            return Scan(text[:j], [])
-        if j >= n:
-            return Scan(text, [])
+        elif j < n and START.startswith(text[j:]):
+            return Scan("", [])
+        if j >= n:  # whitespace or the start tag so far
+            return Scan("", [])
         head = text[j:j + 200]
         if not _LIST_OF_CALLS.match(head):
             if _MAYBE_LIST_OF_CALLS.match(head):
-                return Scan(text[:j], [])
+                return Scan("", [])
             return Scan(text[:n - held_prefix(text, START)], [])
         try:
             elements, end = _elements(text, j)
