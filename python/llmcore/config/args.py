@@ -124,9 +124,11 @@ class EngineArgs:
                                                     unsupported="QLoRA adapters are not supported yet",
                                                     help="QLoRA adapter name or path.")
     guided_decoding_backend: str = arg("outlines", group=GROUP_MODEL,
-                                       choices=["outlines", "lm-format-enforcer"],
-                                       help="Guided decoding backend (used by requests asking for guided "
-                                            "decoding).")
+                                       choices=["outlines", "lm-format-enforcer", "xgrammar"],
+                                       help="Guided decoding (structured output) backend for requests "
+                                            "that ask for JSON / regex / choice / grammar output and "
+                                            "name none themselves. xgrammar also takes EBNF grammars; "
+                                            "lm-format-enforcer is the slowest per token.")
 
     # --- KV cache ---
     kv_cache_dtype: str = arg("auto", group=GROUP_CACHE, choices=["auto", "fp8", "fp8_e5m2", "fp8_e4m3"],

@@ -140,6 +140,11 @@ class LLMEngine:
         outs, to_abort = self.frontend.process(self.core.step())
         if to_abort:
             self.core.abort_requests(to_abort)
+        if self.frontend.refused:
+            # the core failed a request it had accepted (e.g. its grammar did not compile)
+            rid, msg = self.frontend.refused[0]
+            self.frontend.refused.clear()
+            raise ValueError(f"request {rid}: {msg}")
         return outs
 
     def get_stats(self) -> EngineStats:

@@ -22,6 +22,7 @@ from llmcore.layers.attention.metadata import AttentionMetadata
 from llmcore.model_runner.kv_cache import GiB, KVCache, KVCacheSpec
 from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
 from llmcore.sampling import Sampler, SamplingBatchState, compute_prompt_logprobs
+from llmcore.structured_output.bitmask import apply_token_bitmask_
 
 logger = logging.getLogger(__name__)
 
@@ -269,6 +270,14 @@ class ModelRunner:
         return (np.asarray(fix_pos, dtype=np.int64), self._prev_tokens,
                 np.asarray(fix_rows, dtype=np.int64))
 
+    def _apply_grammar(self, logits: torch.Tensor, bitmask: np.ndarray, rows: np.ndarray) -> None:
+        """Disallowed tokens of the constrained rows -> -inf, on the device, before sampling
+        (and after any CUDA graph: the graph computes hidden states only)."""
+        t = torch.from_numpy(bitmask)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        apply_token_bitmask_(logits, t, self.index_tensor(rows))
+
     # ------------------------------------------------------------------ one step
     @torch.inference_mode()
     def execute_model(self, step: StepInput) -> PendingRunnerOutput:
@@ -294,6 +303,8 @@ class ModelRunner:
         tensors: dict = {}
         off = 0
         if n_sample:
+            if step.grammar_bitmask is not None:
+                self._apply_grammar(logits, step.grammar_bitmask, step.grammar_rows)
             slots = [self._slot_of[sid] for sid in step.sample_seq_ids]
             slots_t = self.index_tensor(slots)
             out = self.sampler.sample(logits[:n_sample], slots_t, self.sampling_state, slots)
