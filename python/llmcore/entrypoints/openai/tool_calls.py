@@ -23,6 +23,7 @@ from llmcore.entrypoints.openai.tool_parsers import DeltaMessage, DeltaToolCall,
 from llmcore.entrypoints.openai.tool_parsers.forced import (NamedToolCallParser,
                                                             RequiredToolCallsParser)
 from llmcore.sampling_params import GuidedDecodingParams
+from llmcore.structured_output.spec import spec_from_params
 
 AUTO_NEEDS_FLAGS = ('"auto" tool choice requires --enable-auto-tool-choice and '
                     '--tool-call-parser to be set')
@@ -98,10 +99,11 @@ def required_schema(tools: list[dict], parallel_tool_calls: bool) -> dict:
                 raise APIError(f"tools define $defs {name!r} differently; tool_choice "
                                "'required' needs them to agree", 400, param="tools")
             defs[name] = schema
+        # no other keys: a small model would otherwise ramble on in made-up ones
         alternatives.append({"properties": {"name": {"type": "string",
                                                      "enum": [tool["function"]["name"]]},
                                             "parameters": params},
-                             "required": ["name", "parameters"]})
+                             "required": ["name", "parameters"], "additionalProperties": False})
     schema: dict[str, Any] = {"type": "array", "minItems": 1,
                               "items": {"type": "object", "anyOf": alternatives}}
     if not parallel_tool_calls:
@@ -175,10 +177,16 @@ def _guided(request: Any, schema: dict) -> GuidedDecodingParams:
                        "tool_choice (which sets guided decoding itself)", 400,
                        param="response_format")
     try:
-        return GuidedDecodingParams(json=schema,
-                                    backend=getattr(request, "guided_decoding_backend", None))
+        guided = GuidedDecodingParams(json=schema,
+                                      backend=getattr(request, "guided_decoding_backend", None))
     except ValueError as e:
         raise APIError(str(e), 400, param="guided_decoding_backend") from None
+    try:
+        spec_from_params(guided)  # the checks every front end runs: a valid, bounded schema
+    except ValueError as e:
+        raise APIError(f"tools: a function's parameters cannot force a call: {e}", 400,
+                       param="tools") from None
+    return guided
 
 
 # ---------------------------------------------------------------------- messages in
