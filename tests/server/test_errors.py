@@ -75,7 +75,9 @@ BAD_CHAT = [
     ({"temperature": -0.5}, "temperature"),
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    # tools without tool_choice mean "auto", which needs --enable-auto-tool-choice
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {}}], "tool_choice": "none"}, "tools"),
     ({"chat_template": "{{ 1 }}"}, "chat_template"),
     ({"add_generation_prompt": True, "continue_final_message": True}, "messages"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
