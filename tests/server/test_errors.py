@@ -56,8 +56,8 @@ BAD_COMPLETIONS = [
     ({"prompt": 5}, "prompt"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"use_beam_search": True, "stream": True, "best_of": 2, "temperature": 0}, "use_beam_search"),
-    ({"guided_json": {"type": "object"}}, "guided_json"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"guided_json": {"type": "no-such-type"}}, "guided_json"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
     ({"suffix": "x"}, "suffix"),
 ]
 

@@ -12,9 +12,6 @@ from llmcore.structured_output.backend import (GrammarCompileError, GrammarMatch
                                                StructuredOutputBackend, VocabInfo)
 from llmcore.structured_output.spec import GrammarSpec
 
-# how many tokens a matcher can undo (speculative decoding's longest draft)
-MAX_ROLLBACK_TOKENS = 64
-
 
 class XGrammarMatcher(GrammarMatcher):
     __slots__ = ("_m",)
@@ -51,10 +48,9 @@ class XGrammarBackend(StructuredOutputBackend):
         c = self._compiler
         try:
             if spec.kind == "json":
-                # compact separators, at most one whitespace run: a small model otherwise
-                # fills max_tokens with newlines between fields
-                return c.compile_json_schema(spec.value, any_whitespace=False,
-                                             strict_mode=False)
+                # no free whitespace between JSON tokens (a small model otherwise fills
+                # max_tokens with newlines); strict: no properties beyond the schema's
+                return c.compile_json_schema(spec.value, any_whitespace=False)
             if spec.kind == "json_object":
                 return c.compile_builtin_json_grammar()
             if spec.kind == "regex":
@@ -69,5 +65,4 @@ class XGrammarBackend(StructuredOutputBackend):
                                       f"{msg[-1] if msg else type(e).__name__}") from None
 
     def new_matcher(self, compiled: Any) -> GrammarMatcher:
-        return XGrammarMatcher(self._xgr.GrammarMatcher(
-            compiled, max_rollback_tokens=MAX_ROLLBACK_TOKENS))
+        return XGrammarMatcher(self._xgr.GrammarMatcher(compiled))  # rollback is unlimited

@@ -15,6 +15,7 @@ from llmcore.entrypoints.openai.serving_engine import (OpenAIServingBase, chain_
                                                        chat_logprobs, logger, random_id,
                                                        run_until_disconnect, sse_stream,
                                                        StreamDeltas)
+from llmcore.entrypoints.openai.structured_output import guided_field
 from llmcore.entrypoints.openai.tool_calls import (ChoiceStreams, ToolChoice, check_tool_choice,
                                                    finish_reason, message_fields,
                                                    template_messages_tool_fields)
@@ -112,7 +113,9 @@ class OpenAIServingChat(OpenAIServingBase):
         request_id = f"chat-{random_id()}"
         self.log_request(request_id, prompt_text, params, user=request.user, priority=priority)
         created = now()
-        first, gen = await self.prime({"prompt_token_ids": ids}, params, request_id, priority)
+        first, gen = await self.prime({"prompt_token_ids": ids}, params, request_id, priority,
+                                      guided_field="tools" if tool_choice.guided is not None
+                                      else guided_field(request))
         stream = chain_first(first, gen)
         role = self.config.response_role if request.add_generation_prompt else messages[-1]["role"]
         if request.stream:

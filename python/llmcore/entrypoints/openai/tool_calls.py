@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from llmcore.entrypoints.openai.errors import APIError
+from llmcore.entrypoints.openai.structured_output import guided_field
 from llmcore.entrypoints.openai.tool_parsers import DeltaMessage, DeltaToolCall, ToolParser
 from llmcore.entrypoints.openai.tool_parsers.forced import (NamedToolCallParser,
                                                             RequiredToolCallsParser)
@@ -29,8 +30,6 @@ AUTO_NEEDS_FLAGS = ('"auto" tool choice requires --enable-auto-tool-choice and '
                     '--tool-call-parser to be set')
 _NAMED_USAGE = 'Correct usage: `{"type": "function", "function": {"name": "my_function"}}`'
 _EMPTY_PARAMETERS = {"type": "object", "properties": {}}
-# request fields that set guided decoding themselves
-_GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
 
 @dataclass
@@ -167,15 +166,13 @@ def check_tool_choice(request: Any, enable_auto_tool_choice: bool,
 
 
 def _guided(request: Any, schema: dict) -> GuidedDecodingParams:
-    for name in _GUIDED_FIELDS:
-        if getattr(request, name, None) is not None:
-            raise APIError(f"{name} cannot be combined with a named or 'required' tool_choice "
-                           "(which sets guided decoding itself)", 400, param=name)
-    rf = getattr(request, "response_format", None)
-    if rf is not None and rf.type != "text":
-        raise APIError("response_format cannot be combined with a named or 'required' "
-                       "tool_choice (which sets guided decoding itself)", 400,
-                       param="response_format")
+    other = guided_field(request)
+    if other is not None:
+        raise APIError(f"{other} cannot be combined with a named or 'required' tool_choice "
+                       "(which sets guided decoding itself)", 400, param=other)
+    if getattr(request, "use_beam_search", False):
+        raise APIError("use_beam_search cannot be combined with a named or 'required' "
+                       "tool_choice (guided decoding)", 400, param="use_beam_search")
     try:
         guided = GuidedDecodingParams(json=schema,
                                       backend=getattr(request, "guided_decoding_backend", None))
