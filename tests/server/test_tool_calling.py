@@ -331,6 +331,15 @@ def test_required_schema_accepts_only_calls():
             jsonschema.validate(bad, schema)
     with pytest.raises(jsonschema.ValidationError):  # parallel_tool_calls=false: one call
         jsonschema.validate(json.loads(REQUIRED_OUTPUT), required_schema(TOOLS, False))
+    # a tool's $defs move to the root, where its "#/$defs/..." references point
+    with_defs = {"type": "function", "function": {"name": "move", "parameters": {
+        "type": "object", "properties": {"to": {"$ref": "#/$defs/point"}}, "required": ["to"],
+        "$defs": {"point": {"type": "object", "required": ["x"],
+                            "properties": {"x": {"type": "integer"}}}}}}}
+    schema = required_schema([*TOOLS, with_defs], True)
+    jsonschema.validate([{"name": "move", "parameters": {"to": {"x": 1}}}], schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([{"name": "move", "parameters": {"to": {"x": "far"}}}], schema)
 
 
 # ---------------------------------------------------------------------- forced (real model)
