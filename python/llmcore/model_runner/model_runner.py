@@ -276,7 +276,11 @@ class ModelRunner:
         t = torch.from_numpy(bitmask)
         if self.device.type == "cuda":
             t = t.pin_memory().to(self.device, non_blocking=True)
-        apply_token_bitmask_(logits, t, self.index_tensor(rows))
+        n = len(rows)
+        if int(rows[0]) == 0 and int(rows[-1]) == n - 1:  # rows 0..n-1 (sorted, distinct)
+            apply_token_bitmask_(logits, t)               # in place on a view: no gather
+        else:
+            apply_token_bitmask_(logits, t, self.index_tensor(rows))
 
     # ------------------------------------------------------------------ one step
     @torch.inference_mode()
