@@ -9,6 +9,8 @@ import random
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from llmcore.entrypoints.openai.tool_parsers import (ToolParser, get_tool_parser,
                                                      resolve_tool_parser, tool_parser_names)
@@ -234,3 +236,32 @@ def test_registry_and_plugin(tmp_path):
     broken.write_text("raise RuntimeError('boom')\n")
     with pytest.raises(ValueError, match="boom"):
         resolve_tool_parser(True, "hermes", str(broken))
+
+
+# ---------------------------------------------------------------------- fuzz
+_FRAGMENTS = ["<tool_call>", "</tool_call>", "<|python_tag|>", "[TOOL_CALLS]", "<|python_start|>",
+              "<|python_end|>", '{"name": "get_time", "arguments": {"timezone": "UTC"}}',
+              '{"name": "search", "parameters": {"query": "a\\"b"}}', "get_time(timezone='X')",
+              '{"name": ', '"get_time"', '"arguments": ', "{", "}", "[", "]", "(", ")", ",", ";",
+              '"', "'", "\\", " ", "\n", "text", "é", "=", "1", "null", "name"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["hermes", "llama3_json", "mistral", "pythonic"]),
+       st.lists(st.sampled_from(_FRAGMENTS), max_size=12), st.randoms(use_true_random=False))
+def test_any_text_parses_without_error(name, fragments, rng):
+    """Whatever the model writes: no exception, unary calls carry JSON-object arguments,
+    and a stream agrees with unary whenever unary found calls."""
+    text = "".join(fragments)
+    unary = _parser(name).extract_tool_calls(text)
+    for call in unary.tool_calls:
+        assert isinstance(json.loads(call.arguments), dict)
+    if not unary.tool_calls:
+        assert unary.content == text
+    cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, 6))) if len(text) > 1 else []
+    content, calls, _ = _stream(_parser(name), text, cuts)
+    if unary.tool_calls:
+        assert content == unary.content
+        assert [(n, a) for _, n, a in calls] == [(c.name, c.arguments) for c in unary.tool_calls]
+    elif not calls:
+        assert content == (unary.content or None)
