@@ -201,6 +201,15 @@ def test_chat_template_receives_tools_and_tool_messages(fake_server):
     assert "<tool>18 degrees(answers call_1)" in prompt
 
 
+def test_llm_chat_passes_tools_to_the_template(llm):
+    from llmcore import SamplingParams
+
+    out = llm.chat(ASK, SamplingParams(max_tokens=1), use_tqdm=False, tools=TOOLS,
+                   chat_template=TOOLS_TEMPLATE)[0]
+    prompt = llm.get_tokenizer().decode(out.prompt_token_ids)
+    assert "TOOLS:[get_current_weather:" in prompt and "[get_time:" in prompt
+
+
 BAD_TOOLS = [
     ("missing function name", {"tools": [{"type": "function", "function": {"parameters": {}}}],
                                "tool_choice": "none"}, "tools"),
