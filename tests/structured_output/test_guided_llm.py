@@ -159,3 +159,30 @@ def test_bad_specs_raise_before_queueing(guided_llm):
     out = guided_llm.generate(["x"], _greedy(GuidedDecodingParams(choice=["ok"]), 4),
                               use_tqdm=False)[0].outputs[0]
     assert out.text == "ok"
+
+
+def test_async_scheduling_same_outputs(guided_llm):
+    """The pipelined loop (forward of step k launched before step k-1's tokens are read,
+    sampling deferred until the mask is filled) gives the sync loop's outputs."""
+    from llmcore import LLM
+    prompts = ["Write a JSON object (person):\n", "Phone:", "Once upon a time", "Pick one:"]
+    params = [_greedy(GuidedDecodingParams(json=SCHEMAS["person"], backend="xgrammar"), 40),
+              _greedy(GuidedDecodingParams(regex=r"\d{3}-\d{4}", backend="outlines"), 16),
+              SamplingParams(temperature=0, max_tokens=10),
+              _greedy(GuidedDecodingParams(choice=["cat", "dog"], backend="xgrammar"), 6)]
+    expected = [(o.outputs[0].text, o.outputs[0].finish_reason)
+                for o in guided_llm.generate(prompts, params, use_tqdm=False)]
+    llm = LLM(max_model_len=512, cpu_kv_cache_space=0.25, swap_space=0, async_scheduling=True)
+    try:
+        engine = llm.llm_engine
+        assert engine.async_scheduling
+        executor = engine.core.executor
+        deferred = []
+        sample_deferred = executor.sample_deferred
+        executor.sample_deferred = lambda *a: deferred.append(a) or sample_deferred(*a)
+        got = [(o.outputs[0].text, o.outputs[0].finish_reason)
+               for o in llm.generate(prompts, params, use_tqdm=False)]
+        assert len(deferred) >= 10   # guided steps ran pipelined, sampling deferred
+    finally:
+        llm.llm_engine.core.shutdown()
+    assert got == expected

@@ -13,8 +13,11 @@ search runs synchronous steps while it is live.
 Guided decoding: a request's grammar compiles in the structured-output manager's threads
 while the request waits here, outside the scheduler (other requests keep stepping); once
 compiled each of its sequences gets a matcher, whose bitmask for the step is filled on the
-host and applied to the logits by the runner. Constrained requests run synchronous steps
-(the mask of step k+1 depends on step k's token).
+host and applied to the logits by the runner. The mask of step k depends on step k-1's
+token: in the pipelined loop the runner launches step k's forward and waits to sample
+(defer_sampling) until the core, having read step k-1's tokens meanwhile, sends the mask.
+Executors that cannot defer (multiprocess) run synchronous steps while a constrained
+request is live.
 """
 
 from __future__ import annotations
@@ -36,13 +39,6 @@ from llmcore.model_runner.step_io import NewSeq, PromptLogprobJob, StepInput
 from llmcore.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
-
-
-def _pipelinable(req: CoreRequest) -> bool:
-    """The pipelined step serves every request but beam search (whose next inputs depend on
-    the host's choice among candidates) and guided decoding (whose mask depends on the
-    previous token)."""
-    return not req.is_beam and req.grammar is None
 
 
 def _grammar_manager(config: EngineConfig, eos_token_id: Optional[int]) -> StructuredOutputManager:
@@ -95,7 +91,15 @@ class EngineCore:
         self._gone_seqs: list = []                 # sequences the runner can forget
         self._stats = SchedulerStats(num_total_blocks=num_device)
         self.grammars = _grammar_manager(config, eos_token_id)
+        self._defer_ok = bool(getattr(self.executor, "supports_deferred_sampling", False))
         self._awaiting_grammar: dict[str, CoreRequest] = {}   # compiling, not yet scheduled
+        self._num_guided = 0                       # live guided requests: 0 = no mask work
+
+    def _pipelinable(self, req: CoreRequest) -> bool:
+        """The pipelined step serves every request but beam search (whose next inputs depend
+        on the host's choice among candidates), and guided decoding only where the executor
+        defers sampling."""
+        return not req.is_beam and (req.grammar is None or self._defer_ok)
 
     # ---------------------------------------------------------------- requests
     def add_request(self, r: EngineCoreRequest) -> None:
@@ -110,9 +114,10 @@ class EngineCore:
                 raise ValueError("guided_decoding is not supported with use_beam_search")
             req.grammar = self.grammars.request_grammar(p.guided_decoding)  # ValueError: bad spec
         self.requests[req.request_id] = req
-        if not _pipelinable(req):
+        if not self._pipelinable(req):
             self._num_unpipelinable += 1
         if req.grammar is not None:
+            self._num_guided += 1
             self._awaiting_grammar[req.request_id] = req   # scheduled once compiled
         else:
             self._schedule_request(req)
@@ -159,8 +164,10 @@ class EngineCore:
             for seq in req.seqs:
                 self._release_seq(seq)
             req.finished = True
-            if not _pipelinable(req):
+            if not self._pipelinable(req):
                 self._num_unpipelinable -= 1
+            if req.grammar is not None:
+                self._num_guided -= 1
 
     def _release_seq(self, seq: CoreSeq) -> None:
         if self._seqs.pop(seq.seq_id, None) is not None:
@@ -233,7 +240,8 @@ class EngineCore:
                 normal_rows.append(row)
         jobs = self._prompt_logprob_jobs(plan, seq_ids, qsl)
         beam_k = 2 * max((r.beam.width for r, _ in beams.values()), default=0)
-        g_rows = [i for i, (_, seq) in enumerate(normal) if seq.matcher is not None]
+        g_rows = [i for i, (_, seq) in enumerate(normal) if seq.matcher is not None] \
+            if self._num_guided else None
         bitmask = self.grammars.fill_bitmask([normal[i][1].matcher for i in g_rows]) \
             if g_rows else None
         step = self._step_input(plan, sample_seq_ids=[s.seq_id for _, s in normal],
@@ -280,13 +288,23 @@ class EngineCore:
             normal, rows, lens = self._fork_pending(normal, rows, lens)
             sample_ids = [s.seq_id for _, s in normal]
         jobs = self._prompt_logprob_jobs(plan, seq_ids, qsl)
+        g_rows = [i for i, (_, seq) in enumerate(normal) if seq.matcher is not None] \
+            if self._num_guided else None
         step = self._step_input(plan, sample_seq_ids=sample_ids, sample_rows=rows,
                                 sample_seq_lens=lens, prompt_logprob_jobs=jobs,
-                                use_device_tokens=True)
+                                use_device_tokens=True, defer_sampling=bool(g_rows))
         pending = self.executor.execute_model(step)
         # the device runs step k; the host finishes step k-1 meanwhile
         if prev is not None:
             self._finish_inflight(prev, batch)
+        if g_rows:
+            # the matchers now hold step k-1's tokens: the mask of step k, then its sampling
+            # (rows of sequences that stopped in k-1 are discarded: left unconstrained)
+            g_rows = [i for i in g_rows if not (normal[i][1].finished or normal[i][0].finished)]
+            bitmask = self.grammars.fill_bitmask([normal[i][1].matcher for i in g_rows]) \
+                if g_rows else None
+            pending = self.executor.sample_deferred(
+                bitmask, np.asarray(g_rows, dtype=np.int64) if g_rows else None)
         self._stats.prompt_tokens_total += int(qsl[plan.num_prefill_seqs])
         if not normal:  # only prefill chunks that sample nothing
             if jobs:
@@ -492,8 +510,10 @@ class EngineCore:
 
     def _finish_request(self, req: CoreRequest) -> None:
         req.finished = True
-        if not _pipelinable(req):
+        if not self._pipelinable(req):
             self._num_unpipelinable -= 1
+        if req.grammar is not None:
+            self._num_guided -= 1
         self.requests.pop(req.request_id, None)
 
     # ---------------------------------------------------------------- stats

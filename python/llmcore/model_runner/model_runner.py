@@ -60,6 +60,7 @@ class ModelRunner:
         self._prev_tokens: Optional[torch.Tensor] = None
         self._prev_row_of_seq: dict[int, int] = {}
         self._prev_len_of_seq: dict[int, int] = {}
+        self._deferred = None                    # (StepInput, logits) awaiting sample_deferred
 
     # ------------------------------------------------------------------ sizing
     def determine_num_blocks(self) -> tuple[int, int]:
@@ -286,7 +287,8 @@ class ModelRunner:
     @torch.inference_mode()
     def execute_model(self, step: StepInput) -> PendingRunnerOutput:
         """Forward + sampling for one step. The returned object's get() gives host values;
-        with async scheduling the caller reads it after launching the next step."""
+        with async scheduling the caller reads it after launching the next step. With
+        step.defer_sampling only the forward runs; sample_deferred() samples."""
         for sid in step.finished_seq_ids:
             self._remove_seq(sid)
         for new in step.new_seqs:
@@ -294,7 +296,6 @@ class ModelRunner:
         plan = step.plan
         input_fix = self._device_token_fix(plan) if step.use_device_tokens else None
         self._prev_row_of_seq, self._prev_len_of_seq, self._prev_tokens = {}, {}, None
-        n_sample = len(step.sample_seq_ids)
         parts = [r for r in (step.sample_rows, step.beam_rows) if r is not None and len(r)]
         jobs = step.prompt_logprob_jobs
         if jobs:
@@ -304,6 +305,25 @@ class ModelRunner:
         logits = self.execute(plan, rows, input_fix=input_fix)
         if plan.num_seqs == 0 or len(rows) == 0:
             return PendingRunnerOutput.empty()
+        if step.defer_sampling:
+            # guided rows whose mask needs the previous step's tokens: the engine sends it
+            # (sample_deferred) while the device runs this forward
+            self._deferred = (step, logits)
+            return PendingRunnerOutput.empty()
+        return self._sample_step(step, logits)
+
+    @torch.inference_mode()
+    def sample_deferred(self, grammar_bitmask: Optional[np.ndarray],
+                        grammar_rows: Optional[np.ndarray]) -> PendingRunnerOutput:
+        """Sampling of the step launched with defer_sampling, under this grammar mask."""
+        step, logits = self._deferred
+        self._deferred = None
+        step.grammar_bitmask, step.grammar_rows = grammar_bitmask, grammar_rows
+        return self._sample_step(step, logits)
+
+    def _sample_step(self, step: StepInput, logits: torch.Tensor) -> PendingRunnerOutput:
+        n_sample = len(step.sample_seq_ids)
+        jobs = step.prompt_logprob_jobs
         tensors: dict = {}
         off = 0
         if n_sample:

@@ -99,6 +99,9 @@ class StepInput:
     # the sampled rows grammar_rows (indices into sample_seq_ids)
     grammar_bitmask: Optional[np.ndarray] = None
     grammar_rows: Optional[np.ndarray] = None
+    # async scheduling with guided rows: run the forward now, sample when the engine sends
+    # the mask (runner.sample_deferred), which depends on the previous step's tokens
+    defer_sampling: bool = False
 
     def portable(self) -> "StepInput":
         """This step with its plan as PlanArrays: picklable, for workers in other processes."""
