@@ -152,7 +152,12 @@ class EngineCore:
                 self._finish_request(req)
                 continue
             del self._awaiting_grammar[rid]
-            self._schedule_request(req)
+            try:
+                self._schedule_request(req)
+            except Exception as e:  # noqa: BLE001 - a backend's matcher failed: this request only
+                logger.exception("request %s: cannot start its grammar matcher", rid)
+                batch.error(rid, f"guided_decoding.{req.grammar.spec.kind}: {e}")
+                self._finish_request(req)
 
     def abort_requests(self, request_ids: Iterable[str]) -> None:
         for rid in request_ids:

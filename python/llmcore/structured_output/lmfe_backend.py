@@ -47,7 +47,10 @@ class LMFEMatcher(GrammarMatcher):
         return self._enforcer.get_allowed_tokens(self._tokens)
 
     def accept_token(self, token_id: int) -> bool:
-        if self._terminated or not self._allowed().is_token_allowed(int(token_id)):
+        try:
+            if self._terminated or not self._allowed().is_token_allowed(int(token_id)):
+                return False
+        except Exception:  # noqa: BLE001 - the parser failed on this prefix: refuse, never raise
             return False
         self._tokens.append(int(token_id))
         if token_id in self._eos:
@@ -57,7 +60,12 @@ class LMFEMatcher(GrammarMatcher):
     def fill_bitmask(self, bitmask: np.ndarray, row: int) -> None:
         if self._terminated:
             return
-        words = self._allowed().allowed_tokens.numpy()
+        try:
+            words = self._allowed().allowed_tokens.numpy()
+        except Exception:  # noqa: BLE001 - the parser failed on this prefix: only stop tokens
+            for t in self._eos:
+                allow_token(bitmask[row], t)
+            return
         bitmask[row, :words.shape[0]] = words
 
     def rollback(self, num_tokens: int) -> None:
