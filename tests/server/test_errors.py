@@ -56,8 +56,8 @@ BAD_COMPLETIONS = [
     ({"prompt": 5}, "prompt"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"use_beam_search": True, "stream": True, "best_of": 2, "temperature": 0}, "use_beam_search"),
-    ({"guided_json": {"type": "object"}}, "guided_json"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"guided_json": {"type": "no-such-type"}}, "guided_json"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
     ({"suffix": "x"}, "suffix"),
 ]
 
@@ -75,7 +75,9 @@ BAD_CHAT = [
     ({"temperature": -0.5}, "temperature"),
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    # tools without tool_choice mean "auto", which needs --enable-auto-tool-choice
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {}}], "tool_choice": "none"}, "tools"),
     ({"chat_template": "{{ 1 }}"}, "chat_template"),
     ({"add_generation_prompt": True, "continue_final_message": True}, "messages"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),

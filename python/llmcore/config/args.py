@@ -124,9 +124,11 @@ class EngineArgs:
                                                     unsupported="QLoRA adapters are not supported yet",
                                                     help="QLoRA adapter name or path.")
     guided_decoding_backend: str = arg("outlines", group=GROUP_MODEL,
-                                       choices=["outlines", "lm-format-enforcer"],
-                                       help="Guided decoding backend (used by requests asking for guided "
-                                            "decoding).")
+                                       choices=["outlines", "lm-format-enforcer", "xgrammar"],
+                                       help="Guided decoding (structured output) backend for requests "
+                                            "that ask for JSON / regex / choice / grammar output and "
+                                            "name none themselves. xgrammar also takes EBNF grammars; "
+                                            "lm-format-enforcer is the slowest per token.")
 
     # --- KV cache ---
     kv_cache_dtype: str = arg("auto", group=GROUP_CACHE, choices=["auto", "fp8", "fp8_e5m2", "fp8_e4m3"],
@@ -464,6 +466,16 @@ class FrontendArgs:
                                                  "(rendered in a sandbox). Off: such requests get 400.")
     response_role: str = arg("assistant", group=GROUP_SERVER,
                              help="Role name returned when add_generation_prompt=true.")
+    enable_auto_tool_choice: bool = arg(False, group=GROUP_SERVER,
+                                        help="Let the model decide when to call tools "
+                                             "(tool_choice \"auto\"); needs --tool-call-parser.")
+    tool_call_parser: Optional[str] = arg(None, group=GROUP_SERVER,
+                                          help="How tool calls are read from the model's output: "
+                                               "hermes, llama3_json, mistral, pythonic, or a "
+                                               "name a --tool-parser-plugin registers.")
+    tool_parser_plugin: Optional[str] = arg(None, group=GROUP_SERVER,
+                                            help="A Python file registering more tool-call "
+                                                 "parsers (@register_tool_parser(\"name\")).")
     ssl_keyfile: Optional[str] = arg(None, group=GROUP_SERVER, help="SSL key file.")
     ssl_certfile: Optional[str] = arg(None, group=GROUP_SERVER, help="SSL certificate file.")
     ssl_ca_certs: Optional[str] = arg(None, group=GROUP_SERVER, help="CA certificates file.")

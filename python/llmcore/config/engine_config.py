@@ -94,7 +94,10 @@ class LoadConfig:
 
 @dataclass
 class StructuredOutputConfig:
-    backend: str = "outlines"
+    backend: str = "outlines"         # --guided-decoding-backend; a request may override it
+    compile_timeout_s: float = 30.0   # a grammar still compiling after this fails its request
+    compile_threads: int = 2          # grammars compile in this many threads, off the step loop
+    cache_size: int = 256             # compiled grammars kept, keyed by (backend, spec)
 
 
 @dataclass

@@ -9,6 +9,15 @@ With async scheduling the core launches step k before reading step k-1's tokens:
 sequence sampled in k-1 holds a placeholder in the scheduler, and the runner takes its
 value from k-1's samples on the device. A request with beam
 search runs synchronous steps while it is live.
+
+Guided decoding: a request's grammar compiles in the structured-output manager's threads
+while the request waits here, outside the scheduler (other requests keep stepping); once
+compiled each of its sequences gets a matcher, whose bitmask for the step is filled on the
+host and applied to the logits by the runner. The mask of step k depends on step k-1's
+token: in the pipelined loop the runner launches step k's forward and waits to sample
+(defer_sampling) until the core, having read step k-1's tokens meanwhile, sends the mask.
+Executors that cannot defer (multiprocess) run synchronous steps while a constrained
+request is live.
 """
 
 from __future__ import annotations
@@ -27,14 +36,21 @@ from llmcore.engine.core_state import CoreRequest, CoreSeq, OutputBatch
 from llmcore.engine.core_types import EngineCoreOutputs, EngineCoreRequest, SchedulerStats
 from llmcore.executor import Executor
 from llmcore.model_runner.step_io import NewSeq, PromptLogprobJob, StepInput
+from llmcore.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
 
 
-def _pipelinable(req: CoreRequest) -> bool:
-    """The pipelined step serves every request but beam search (whose next inputs depend on
-    the host's choice among candidates)."""
-    return not req.is_beam
+def _grammar_manager(config: EngineConfig, eos_token_id: Optional[int]) -> StructuredOutputManager:
+    mc = config.model_config
+
+    def load():  # only when the first guided request arrives, in a compile thread
+        from llmcore.tokenizer.loader import load_tokenizer
+        return load_tokenizer(mc)
+
+    stop = ([eos_token_id] if eos_token_id is not None else []) + list(mc.eos_token_ids or [])
+    return StructuredOutputManager(config.structured_output_config, load, mc.vocab_size,
+                                   list(dict.fromkeys(stop)))
 
 
 class EngineCore:
@@ -74,17 +90,44 @@ class EngineCore:
         self._new_seqs: list = []                  # sampling state the runner has not seen
         self._gone_seqs: list = []                 # sequences the runner can forget
         self._stats = SchedulerStats(num_total_blocks=num_device)
+        self.grammars = _grammar_manager(config, eos_token_id)
+        self._defer_ok = bool(getattr(self.executor, "supports_deferred_sampling", False))
+        self._awaiting_grammar: dict[str, CoreRequest] = {}   # compiling, not yet scheduled
+        self._num_guided = 0                       # live guided requests: 0 = no mask work
+
+    def _pipelinable(self, req: CoreRequest) -> bool:
+        """The pipelined step serves every request but beam search (whose next inputs depend
+        on the host's choice among candidates), and guided decoding only where the executor
+        defers sampling."""
+        return not req.is_beam and (req.grammar is None or self._defer_ok)
 
     # ---------------------------------------------------------------- requests
     def add_request(self, r: EngineCoreRequest) -> None:
         if r.request_id in self.requests:
             raise ValueError(f"request_id {r.request_id!r} is already in use")
         req = CoreRequest(r.request_id, next(self._ids), r.prompt_token_ids, r.sampling_params,
-                          r.max_tokens)
+                          r.max_tokens, arrival_time=r.arrival_time, priority=r.priority)
         p = req.params
         req.is_beam = bool(p.use_beam_search)
+        if p.guided_decoding is not None:
+            if req.is_beam:
+                raise ValueError("guided_decoding is not supported with use_beam_search")
+            req.grammar = self.grammars.request_grammar(p.guided_decoding)  # ValueError: bad spec
+        self.requests[req.request_id] = req
+        if not self._pipelinable(req):
+            self._num_unpipelinable += 1
+        if req.grammar is not None:
+            self._num_guided += 1
+            self._awaiting_grammar[req.request_id] = req   # scheduled once compiled
+        else:
+            self._schedule_request(req)
+
+    def _schedule_request(self, req: CoreRequest) -> None:
+        p = req.params
         req.prompt_logprobs_done = p.prompt_logprobs is None
         seq = CoreSeq(next(self._ids), 0)
+        if req.grammar is not None:
+            seq.matcher = self.grammars.new_matcher(req.grammar)
         req.seqs.append(seq)
         req.pending_fork = req.num_seqs_total > 1 and not req.is_beam
         if req.is_beam:
@@ -94,23 +137,42 @@ class EngineCore:
             self._new_seqs.append(NewSeq(seq.seq_id, p, req.prompt_token_ids, []))
         self.scheduler.add_request(req.internal_id, seq.seq_id,
                                    np.asarray(req.prompt_token_ids, dtype=np.int32),
-                                   r.arrival_time, r.priority, 0, p.prompt_logprobs is None)
-        self.requests[req.request_id] = req
+                                   req.arrival_time, req.priority, 0, p.prompt_logprobs is None)
         self._seqs[seq.seq_id] = (req, seq)
-        if not _pipelinable(req):
-            self._num_unpipelinable += 1
+
+    def _admit_compiled(self, batch: OutputBatch) -> None:
+        """Schedule the requests whose grammar is ready; fail those whose grammar failed."""
+        for rid, req in list(self._awaiting_grammar.items()):
+            try:
+                if not self.grammars.ready(req.grammar):
+                    continue
+            except ValueError as e:
+                del self._awaiting_grammar[rid]
+                batch.error(rid, str(e))
+                self._finish_request(req)
+                continue
+            del self._awaiting_grammar[rid]
+            try:
+                self._schedule_request(req)
+            except Exception as e:  # noqa: BLE001 - a backend's matcher failed: this request only
+                logger.exception("request %s: cannot start its grammar matcher", rid)
+                batch.error(rid, f"guided_decoding.{req.grammar.spec.kind}: {e}")
+                self._finish_request(req)
 
     def abort_requests(self, request_ids: Iterable[str]) -> None:
         for rid in request_ids:
             req = self.requests.pop(rid, None)
             if req is None:
                 continue
-            self.scheduler.abort_request(req.internal_id)
+            if self._awaiting_grammar.pop(rid, None) is None:
+                self.scheduler.abort_request(req.internal_id)
             for seq in req.seqs:
                 self._release_seq(seq)
             req.finished = True
-            if not _pipelinable(req):
+            if not self._pipelinable(req):
                 self._num_unpipelinable -= 1
+            if req.grammar is not None:
+                self._num_guided -= 1
 
     def _release_seq(self, seq: CoreSeq) -> None:
         if self._seqs.pop(seq.seq_id, None) is not None:
@@ -124,6 +186,18 @@ class EngineCore:
         """One engine step. With async scheduling it returns the tokens of the step before
         it (its own are still on the device)."""
         batch = OutputBatch()
+        if self._awaiting_grammar:
+            self._admit_compiled(batch)
+            if self._awaiting_grammar and len(self._awaiting_grammar) == len(self.requests) \
+                    and self._inflight is None:
+                # nothing else to run: wait for a compile instead of spinning
+                self.grammars.wait_any([r.grammar for r in self._awaiting_grammar.values()],
+                                       timeout=0.05)
+                self._admit_compiled(batch)
+                if len(self._awaiting_grammar) == len(self.requests):
+                    self._update_stats()
+                    return EngineCoreOutputs(outputs=batch.finish(), stats=self._stats,
+                                             timestamp=time.time())
         if self.async_scheduling and self._num_unpipelinable == 0:
             self._step_pipelined(batch)
         else:
@@ -171,10 +245,15 @@ class EngineCore:
                 normal_rows.append(row)
         jobs = self._prompt_logprob_jobs(plan, seq_ids, qsl)
         beam_k = 2 * max((r.beam.width for r, _ in beams.values()), default=0)
+        g_rows = [i for i, (_, seq) in enumerate(normal) if seq.matcher is not None] \
+            if self._num_guided else None
+        bitmask = self.grammars.fill_bitmask([normal[i][1].matcher for i in g_rows]) \
+            if g_rows else None
         step = self._step_input(plan, sample_seq_ids=[s.seq_id for _, s in normal],
                                 sample_rows=np.asarray(normal_rows, dtype=np.int64),
                                 beam_rows=np.asarray(beam_rows, dtype=np.int64), beam_k=beam_k,
-                                prompt_logprob_jobs=jobs)
+                                prompt_logprob_jobs=jobs, grammar_bitmask=bitmask,
+                                grammar_rows=np.asarray(g_rows, dtype=np.int64) if g_rows else None)
         out = self.executor.execute_model(step).get()
         upd_ids: list = []
         upd_tokens: list = []
@@ -214,13 +293,23 @@ class EngineCore:
             normal, rows, lens = self._fork_pending(normal, rows, lens)
             sample_ids = [s.seq_id for _, s in normal]
         jobs = self._prompt_logprob_jobs(plan, seq_ids, qsl)
+        g_rows = [i for i, (_, seq) in enumerate(normal) if seq.matcher is not None] \
+            if self._num_guided else None
         step = self._step_input(plan, sample_seq_ids=sample_ids, sample_rows=rows,
                                 sample_seq_lens=lens, prompt_logprob_jobs=jobs,
-                                use_device_tokens=True)
+                                use_device_tokens=True, defer_sampling=bool(g_rows))
         pending = self.executor.execute_model(step)
         # the device runs step k; the host finishes step k-1 meanwhile
         if prev is not None:
             self._finish_inflight(prev, batch)
+        if g_rows:
+            # the matchers now hold step k-1's tokens: the mask of step k, then its sampling
+            # (rows of sequences that stopped in k-1 are discarded: left unconstrained)
+            g_rows = [i for i in g_rows if not (normal[i][1].finished or normal[i][0].finished)]
+            bitmask = self.grammars.fill_bitmask([normal[i][1].matcher for i in g_rows]) \
+                if g_rows else None
+            pending = self.executor.sample_deferred(
+                bitmask, np.asarray(g_rows, dtype=np.int64) if g_rows else None)
         self._stats.prompt_tokens_total += int(qsl[plan.num_prefill_seqs])
         if not normal:  # only prefill chunks that sample nothing
             if jobs:
@@ -283,10 +372,26 @@ class EngineCore:
                       batch: OutputBatch) -> None:
         seq.output_token_ids.append(tok)
         reason, stop_reason = self._check_stop(req, seq, tok)
+        if seq.matcher is not None:
+            reason, stop_reason = self._advance_grammar(req, seq, tok, reason, stop_reason)
         if reason is not None:
             seq.finished = True
         self._stats.generation_tokens_total += 1
         batch.token(req, seq, tok, lp, top, row, reason, stop_reason)
+
+    def _advance_grammar(self, req: CoreRequest, seq: CoreSeq, tok: int, reason, stop_reason):
+        """Feed the sampled token to the sequence's matcher: the grammar's end (a stop token
+        accepted) stops the sequence. A token the grammar refuses can only come from a
+        row whose every token was masked (e.g. min_tokens banning the EOS the grammar
+        requires): the sequence stops there."""
+        m = seq.matcher
+        if not m.accept_token(tok):
+            logger.warning("request %s: token %d does not match its grammar; stopping",
+                           req.request_id, tok)
+            return "stop", None
+        if m.is_terminated() and reason != "stop":
+            return "stop", None
+        return reason, stop_reason
 
     def _check_stop(self, req: CoreRequest, seq: CoreSeq, tok: int):
         """Token-valued stops in vLLM's order (the front end adds stop strings)."""
@@ -330,6 +435,8 @@ class EngineCore:
         p = req.params
         for index in range(1, req.num_seqs_total):
             child = self._fork_seq(req, parent, index)
+            if req.grammar is not None:  # forked before the first token: a fresh matcher
+                child.matcher = self.grammars.new_matcher(req.grammar)
             params = p
             if p.seed is not None:
                 # Each of the n samples draws its own stream; still reproducible per request.
@@ -408,8 +515,10 @@ class EngineCore:
 
     def _finish_request(self, req: CoreRequest) -> None:
         req.finished = True
-        if not _pipelinable(req):
+        if not self._pipelinable(req):
             self._num_unpipelinable -= 1
+        if req.grammar is not None:
+            self._num_guided -= 1
         self.requests.pop(req.request_id, None)
 
     # ---------------------------------------------------------------- stats
@@ -429,4 +538,5 @@ class EngineCore:
         return {"num_device_blocks": self.num_device_blocks, "num_cpu_blocks": self.num_cpu_blocks}
 
     def shutdown(self) -> None:
+        self.grammars.shutdown()
         self.executor.shutdown()

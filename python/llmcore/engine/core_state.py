@@ -18,6 +18,7 @@ class CoreSeq:
     finished: bool = False
     # pipelined step: the scheduler already released it (it reached a length limit)
     sched_released: bool = False
+    matcher: Any = None                # GrammarMatcher under guided decoding, else None
 
 
 @dataclass
@@ -33,6 +34,9 @@ class CoreRequest:
     beam: Any = None                   # BeamState
     prompt_logprobs_done: bool = True
     finished: bool = False
+    grammar: Any = None                # GrammarHandle under guided decoding, else None
+    arrival_time: float = 0.0
+    priority: int = 0
 
     @property
     def num_seqs_total(self) -> int:
@@ -80,6 +84,11 @@ class OutputBatch:
             out = self._by_key[seq] = EngineCoreOutput(job.request_id, 0, [], [])
         out.prompt_logprobs = PositionLogprobs(list(job.targets), lps, ranks, top_ids, top_lps)
         out.prompt_logprobs_start = job.first + 1
+
+    def error(self, request_id: str, message: str) -> None:
+        """The core failed this request (e.g. its grammar did not compile)."""
+        self._by_key[(request_id, "error")] = EngineCoreOutput(
+            request_id, 0, [], [], finish_reason="error", error=message)
 
     def beam_results(self, req: CoreRequest, hyps: list) -> None:
         for i, h in enumerate(hyps):

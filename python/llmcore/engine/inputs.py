@@ -9,6 +9,7 @@ from typing import Optional
 from llmcore.engine.protocol import ServedModelInfo
 from llmcore.engine.request import RequestState
 from llmcore.sampling_params import SamplingParams
+from llmcore.structured_output.spec import spec_from_params
 
 
 class InputProcessor:
@@ -95,6 +96,10 @@ class InputProcessor:
         for t in (params.logit_bias or {}):
             if not 0 <= int(t) < vocab:
                 raise ValueError(f"logit_bias: token id {t} is out of the vocabulary [0, {vocab})")
+        if params.guided_decoding is not None:
+            if params.use_beam_search:
+                raise ValueError("guided_decoding is not supported with use_beam_search")
+            spec_from_params(params.guided_decoding)  # ValueError naming the field, before queueing
         params = self.add_model_eos_ids(params)
         max_tokens = params.max_tokens if params.max_tokens is not None else max_len - len(ids)
         max_tokens = max(1, max_tokens)

@@ -165,6 +165,11 @@ class LLMEngine:
         outs, to_abort = self.frontend.process(core_outputs)
         if to_abort:
             (self.core or self.client).abort_requests(to_abort)
+        if self.frontend.refused:
+            # the core failed a request it had accepted (e.g. its grammar did not compile)
+            rid, msg = self.frontend.refused[0]
+            self.frontend.refused.clear()
+            raise ValueError(f"request {rid}: {msg}")
         return outs
 
     def get_stats(self) -> EngineStats:

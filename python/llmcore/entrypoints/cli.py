@@ -52,10 +52,13 @@ def prepare(argv: Optional[Sequence[str]] = None):
     from llmcore.entrypoints.arg_parser import parse_args, validate_args  # noqa: PLC0415
     from llmcore.entrypoints.chat_template import (ChatTemplateError, check_template,  # noqa
                                                    load_chat_template)
+    from llmcore.entrypoints.openai.tool_parsers import resolve_tool_parser  # noqa: PLC0415
 
     engine_args, frontend_args = parse_args(argv)  # argparse errors exit 2 with one line
     try:
         validate_args(engine_args, frontend_args)
+        resolve_tool_parser(frontend_args.enable_auto_tool_choice, frontend_args.tool_call_parser,
+                            frontend_args.tool_parser_plugin)
         chat_template = load_chat_template(frontend_args.chat_template)
         if chat_template is not None:
             check_template(chat_template)

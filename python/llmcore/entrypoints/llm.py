@@ -69,8 +69,10 @@ class LLM:
 
     def chat(self, messages, sampling_params=None, use_tqdm: bool = True,
              chat_template: Optional[str] = None, add_generation_prompt: bool = True,
-             continue_final_message: bool = False) -> list[RequestOutput]:
-        """Generate replies for one conversation (list of messages) or a list of them."""
+             continue_final_message: bool = False,
+             tools: Optional[list[dict]] = None) -> list[RequestOutput]:
+        """Generate replies for one conversation (list of messages) or a list of them.
+        tools: OpenAI-style tool definitions, given to the chat template as `tools`."""
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
         tok = self.get_tokenizer()
         if tok is None:
@@ -80,7 +82,8 @@ class LLM:
             ids = tok.apply_chat_template(conv, chat_template=chat_template, tokenize=True,
                                           add_generation_prompt=add_generation_prompt and
                                           not continue_final_message,
-                                          continue_final_message=continue_final_message)
+                                          continue_final_message=continue_final_message,
+                                          tools=tools)
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
             prompts.append({"prompt_token_ids": list(ids)})

@@ -64,9 +64,17 @@ class Executor(ABC):
     def initialize_cache(self, num_device_blocks: int, num_cpu_blocks: int) -> None:
         self.collective_rpc("initialize_cache", (num_device_blocks, num_cpu_blocks))
 
+    # Whether execute_model takes StepInput.defer_sampling (then sample_deferred follows):
+    # guided requests keep async scheduling only with executors that do.
+    supports_deferred_sampling = False
+
     @abstractmethod
     def execute_model(self, step: StepInput) -> PendingRunnerOutput:
         """Launch one step; the output of the rank that samples."""
+
+    def sample_deferred(self, grammar_bitmask, grammar_rows) -> PendingRunnerOutput:
+        """Sample the step launched with defer_sampling, under this grammar mask."""
+        raise NotImplementedError(f"{type(self).__name__} does not defer sampling")
 
     def shutdown(self) -> None:
         self.collective_rpc("shutdown")

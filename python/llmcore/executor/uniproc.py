@@ -19,6 +19,11 @@ class UniProcExecutor(Executor):
                        ) -> list[Any]:
         return [getattr(self.worker, method)(*args, **(kwargs or {}))]
 
+    supports_deferred_sampling = True
+
     def execute_model(self, step: StepInput) -> PendingRunnerOutput:
         # called every step: no getattr dispatch
         return self.worker.execute_model(step)
+
+    def sample_deferred(self, grammar_bitmask, grammar_rows) -> PendingRunnerOutput:
+        return self.worker.sample_deferred(grammar_bitmask, grammar_rows)

@@ -28,6 +28,7 @@ from llmcore.layers.attention.metadata import AttentionMetadata
 from llmcore.model_runner.kv_cache import GiB, KVCache, KVCacheSpec
 from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
 from llmcore.sampling import Sampler, SamplingBatchState, compute_prompt_logprobs
+from llmcore.structured_output.bitmask import apply_token_bitmask_
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class ModelRunner:
         self._prev_row_of_seq: dict[int, int] = {}
         self._prev_len_of_seq: dict[int, int] = {}
         self._prev_pending = None   # stage 0 of a pipeline: PendingTokens from the last stage
+        self._deferred = None                    # (StepInput, logits) awaiting sample_deferred
 
     # ------------------------------------------------------------------ sizing
     def determine_num_blocks(self) -> tuple[int, int]:
@@ -335,11 +337,24 @@ class ModelRunner:
         self._prev_len_of_seq = dict(zip(step.sample_seq_ids,
                                          (step.sample_seq_lens + 1).tolist()))
 
+    def _apply_grammar(self, logits: torch.Tensor, bitmask: np.ndarray, rows: np.ndarray) -> None:
+        """Disallowed tokens of the constrained rows -> -inf, on the device, before sampling
+        (and after any CUDA graph: the graph computes hidden states only)."""
+        t = torch.from_numpy(bitmask)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        n = len(rows)
+        if int(rows[0]) == 0 and int(rows[-1]) == n - 1:  # rows 0..n-1 (sorted, distinct)
+            apply_token_bitmask_(logits, t)               # in place on a view: no gather
+        else:
+            apply_token_bitmask_(logits, t, self.index_tensor(rows))
+
     # ------------------------------------------------------------------ one step
     @torch.inference_mode()
     def execute_model(self, step: StepInput) -> PendingRunnerOutput:
         """Forward + sampling for one step. The returned object's get() gives host values;
-        with async scheduling the caller reads it after launching the next step."""
+        with async scheduling the caller reads it after launching the next step. With
+        step.defer_sampling only the forward runs; sample_deferred() samples."""
         for sid in step.finished_seq_ids:
             self._remove_seq(sid)
         for new in step.new_seqs:
@@ -365,9 +380,30 @@ class ModelRunner:
             return PendingRunnerOutput.empty()
         if plan.num_seqs == 0 or len(rows) == 0:
             return PendingRunnerOutput.empty()
+        if step.defer_sampling:
+            # guided rows whose mask needs the previous step's tokens: the engine sends it
+            # (sample_deferred) while the device runs this forward
+            self._deferred = (step, logits)
+            return PendingRunnerOutput.empty()
+        return self._sample_step(step, logits)
+
+    @torch.inference_mode()
+    def sample_deferred(self, grammar_bitmask: Optional[np.ndarray],
+                        grammar_rows: Optional[np.ndarray]) -> PendingRunnerOutput:
+        """Sampling of the step launched with defer_sampling, under this grammar mask."""
+        step, logits = self._deferred
+        self._deferred = None
+        step.grammar_bitmask, step.grammar_rows = grammar_bitmask, grammar_rows
+        return self._sample_step(step, logits)
+
+    def _sample_step(self, step: StepInput, logits: torch.Tensor) -> PendingRunnerOutput:
+        n_sample = len(step.sample_seq_ids)
+        jobs = step.prompt_logprob_jobs
         tensors: dict = {}
         off = 0
         if n_sample:
+            if step.grammar_bitmask is not None:
+                self._apply_grammar(logits, step.grammar_bitmask, step.grammar_rows)
             slots = [self._slot_of[sid] for sid in step.sample_seq_ids]
             slots_t = self.index_tensor(slots)
             out = self.sampler.sample(logits[:n_sample], slots_t, self.sampling_state, slots)

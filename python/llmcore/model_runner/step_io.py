@@ -95,6 +95,13 @@ class StepInput:
     # async scheduling: the last token of a continuing sequence is a placeholder whose
     # value is the previous step's sample, still on the device
     use_device_tokens: bool = False
+    # guided decoding: int32 [n, ceil(V/32)] bitmask (bit t of row i allows token t) for
+    # the sampled rows grammar_rows (indices into sample_seq_ids)
+    grammar_bitmask: Optional[np.ndarray] = None
+    grammar_rows: Optional[np.ndarray] = None
+    # async scheduling with guided rows: run the forward now, sample when the engine sends
+    # the mask (runner.sample_deferred), which depends on the previous step's tokens
+    defer_sampling: bool = False
 
     def portable(self) -> "StepInput":
         """This step with its plan as PlanArrays: picklable, for workers in other processes."""

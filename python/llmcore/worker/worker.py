@@ -97,6 +97,9 @@ class Worker:
     def execute_model(self, step: StepInput) -> PendingRunnerOutput:
         return self.runner.execute_model(step)
 
+    def sample_deferred(self, grammar_bitmask, grammar_rows) -> PendingRunnerOutput:
+        return self.runner.sample_deferred(grammar_bitmask, grammar_rows)
+
     @property
     def model(self) -> torch.nn.Module:
         return self.runner.model

@@ -85,12 +85,58 @@ def sampling_params_from_proto(msg: Any, *, has_msg: bool = True,
             kwargs["stop_token_ids"] = list(msg.stop_token_ids)
         if len(msg.logit_bias):
             kwargs["logit_bias"] = {int(k): _f32(v) for k, v in msg.logit_bias.items()}
+        if msg.HasField("guided_decoding"):
+            kwargs["guided_decoding"] = guided_decoding_from_proto(msg.guided_decoding)
     try:
         return make_sampling_params(kwargs)
     except InvalidField as e:
         if e.kind == BAD_VALUE:  # the message starts with the field's name
             raise _invalid(f"sampling_params.{e}") from None
         raise _invalid(f"sampling_params: {e}") from None  # a field it does not take
+
+
+_PROTO_GUIDED_FIELD = {"json": "json_schema", "regex": "regex", "choice": "choice",
+                      "grammar": "grammar", "json_object": "json_object",
+                      "backend": "backend", "whitespace_pattern": "whitespace_pattern"}
+
+
+def guided_error_message(message: str) -> str:
+    """A guided-decoding ValueError ("guided_decoding.json: ...") in the proto's field names."""
+    for ours, theirs in _PROTO_GUIDED_FIELD.items():
+        message = message.replace(f"guided_decoding.{ours}",
+                                  f"sampling_params.guided_decoding.{theirs}")
+    return message
+
+
+def guided_decoding_from_proto(g: Any) -> Any:
+    """pb2.GuidedDecoding -> GuidedDecodingParams, checked (RpcError INVALID_ARGUMENT)."""
+    from llmcore.sampling_params import GuidedDecodingParams
+    from llmcore.structured_output.spec import spec_from_params
+    which = g.WhichOneof("constraint")
+    if which is None:
+        raise _invalid("sampling_params.guided_decoding: set one of json_schema, regex, choice, "
+                       "grammar, json_object")
+    kwargs: dict[str, Any] = {"backend": g.backend or None,
+                              "whitespace_pattern": g.whitespace_pattern or None}
+    if which == "json_schema":
+        kwargs["json"] = g.json_schema
+    elif which == "choice":
+        kwargs["choice"] = list(g.choice.choices)
+    elif which == "json_object":
+        if not g.json_object:
+            raise _invalid("sampling_params.guided_decoding.json_object: must be true when set")
+        kwargs["json_object"] = True
+    else:
+        kwargs[which] = getattr(g, which)
+    try:
+        params = GuidedDecodingParams(**kwargs)
+        spec_from_params(params)
+    except ValueError as e:
+        msg = guided_error_message(str(e))
+        if not msg.startswith("sampling_params."):
+            msg = f"sampling_params.guided_decoding: {msg}"
+        raise _invalid(msg) from None
+    return params
 
 
 def _token_logprob(token_id: int, lp: Any) -> Any:

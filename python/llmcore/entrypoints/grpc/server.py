@@ -28,7 +28,7 @@ from llmcore.entrypoints.grpc._stubs import pb2, pb2_grpc
 from llmcore.entrypoints.request_log import prompt_for_log
 from llmcore.entrypoints.grpc.convert import (RpcError, _full_response, _invalid,
                                               _is_unavailable_error, _StreamState,
-                                              sampling_params_from_proto)
+                                              guided_error_message, sampling_params_from_proto)
 from llmcore.entrypoints.lifecycle import RequestTerminated, ServerLifecycle
 from llmcore.entrypoints.request_validation import first_out_of_vocab, streaming_conflict
 
@@ -151,7 +151,7 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
                 except (ValueError, TypeError) as e:
                     if got_output:
                         raise
-                    raise _invalid(str(e)) from None
+                    raise _invalid(guided_error_message(str(e))) from None
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except RpcError:

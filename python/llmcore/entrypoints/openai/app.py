@@ -30,6 +30,7 @@ from llmcore.entrypoints.openai.protocol import (ChatCompletionRequest, Completi
 from llmcore.entrypoints.openai.serving_chat import OpenAIServingChat
 from llmcore.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from llmcore.entrypoints.openai.serving_engine import ServerConfig
+from llmcore.entrypoints.openai.tool_parsers import resolve_tool_parser
 
 logger = logging.getLogger("llmcore.entrypoints.openai.api_server")
 
@@ -134,6 +135,10 @@ def make_server_config(engine: Any, frontend_args: FrontendArgs,
                         max_num_seqs=int(ea.max_num_seqs),
                         response_role=frontend_args.response_role,
                         chat_template=chat_template,
+                        enable_auto_tool_choice=bool(frontend_args.enable_auto_tool_choice),
+                        tool_parser_cls=resolve_tool_parser(frontend_args.enable_auto_tool_choice,
+                                                            frontend_args.tool_call_parser,
+                                                            frontend_args.tool_parser_plugin),
                         trust_request_chat_template=bool(
                             getattr(frontend_args, "trust_request_chat_template", False)),
                         disable_log_requests=bool(ea.disable_log_requests),

@@ -71,7 +71,7 @@ class _SamplingFields(OpenAIBaseModel):
     prompt_logprobs: Optional[Int64] = None
     echo: Optional[bool] = False
 
-    # guided decoding (vLLM extras): not supported yet, refused with 400 when set
+    # structured output (openai/structured_output.py): at most one of these per request
     response_format: Optional[ResponseFormat] = None
     guided_json: Optional[Union[str, dict[str, Any]]] = None
     guided_regex: Optional[str] = None
@@ -79,6 +79,7 @@ class _SamplingFields(OpenAIBaseModel):
     guided_grammar: Optional[str] = None
     guided_decoding_backend: Optional[str] = None
     guided_whitespace_pattern: Optional[str] = None
+    structured_outputs: Optional[dict[str, Any]] = None   # vLLM's newer form: {"json": ..}, ..
 
 
 class CompletionRequest(_SamplingFields):
@@ -97,6 +98,8 @@ class ChatMessage(OpenAIBaseModel):
     role: str
     content: Optional[Union[str, list[ContentPart]]] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = None  # an assistant's earlier calls
+    tool_call_id: Optional[str] = None                  # role "tool": the call answered
 
 
 class ChatCompletionRequest(_SamplingFields):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Optional
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -15,6 +15,10 @@ from llmcore.entrypoints.openai.serving_engine import (OpenAIServingBase, chain_
                                                        chat_logprobs, logger, random_id,
                                                        run_until_disconnect, sse_stream,
                                                        StreamDeltas)
+from llmcore.entrypoints.openai.structured_output import guided_field
+from llmcore.entrypoints.openai.tool_calls import (ChoiceStreams, ToolChoice, check_tool_choice,
+                                                   finish_reason, message_fields,
+                                                   template_messages_tool_fields)
 
 _RESERVED_TEMPLATE_KWARGS = {"messages", "add_generation_prompt", "continue_final_message",
                              "bos_token", "eos_token"}
@@ -26,7 +30,7 @@ class OpenAIServingChat(OpenAIServingBase):
         if not request.messages:
             raise APIError("messages must not be empty", 400, param="messages")
         out = []
-        for m in request.messages:
+        for i, m in enumerate(request.messages):
             content = m.content
             if isinstance(content, list):
                 texts = []
@@ -39,6 +43,7 @@ class OpenAIServingChat(OpenAIServingBase):
             msg: dict[str, Any] = {"role": m.role, "content": content if content is not None else ""}
             if m.name is not None:
                 msg["name"] = m.name
+            msg.update(template_messages_tool_fields(m, i))
             out.append(msg)
         return out
 
@@ -57,10 +62,13 @@ class OpenAIServingChat(OpenAIServingBase):
                            "--chat-template", 400, param="messages")
         return template
 
-    def render(self, request: Any, messages: list[dict], template: str) -> str:
+    def render(self, request: Any, messages: list[dict], template: str,
+               tools: Optional[list[dict]] = None) -> str:
         tok = self.tokenizer
         kwargs = {k: v for k, v in (getattr(request, "chat_template_kwargs", None) or {}).items()
                   if k not in _RESERVED_TEMPLATE_KWARGS and isinstance(k, str)}
+        if tools:  # the `tools` variable, as transformers' apply_chat_template(tools=...)
+            kwargs["tools"] = tools
         try:
             return render_chat(template, messages,
                                add_generation_prompt=bool(getattr(request, "add_generation_prompt",
@@ -76,12 +84,10 @@ class OpenAIServingChat(OpenAIServingBase):
                                      raw_request: Request) -> Response:
         model_name = self.check_model(request.model)
         self.check_unsupported(request)
-        if request.tools or request.functions:
-            raise APIError("tools / function calling is not supported", 400, param="tools")
-        if request.tool_choice not in (None, "none"):
-            raise APIError("tool_choice is not supported", 400, param="tool_choice")
-        if request.function_call not in (None, "none"):
-            raise APIError("function_call is not supported", 400, param="function_call")
+        tool_choice = check_tool_choice(request, self.config.enable_auto_tool_choice,
+                                        self.config.tool_parser_cls)
+        if tool_choice.keeps_special_tokens:  # the parser reads markup such as [TOOL_CALLS]
+            request.skip_special_tokens = False
         top_logprobs = request.top_logprobs or 0
         if top_logprobs < 0:
             raise APIError("top_logprobs must be non-negative", 400, param="top_logprobs")
@@ -89,7 +95,7 @@ class OpenAIServingChat(OpenAIServingBase):
             raise APIError("when using top_logprobs, logprobs must be set to true", 400,
                            param="top_logprobs")
         messages = self._messages(request)
-        prompt_text = self.render(request, messages, self._template(request))
+        prompt_text = self.render(request, messages, self._template(request), tool_choice.tools)
         ids = self.encode(prompt_text, add_special_tokens=bool(request.add_special_tokens))
         trunc = request.truncate_prompt_tokens
         if trunc is not None:
@@ -102,16 +108,20 @@ class OpenAIServingChat(OpenAIServingBase):
         logprobs = top_logprobs if request.logprobs else None
         params = self.sampling_params(request, max_tokens=max_tokens, logprobs=logprobs,
                                       prompt_logprobs=request.prompt_logprobs)
+        if tool_choice.guided is not None:  # a named or "required" tool_choice
+            params.guided_decoding = tool_choice.guided
         request_id = f"chat-{random_id()}"
         self.log_request(request_id, prompt_text, params, user=request.user, priority=priority)
         created = now()
-        first, gen = await self.prime({"prompt_token_ids": ids}, params, request_id, priority)
+        first, gen = await self.prime({"prompt_token_ids": ids}, params, request_id, priority,
+                                      guided_field="tools" if tool_choice.guided is not None
+                                      else guided_field(request))
         stream = chain_first(first, gen)
         role = self.config.response_role if request.add_generation_prompt else messages[-1]["role"]
         if request.stream:
             return StreamingResponse(
                 sse_stream(self._events(request, model_name, request_id, created, role, messages,
-                                        len(ids), stream),
+                                        len(ids), stream, tool_choice),
                            request_id, lambda: self.abort(request_id)),
                 media_type="text/event-stream")
 
@@ -127,7 +137,7 @@ class OpenAIServingChat(OpenAIServingBase):
             logger.info("client disconnected: aborted %s", request_id)
             return Response(status_code=499)
         return JSONResponse(self._response(request, model_name, request_id, created, role,
-                                           messages, len(ids), final))
+                                           messages, len(ids), final, tool_choice))
 
     def _echo_text(self, request: ChatCompletionRequest, messages: list[dict], role: str) -> str:
         if request.echo and messages and messages[-1].get("role") == role:
@@ -136,7 +146,7 @@ class OpenAIServingChat(OpenAIServingBase):
         return ""
 
     def _response(self, request, model_name, request_id, created, role, messages, prompt_len,
-                  final) -> dict:
+                  final, tool_choice: ToolChoice) -> dict:
         tok = self.tokenizer
         choices = []
         completion_tokens = 0
@@ -149,9 +159,12 @@ class OpenAIServingChat(OpenAIServingBase):
                 logprobs = chat_logprobs(tok, token_ids, list(o.logprobs or []),
                                          request.top_logprobs or 0,
                                          bool(request.return_tokens_as_token_ids))
-            choices.append({"index": o.index,
-                            "message": {"role": role, "content": echo + o.text, "tool_calls": []},
-                            "logprobs": logprobs, "finish_reason": o.finish_reason,
+            fields, called = message_fields(tool_choice, o.text)
+            if echo:
+                fields["content"] = echo + (fields["content"] or "")
+            choices.append({"index": o.index, "message": {"role": role, **fields},
+                            "logprobs": logprobs,
+                            "finish_reason": finish_reason(o.finish_reason, called),
                             "stop_reason": o.stop_reason})
         choices.sort(key=lambda c: c["index"])
         prompt_tokens = len(getattr(final, "prompt_token_ids", None) or []) or prompt_len
@@ -162,7 +175,7 @@ class OpenAIServingChat(OpenAIServingBase):
                           "completion_tokens": completion_tokens}}
 
     async def _events(self, request, model_name, request_id, created, role, messages, prompt_len,
-                      stream: AsyncIterator) -> AsyncIterator[str]:
+                      stream: AsyncIterator, tool_choice: ToolChoice) -> AsyncIterator[str]:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         # continuous_usage_stats: every chunk carries the usage so far (vLLM's extra)
         continuous = include_usage and bool(request.stream_options.continuous_usage_stats)
@@ -170,6 +183,7 @@ class OpenAIServingChat(OpenAIServingBase):
         n = request.n or 1
         echo = self._echo_text(request, messages, role)
         deltas = StreamDeltas()
+        tool_streams = ChoiceStreams(tool_choice)
         prompt_tokens = prompt_len
 
         def usage_now() -> dict:
@@ -203,10 +217,13 @@ class OpenAIServingChat(OpenAIServingBase):
                     logprobs = chat_logprobs(tok, d.token_ids, d.logprobs,
                                              request.top_logprobs or 0,
                                              bool(request.return_tokens_as_token_ids))
-                choice: dict[str, Any] = {"index": o.index, "delta": {"content": d.text}
-                                          if d.text or o.finish_reason is None else {},
-                                          "logprobs": logprobs,
-                                          "finish_reason": o.finish_reason}
+                delta = tool_streams.delta(o.index, o.text or "", d.text, d.finished)
+                if not delta and not d.finished and logprobs is None:
+                    continue  # held back: may be the start of a tool call
+                choice: dict[str, Any] = {
+                    "index": o.index, "delta": delta, "logprobs": logprobs,
+                    "finish_reason": finish_reason(o.finish_reason,
+                                                   tool_streams.tools_called(o.index))}
                 if o.finish_reason is not None:
                     choice["stop_reason"] = o.stop_reason
                 yield chunk([choice])

@@ -16,6 +16,7 @@ from llmcore.entrypoints.openai.serving_engine import (OpenAIServingBase, chain_
                                                        merge_generators, random_id,
                                                        run_until_disconnect, sse_stream,
                                                        StreamDeltas)
+from llmcore.entrypoints.openai.structured_output import guided_field
 
 
 def dumps(obj: Any) -> str:
@@ -99,7 +100,7 @@ class OpenAIServingCompletion(OpenAIServingBase):
         created = now()
 
         results = await asyncio.gather(
-            *(self.prime(p.engine_prompt, sp, rid, priority)
+            *(self.prime(p.engine_prompt, sp, rid, priority, guided_field=guided_field(request))
               for p, sp, rid in zip(prompts, params, rids)),
             return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]

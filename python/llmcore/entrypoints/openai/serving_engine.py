@@ -15,6 +15,8 @@ import anyio
 
 from llmcore.entrypoints.lifecycle import RequestTerminated, ServerLifecycle
 from llmcore.entrypoints.openai.errors import APIError, sse_error, value_error_to_api_error
+from llmcore.entrypoints.openai.structured_output import (field_error,
+                                                         guided_decoding_from_request)
 from llmcore.entrypoints.request_log import prompt_for_log
 from llmcore.entrypoints.request_validation import (UNSUPPORTED, InvalidField, first_out_of_vocab,
                                                     make_sampling_params, streaming_conflict)
@@ -38,6 +40,8 @@ class ServerConfig:
     max_num_seqs: int = 256
     response_role: str = "assistant"
     chat_template: Optional[str] = None           # --chat-template, already loaded
+    enable_auto_tool_choice: bool = False
+    tool_parser_cls: Optional[type] = None          # --tool-call-parser's class
     trust_request_chat_template: bool = False
     disable_log_requests: bool = True
     max_log_len: Optional[int] = None
@@ -62,13 +66,6 @@ class OpenAIServingBase:
                        code="model_not_found")
 
     def check_unsupported(self, request: Any) -> None:
-        for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
-            if getattr(request, name, None) is not None:
-                raise APIError(f"{name} (guided decoding) is not supported", 400, param=name)
-        rf = getattr(request, "response_format", None)
-        if rf is not None and rf.type not in ("text",):
-            raise APIError(f"response_format type {rf.type!r} (guided decoding) is not supported; "
-                           "only 'text'", 400, param="response_format")
         if request.stream_options is not None and not request.stream:
             raise APIError("stream_options can only be set when stream is true", 400,
                            param="stream_options")
@@ -217,6 +214,12 @@ class OpenAIServingBase:
             spaces_between_special_tokens=request.spaces_between_special_tokens,
         )
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        guided = guided_decoding_from_request(request)
+        if guided is not None:
+            if request.use_beam_search:
+                raise APIError("use_beam_search cannot be combined with structured output", 400,
+                               param="use_beam_search")
+            kwargs["guided_decoding"] = guided
         if request.logit_bias:
             bias: dict[int, float] = {}
             for key, value in request.logit_bias.items():
@@ -237,10 +240,13 @@ class OpenAIServingBase:
 
     # ------------------------------------------------------------------ generation
     async def prime(self, prompt: Any, params: Any, request_id: str,
-                    priority: int = 0) -> tuple[Any, AsyncIterator]:
+                    priority: int = 0, guided_field: Optional[str] = None
+                    ) -> tuple[Any, AsyncIterator]:
         """Start generating and wait for the first output, so that errors the engine raises
-        (bad prompt, bad params) become a 400 before any response byte is sent.
-        priority 0 is the engine's default, so it is passed only when another is asked for."""
+        (bad prompt, bad params, a grammar the backend cannot compile) become a 400 before
+        any response byte is sent. guided_field: the request field that set the grammar, named
+        in such an error. priority 0 is the engine's default, so it is passed only when
+        another is asked for."""
         try:
             if priority:
                 gen = self.engine.generate(prompt, params, request_id, priority=priority)
@@ -253,6 +259,8 @@ class OpenAIServingBase:
             raise APIError("the engine returned no output", 500) from None
         except (ValueError, TypeError, OverflowError) as e:
             await self.abort(request_id)
+            if guided_field is not None and "guided_decoding" in str(e):
+                raise field_error(str(e), guided_field) from None
             raise value_error_to_api_error(e) from None
         except RuntimeError as e:
             if getattr(self.engine, "errored", False):

@@ -1,0 +1,121 @@
+"""Grammars for the engine core: compiled off the step loop, cached, one matcher per sequence,
+and the bitmask of a batch filled on the host.
+
+A request asking for guided decoding gets a `GrammarHandle` at once (the spec is checked
+synchronously: a bad spec is a ValueError before anything is queued); its grammar compiles
+in a thread pool while the core keeps stepping other requests. Compiled grammars are cached
+by (backend, spec), so a repeated schema costs nothing. A compile that fails, or is still
+running after `compile_timeout_s`, fails its request with a ValueError naming the field.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from llmcore.config.engine_config import StructuredOutputConfig
+from llmcore.structured_output.backend import (GrammarMatcher, StructuredOutputBackend, VocabInfo,
+                                               bitmask_width, get_backend_class)
+from llmcore.structured_output.spec import GrammarSpec, spec_from_params
+
+
+@dataclass
+class GrammarHandle:
+    """One request's grammar: compiling or compiled."""
+
+    backend: str
+    spec: GrammarSpec
+    future: cf.Future
+    deadline: float                  # time.monotonic() past which a pending compile fails
+
+
+class StructuredOutputManager:
+    def __init__(self, config: StructuredOutputConfig, load_tokenizer: Callable[[], Any],
+                 vocab_size: int, stop_token_ids: list):
+        self.config = config
+        self.vocab_size = vocab_size
+        self.width = bitmask_width(vocab_size)
+        self._load_tokenizer = load_tokenizer
+        self._stop_ids = [int(t) for t in stop_token_ids if t is not None]
+        self._vocab: Optional[VocabInfo] = None
+        self._backends: dict[str, StructuredOutputBackend] = {}
+        self._lock = threading.Lock()          # backends and the vocabulary are built once
+        self._cache: collections.OrderedDict = collections.OrderedDict()  # key -> Future
+        self._pool: Optional[cf.ThreadPoolExecutor] = None
+
+    # ------------------------------------------------------------ compiling
+    def request_grammar(self, guided: Any) -> GrammarHandle:
+        """Check the spec (ValueError naming the field) and start compiling it."""
+        spec = spec_from_params(guided)
+        name = (guided.backend or self.config.backend).split(":", 1)[0]
+        get_backend_class(name)  # an unknown name fails here, not in the pool
+        key = (name, spec.key)
+        fut = self._cache.get(key)
+        if fut is None or (fut.done() and fut.exception() is not None):
+            if self._pool is None:
+                self._pool = cf.ThreadPoolExecutor(self.config.compile_threads,
+                                                   thread_name_prefix="llmcore-grammar")
+            fut = self._pool.submit(self._compile, name, spec)
+            self._cache[key] = fut
+            while len(self._cache) > self.config.cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return GrammarHandle(name, spec, fut, time.monotonic() + self.config.compile_timeout_s)
+
+    def ready(self, handle: GrammarHandle) -> bool:
+        """True once compiled; False while compiling; ValueError if it failed or timed out."""
+        fut = handle.future
+        if fut.done():
+            err = fut.exception()
+            if err is not None:
+                msg = str(err) if isinstance(err, ValueError) else \
+                    f"guided_decoding.{handle.spec.kind}: {type(err).__name__}: {err}"
+                raise ValueError(msg)
+            return True
+        if time.monotonic() > handle.deadline:
+            raise ValueError(f"guided_decoding.{handle.spec.kind} is too complex: compiling it "
+                             f"took longer than {self.config.compile_timeout_s:g} s")
+        return False
+
+    def wait_any(self, handles: list, timeout: float) -> None:
+        """Block until one of the handles' compiles ends (or `timeout` s): an idle core
+        waits here instead of spinning."""
+        cf.wait([h.future for h in handles], timeout=timeout, return_when=cf.FIRST_COMPLETED)
+
+    def _compile(self, name: str, spec: GrammarSpec) -> Any:
+        return self._backend(name).compile(spec)
+
+    def _backend(self, name: str) -> StructuredOutputBackend:
+        with self._lock:
+            backend = self._backends.get(name)
+            if backend is None:
+                if self._vocab is None:
+                    tok = self._load_tokenizer()
+                    if tok is None:
+                        raise ValueError("guided decoding needs the model's tokenizer")
+                    stop = self._stop_ids or [tok.eos_token_id]
+                    self._vocab = VocabInfo(tok, self.vocab_size, stop)
+                backend = self._backends[name] = get_backend_class(name)(self._vocab)
+            return backend
+
+    # ------------------------------------------------------------ per sequence
+    def new_matcher(self, handle: GrammarHandle) -> GrammarMatcher:
+        return self._backends[handle.backend].new_matcher(handle.future.result())
+
+    def fill_bitmask(self, matchers: list) -> np.ndarray:
+        """int32 [len(matchers), width]: row i allows what matchers[i] allows next."""
+        bitmask = np.zeros((len(matchers), self.width), dtype=np.int32)
+        for i, m in enumerate(matchers):
+            m.fill_bitmask(bitmask, i)
+        return bitmask
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
