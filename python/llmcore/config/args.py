@@ -170,11 +170,19 @@ class EngineArgs:
              "Default: on for CUDA devices. While a request with n/best_of > 1, beam search or "
              "prompt_logprobs is live, steps run without it.")
     max_context_len_to_capture: Optional[int] = arg(None, group=GROUP_SCHED,
-                                                    help="Deprecated alias of --max-seq-len-to-capture.")
+                                                    help="Deprecated alias of --max-seq-len-to-capture "
+                                                         "(when set, it wins).")
     max_seq_len_to_capture: int = arg(8192, group=GROUP_SCHED,
-                                      help="Longest context covered by CUDA graphs; longer runs eager.")
+                                      help="Longest context (prompt + output) covered by the decode "
+                                           "CUDA graphs (capped at --max-model-len): a decode step "
+                                           "with a longer sequence runs eagerly. Smaller values "
+                                           "shrink the graphs' buffers.")
     scheduler_delay_factor: float = arg(0.0, group=GROUP_SCHED,
-                                        help="Delay new prompts by factor x previous prompt latency.")
+                                        help="While requests run, admit waiting prompts only once "
+                                             "the oldest has waited longer than this factor x the "
+                                             "latency of the last step that admitted prompts "
+                                             "(batches arrivals, so decodes are interrupted less). "
+                                             "0: at once.")
     enable_chunked_prefill: bool = arg(False, group=GROUP_SCHED,
                                        help="Split prefills into chunks of max_num_batched_tokens.")
     preemption_mode: Optional[str] = arg(None, group=GROUP_SCHED, choices=["recompute", "swap"],
@@ -345,6 +353,9 @@ class EngineArgs:
             raise ValueError("--swap-space must be >= 0")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
             raise ValueError("--num-gpu-blocks-override must be >= 1")
+        if self.max_seq_len_to_capture < 1 or (self.max_context_len_to_capture is not None
+                                               and self.max_context_len_to_capture < 1):
+            raise ValueError("--max-seq-len-to-capture must be >= 1")
         if self.scheduler_delay_factor < 0:
             raise ValueError("--scheduler-delay-factor must be >= 0")
         if self.rope_scaling is not None:
@@ -385,7 +396,9 @@ class EngineArgs:
                                         if self.cpu_kv_cache_space is not None else 4.0),
                 enable_prefix_caching=self.enable_prefix_caching,
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched,
-                enforce_eager=self.enforce_eager),
+                enforce_eager=self.enforce_eager,
+                max_seq_len_to_capture=min(self.resolved_max_seq_len_to_capture(),
+                                           mc.max_model_len)),
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched,
                 max_model_len=mc.max_model_len, enable_chunked_prefill=self.enable_chunked_prefill,
@@ -406,6 +419,11 @@ class EngineArgs:
             seed=self.seed, max_logprobs=self.max_logprobs)
         config.validate()
         return config
+
+    def resolved_max_seq_len_to_capture(self) -> int:
+        if self.max_context_len_to_capture is not None:
+            return self.max_context_len_to_capture
+        return self.max_seq_len_to_capture
 
     def rope_scaling_dict(self) -> Optional[dict]:
         if self.rope_scaling is None:

@@ -48,6 +48,7 @@ class CacheConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: Optional[int] = None   # None: max(max_model_len, 2048)
     enforce_eager: bool = False
+    max_seq_len_to_capture: int = 8192            # resolved: at most max_model_len
 
     def kv_torch_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
         return model_dtype if self.kv_cache_dtype == "auto" else FP8_KV_DTYPES[self.kv_cache_dtype]

@@ -62,6 +62,7 @@ class EngineCore:
         cfg.enable_chunked_prefill = sc.enable_chunked_prefill
         cfg.enable_prefix_caching = cc.enable_prefix_caching
         cfg.preemption_mode = sc.preemption_mode
+        cfg.delay_factor = sc.scheduler_delay_factor
         self.scheduler = _core.Scheduler(cfg)
         self.num_device_blocks, self.num_cpu_blocks = num_device, num_cpu
         self.max_model_len = sc.max_model_len
@@ -147,7 +148,7 @@ class EngineCore:
         return StepInput(plan=plan, new_seqs=new, finished_seq_ids=gone, **kw)
 
     def _step_sync(self, batch: OutputBatch) -> None:
-        plan = self.scheduler.schedule()
+        plan = self.scheduler.schedule(time.time())
         if plan.num_seqs == 0:
             self.executor.execute_model(self._step_input(plan))  # swaps only, if any
             return
@@ -195,7 +196,7 @@ class EngineCore:
         k. Only token-valued stops (EOS, stop ids) and the front end's stop strings are
         learned late: such a sequence has one wasted row in k. Length stops are known at
         sampling time and release the sequence at once."""
-        plan = self.scheduler.schedule()
+        plan = self.scheduler.schedule(time.time())
         prev = self._take_inflight()
         if plan.num_seqs == 0:
             self.executor.execute_model(self._step_input(plan))  # swaps only, if any
