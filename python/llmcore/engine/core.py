@@ -22,7 +22,7 @@ import numpy as np
 
 from llmcore import _core
 from llmcore.config.engine_config import EngineConfig
-from llmcore.engine.beam_search import BeamState, best_hypotheses, step_beams
+from llmcore.engine.beam_search import BeamState, beam_stop_ids, best_hypotheses, step_beams
 from llmcore.engine.core_state import CoreRequest, CoreSeq, OutputBatch
 from llmcore.engine.core_types import EngineCoreOutputs, EngineCoreRequest, SchedulerStats
 from llmcore.executor import Executor
@@ -365,9 +365,11 @@ class EngineCore:
             cand = (ids[off:off + len(seqs)], lps[off:off + len(seqs)])
             off += len(seqs)
             p = req.params
-            decision = step_beams(req.beam, seqs, cand, self.eos_token_id, p.ignore_eos,
+            decision = step_beams(req.beam, seqs, cand,
+                                  beam_stop_ids(self.eos_token_id, p.ignore_eos, p.stop_token_ids),
                                   req.max_tokens,
-                                  lambda L, req=req: len(req.prompt_token_ids) + L >= self.max_model_len)
+                                  lambda L, req=req: len(req.prompt_token_ids) + L >= self.max_model_len,
+                                  self.eos_token_id)
             self._stats.generation_tokens_total += len(seqs)
             new_children = []
             for parent, token, val, reuse in decision.continue_beams:
