@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
-    from llmcore.config.engine_config import EngineConfig
+    from llmcore.config.engine_config import EngineConfig, TokenizerPoolConfig
 
 # Sentinel help group names, used by the CLI to group --help output.
 GROUP_MODEL = "Model and weights"
@@ -222,12 +222,20 @@ class EngineArgs:
                                           help="Disable the custom all-reduce (only matters with "
                                                "tensor parallelism).")
     tokenizer_pool_size: int = arg(0, group=GROUP_PARALLEL,
-                                   unsupported="tokenizer pools are not supported yet",
-                                   help="Async tokenizer pool size; 0 = synchronous.")
-    tokenizer_pool_type: str = arg("ray", group=GROUP_PARALLEL, help="Tokenizer pool type.")
-    tokenizer_pool_extra_config: Optional[str] = arg(None, group=GROUP_PARALLEL,
-                                                     unsupported="tokenizer pools are not supported yet",
-                                                     help="Tokenizer pool extra JSON config.")
+                                   help="Tokenize prompts and render chat templates (HTTP and gRPC "
+                                        "servers) in a pool of this many workers instead of the "
+                                        "event loop, so long prompts do not stall other streams. "
+                                        "0: in the event loop.")
+    tokenizer_pool_type: str = arg("ray", group=GROUP_PARALLEL, choices=["ray", "thread"],
+                                   help="'ray': Ray actors, each with its own tokenizer, in "
+                                        "processes of their own (a local Ray is started if none "
+                                        "is connected; without Ray installed, falls back to "
+                                        "'thread' with a warning); 'thread': threads of the "
+                                        "server process sharing its tokenizer.")
+    tokenizer_pool_extra_config: Optional[str] = arg(
+        None, group=GROUP_PARALLEL,
+        help='JSON object of Ray actor options for the pool\'s actors (--tokenizer-pool-type '
+             'ray), e.g. {"num_cpus": 1}.')
 
     # --- LoRA ---
     enable_lora: bool = arg(False, group=GROUP_LORA, unsupported="LoRA adapters are not supported yet",
@@ -356,6 +364,7 @@ class EngineArgs:
         if self.max_seq_len_to_capture < 1 or (self.max_context_len_to_capture is not None
                                                and self.max_context_len_to_capture < 1):
             raise ValueError("--max-seq-len-to-capture must be >= 1")
+        self.tokenizer_pool_config()  # raises on a bad size / type / JSON
         if self.scheduler_delay_factor < 0:
             raise ValueError("--scheduler-delay-factor must be >= 0")
         if self.rope_scaling is not None:
@@ -416,7 +425,22 @@ class EngineArgs:
             observability_config=ObservabilityConfig(
                 disable_log_stats=self.disable_log_stats,
                 disable_log_requests=self.disable_log_requests, max_log_len=self.max_log_len),
-            seed=self.seed, max_logprobs=self.max_logprobs)
+            seed=self.seed, max_logprobs=self.max_logprobs,
+            tokenizer_pool_config=self.tokenizer_pool_config())
+        config.validate()
+        return config
+
+    def tokenizer_pool_config(self) -> "TokenizerPoolConfig":
+        from llmcore.config.engine_config import TokenizerPoolConfig
+        extra = self.tokenizer_pool_extra_config
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--tokenizer-pool-extra-config is not valid JSON: {e}") from None
+        config = TokenizerPoolConfig(pool_size=self.tokenizer_pool_size,
+                                     pool_type=self.tokenizer_pool_type,
+                                     extra_config=extra if extra is not None else {})
         config.validate()
         return config
 
