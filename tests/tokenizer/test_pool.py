@@ -69,10 +69,12 @@ def test_flags_resolve_and_bad_values_are_refused():
                       ({"tokenizer_pool_type": "process"}, "tokenizer-pool-type"),
                       ({"tokenizer_pool_extra_config": "{nope"}, "not valid JSON"),
                       ({"tokenizer_pool_extra_config": "[1]"}, "JSON object"),
-                      ({"tokenizer_pool_type": "thread",
+                      ({"tokenizer_pool_type": "thread", "tokenizer_pool_size": 1,
                         "tokenizer_pool_extra_config": '{"num_cpus": 1}'}, "needs")]:
         with pytest.raises(ValueError, match=match):
             EngineArgs(**kw).validate()
+    # size 0: type and extra config are unused (vLLM), so not cross-checked
+    EngineArgs(tokenizer_pool_type="thread", tokenizer_pool_extra_config='{"a": 1}').validate()
 
 
 def test_pool_kinds_and_ray_fallback(monkeypatch):

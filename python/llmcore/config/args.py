@@ -231,11 +231,12 @@ class EngineArgs:
                                         "processes of their own (a local Ray is started if none "
                                         "is connected; without Ray installed, falls back to "
                                         "'thread' with a warning); 'thread': threads of the "
-                                        "server process sharing its tokenizer.")
+                                        "server process sharing its tokenizer. Unused when "
+                                        "--tokenizer-pool-size is 0.")
     tokenizer_pool_extra_config: Optional[str] = arg(
         None, group=GROUP_PARALLEL,
         help='JSON object of Ray actor options for the pool\'s actors (--tokenizer-pool-type '
-             'ray), e.g. {"num_cpus": 1}.')
+             'ray), e.g. {"num_cpus": 1}. Unused when --tokenizer-pool-size is 0.')
 
     # --- LoRA ---
     enable_lora: bool = arg(False, group=GROUP_LORA, unsupported="LoRA adapters are not supported yet",

@@ -113,7 +113,7 @@ class TokenizerPoolConfig:
                              f"{self.pool_type!r}")
         if not isinstance(self.extra_config, dict):
             raise ValueError("--tokenizer-pool-extra-config must be a JSON object")
-        if self.extra_config and self.pool_type != "ray":
+        if self.extra_config and self.pool_type != "ray" and self.pool_size > 0:
             raise ValueError("--tokenizer-pool-extra-config holds Ray actor options: it needs "
                              "--tokenizer-pool-type ray")
 
