@@ -170,7 +170,8 @@ class ModelRunner:
             if self.pp is not None and not self.pp.is_first:
                 stage_input = (self.model_config.hidden_size, self.model_config.dtype)
             gr = DecodeGraphRunner(self.model, self.kv_cache.device_caches, self.device,
-                                   self.cache_config.max_num_seqs, self.model_config.max_model_len,
+                                   self.cache_config.max_num_seqs,
+                                   self.cache_config.max_seq_len_to_capture,
                                    self.cache_config.block_size, stage_input=stage_input)
             try:
                 gr.capture()
@@ -242,7 +243,7 @@ class ModelRunner:
         if self.pp is not None:
             return self._execute_stage(plan, logits_rows, input_fix)
         gr = self.graph_runner
-        if gr is not None and self._graph_step(plan, gr):
+        if gr is not None and gr.fits(plan):
             hidden = gr.run(plan, int(plan.num_seqs),
                             lambda ids: self._apply_input_fix(ids, input_fix))
             return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
@@ -253,13 +254,6 @@ class ModelRunner:
         hidden = self.model(input_ids, positions, kv.device_caches, meta)
         return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
 
-    @staticmethod
-    def _graph_step(plan, gr) -> bool:
-        # graphs are captured for one token per sequence (a k-token verify step runs eager)
-        return (int(plan.num_prefill_seqs) == 0
-                and int(plan.num_batched_tokens) == int(plan.num_seqs)
-                and int(plan.num_seqs) <= gr.max_bs)
-
     def _execute_stage(self, plan, logits_rows: np.ndarray, input_fix) -> Optional[torch.Tensor]:
         """One pipeline stage's part of the step: logits on the last stage, None elsewhere."""
         pp = self.pp
@@ -269,7 +263,7 @@ class ModelRunner:
                                                 self.model_config.hidden_size,
                                                 self.model_config.dtype, self.device)
         gr = self.graph_runner
-        if gr is not None and self._graph_step(plan, gr):
+        if gr is not None and gr.fits(plan):
             out = gr.run(plan, int(plan.num_seqs),
                          lambda ids: self._apply_input_fix(ids, input_fix), intermediate)
         else:
