@@ -74,6 +74,7 @@ void bind_scheduler(py::module_& m) {
       .def_readwrite("enable_chunked_prefill", &SchedulerConfig::enable_chunked_prefill)
       .def_readwrite("enable_prefix_caching", &SchedulerConfig::enable_prefix_caching)
       .def_readwrite("watermark", &SchedulerConfig::watermark)
+      .def_readwrite("delay_factor", &SchedulerConfig::delay_factor)
       .def_property(
           "preemption_mode",
           [](const SchedulerConfig& c) { return mode_name(c.preemption_mode); },
@@ -214,7 +215,7 @@ void bind_scheduler(py::module_& m) {
           py::arg("seq_ids"), py::arg("token_ids"))
       .def("finish_seq", &Scheduler::finish_seq, py::arg("seq_id"))
       .def("abort_request", &Scheduler::abort_request, py::arg("request_id"))
-      .def("schedule", &Scheduler::schedule)
+      .def("schedule", &Scheduler::schedule, py::arg("now") = 0.0)
       .def("has_unfinished", &Scheduler::has_unfinished)
       .def("num_waiting", &Scheduler::num_waiting)
       .def("num_running", &Scheduler::num_running)

@@ -26,6 +26,7 @@ void SchedulerConfig::validate() const {
         "max_num_batched_tokens must be >= max_model_len when chunked prefill is off");
   if (!(watermark >= 0.0 && watermark < 1.0))
     throw std::invalid_argument("watermark must be in [0, 1)");
+  if (!(delay_factor >= 0.0)) throw std::invalid_argument("delay_factor must be >= 0");
   if (preemption_mode != PreemptionMode::kRecompute &&
       preemption_mode != PreemptionMode::kSwap)
     throw std::invalid_argument("bad preemption_mode");
@@ -355,7 +356,18 @@ bool Scheduler::try_admit(Request* r) {
 
 // ---------------------------------------------------------------------------
 
-std::shared_ptr<SchedulerOutput> Scheduler::schedule() {
+bool Scheduler::passed_delay(double now) {
+  if (prev_step_admitted_) last_prompt_latency_ = now - prev_schedule_time_;
+  prev_schedule_time_ = now;
+  prev_step_admitted_ = false;
+  if (cfg_.delay_factor <= 0.0 || waiting_.empty() || running_.empty()) return true;
+  double earliest = (*waiting_.begin())->arrival;
+  for (const Request* r : waiting_) earliest = std::min(earliest, r->arrival);
+  return now - earliest > cfg_.delay_factor * last_prompt_latency_;
+}
+
+std::shared_ptr<SchedulerOutput> Scheduler::schedule(double now) {
+  const bool admit_prompts = passed_delay(now);  // before step 1 changes running_
   std::shared_ptr<SchedulerOutput> result = acquire_output();
   out_ = result.get();
   out_->begin_step();
@@ -384,9 +396,10 @@ std::shared_ptr<SchedulerOutput> Scheduler::schedule() {
     }
   }
   // 3. New (or recompute-preempted) prefills.
-  if (!preempted_this_step_ && swapped_.empty()) {
+  if (!preempted_this_step_ && swapped_.empty() && admit_prompts) {
     while (!waiting_.empty() && token_budget_ > 0 && seq_budget_ > 0) {
       if (!try_admit(*waiting_.begin())) break;
+      prev_step_admitted_ = true;
     }
   }
   build_output(*out_);

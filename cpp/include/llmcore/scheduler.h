@@ -26,6 +26,11 @@ struct SchedulerConfig {
   bool enable_prefix_caching = false;
   PreemptionMode preemption_mode = PreemptionMode::kRecompute;
   double watermark = 0.01;
+  // vLLM's --scheduler-delay-factor: while requests run, waiting prompts are admitted only
+  // once the oldest of them has waited longer than delay_factor x the latency of the last
+  // step that admitted prompts, so that arrivals batch into fewer prefill steps and decodes
+  // are not interrupted by every single one. 0 = admit at once.
+  double delay_factor = 0.0;
 
   // Throws std::invalid_argument on a bad configuration.
   void validate() const;
@@ -135,8 +140,9 @@ class Scheduler {
   std::vector<int64_t> abort_request(int64_t request_id);
 
   // The returned object is recycled by a later schedule() once the caller
-  // dropped every reference to it.
-  std::shared_ptr<SchedulerOutput> schedule();
+  // dropped every reference to it. now: the caller's clock, on the scale of the
+  // arrival times (the scheduler reads no clock); only delay_factor > 0 uses it.
+  std::shared_ptr<SchedulerOutput> schedule(double now = 0.0);
 
   bool has_unfinished() const { return !requests_.empty(); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
@@ -203,6 +209,7 @@ class Scheduler {
   void remove_from_queue(Request* r);
   void insert_running(Request* r);
   void build_output(SchedulerOutput& out);
+  bool passed_delay(double now);
   std::shared_ptr<SchedulerOutput> acquire_output();
   void resolve_seqs(const int64_t* seq_ids, size_t n);  // -> update_scratch_
   void rollback_seq(Sequence* s, int32_t num_tokens);
@@ -221,6 +228,10 @@ class Scheduler {
   int num_running_seqs_ = 0;
   uint64_t next_seqno_ = 0;
   int64_t num_preemptions_ = 0;
+  // delay_factor: when the last step that admitted prompts was scheduled, and its latency
+  bool prev_step_admitted_ = false;
+  double prev_schedule_time_ = 0.0;
+  double last_prompt_latency_ = 0.0;
 
   // Per-step state / scratch (kept to avoid per-step allocation).
   SchedulerOutput* out_ = nullptr;

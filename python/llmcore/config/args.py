@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
-    from llmcore.config.engine_config import EngineConfig
+    from llmcore.config.engine_config import EngineConfig, TokenizerPoolConfig
 
 # Sentinel help group names, used by the CLI to group --help output.
 GROUP_MODEL = "Model and weights"
@@ -176,11 +176,19 @@ class EngineArgs:
              "tokenization and detokenization overlap the model's steps. Default: in this "
              "process.")
     max_context_len_to_capture: Optional[int] = arg(None, group=GROUP_SCHED,
-                                                    help="Deprecated alias of --max-seq-len-to-capture.")
+                                                    help="Deprecated alias of --max-seq-len-to-capture "
+                                                         "(when set, it wins).")
     max_seq_len_to_capture: int = arg(8192, group=GROUP_SCHED,
-                                      help="Longest context covered by CUDA graphs; longer runs eager.")
+                                      help="Longest context (prompt + output) covered by the decode "
+                                           "CUDA graphs (capped at --max-model-len): a decode step "
+                                           "with a longer sequence runs eagerly. Smaller values "
+                                           "shrink the graphs' buffers.")
     scheduler_delay_factor: float = arg(0.0, group=GROUP_SCHED,
-                                        help="Delay new prompts by factor x previous prompt latency.")
+                                        help="While requests run, admit waiting prompts only once "
+                                             "the oldest has waited longer than this factor x the "
+                                             "latency of the last step that admitted prompts "
+                                             "(batches arrivals, so decodes are interrupted less). "
+                                             "0: at once.")
     enable_chunked_prefill: bool = arg(False, group=GROUP_SCHED,
                                        help="Split prefills into chunks of max_num_batched_tokens.")
     preemption_mode: Optional[str] = arg(None, group=GROUP_SCHED, choices=["recompute", "swap"],
@@ -220,12 +228,20 @@ class EngineArgs:
                                           help="Disable the custom all-reduce (only matters with "
                                                "tensor parallelism).")
     tokenizer_pool_size: int = arg(0, group=GROUP_PARALLEL,
-                                   unsupported="tokenizer pools are not supported yet",
-                                   help="Async tokenizer pool size; 0 = synchronous.")
-    tokenizer_pool_type: str = arg("ray", group=GROUP_PARALLEL, help="Tokenizer pool type.")
-    tokenizer_pool_extra_config: Optional[str] = arg(None, group=GROUP_PARALLEL,
-                                                     unsupported="tokenizer pools are not supported yet",
-                                                     help="Tokenizer pool extra JSON config.")
+                                   help="Tokenize prompts and render chat templates (HTTP and gRPC "
+                                        "servers) in a pool of this many workers instead of the "
+                                        "event loop, so long prompts do not stall other streams. "
+                                        "0: in the event loop.")
+    tokenizer_pool_type: str = arg("ray", group=GROUP_PARALLEL, choices=["ray", "thread"],
+                                   help="'ray': Ray actors, each with its own tokenizer, in "
+                                        "processes of their own (a local Ray is started if none "
+                                        "is connected; without Ray installed, falls back to "
+                                        "'thread' with a warning); 'thread': threads of the "
+                                        "server process sharing its tokenizer.")
+    tokenizer_pool_extra_config: Optional[str] = arg(
+        None, group=GROUP_PARALLEL,
+        help='JSON object of Ray actor options for the pool\'s actors (--tokenizer-pool-type '
+             'ray), e.g. {"num_cpus": 1}.')
 
     # --- LoRA ---
     enable_lora: bool = arg(False, group=GROUP_LORA, unsupported="LoRA adapters are not supported yet",
@@ -351,6 +367,10 @@ class EngineArgs:
             raise ValueError("--swap-space must be >= 0")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
             raise ValueError("--num-gpu-blocks-override must be >= 1")
+        if self.max_seq_len_to_capture < 1 or (self.max_context_len_to_capture is not None
+                                               and self.max_context_len_to_capture < 1):
+            raise ValueError("--max-seq-len-to-capture must be >= 1")
+        self.tokenizer_pool_config()  # raises on a bad size / type / JSON
         if self.scheduler_delay_factor < 0:
             raise ValueError("--scheduler-delay-factor must be >= 0")
         if self.rope_scaling is not None:
@@ -391,7 +411,9 @@ class EngineArgs:
                                         if self.cpu_kv_cache_space is not None else 4.0),
                 enable_prefix_caching=self.enable_prefix_caching,
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched,
-                enforce_eager=self.enforce_eager),
+                enforce_eager=self.enforce_eager,
+                max_seq_len_to_capture=min(self.resolved_max_seq_len_to_capture(),
+                                           mc.max_model_len)),
             scheduler_config=SchedulerConfig(
                 max_num_seqs=self.max_num_seqs, max_num_batched_tokens=max_batched,
                 max_model_len=mc.max_model_len, enable_chunked_prefill=self.enable_chunked_prefill,
@@ -409,9 +431,29 @@ class EngineArgs:
             observability_config=ObservabilityConfig(
                 disable_log_stats=self.disable_log_stats,
                 disable_log_requests=self.disable_log_requests, max_log_len=self.max_log_len),
-            seed=self.seed, max_logprobs=self.max_logprobs)
+            seed=self.seed, max_logprobs=self.max_logprobs,
+            tokenizer_pool_config=self.tokenizer_pool_config())
         config.validate()
         return config
+
+    def tokenizer_pool_config(self) -> "TokenizerPoolConfig":
+        from llmcore.config.engine_config import TokenizerPoolConfig
+        extra = self.tokenizer_pool_extra_config
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--tokenizer-pool-extra-config is not valid JSON: {e}") from None
+        config = TokenizerPoolConfig(pool_size=self.tokenizer_pool_size,
+                                     pool_type=self.tokenizer_pool_type,
+                                     extra_config=extra if extra is not None else {})
+        config.validate()
+        return config
+
+    def resolved_max_seq_len_to_capture(self) -> int:
+        if self.max_context_len_to_capture is not None:
+            return self.max_context_len_to_capture
+        return self.max_seq_len_to_capture
 
     def rope_scaling_dict(self) -> Optional[dict]:
         if self.rope_scaling is None:

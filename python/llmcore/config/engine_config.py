@@ -48,6 +48,7 @@ class CacheConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: Optional[int] = None   # None: max(max_model_len, 2048)
     enforce_eager: bool = False
+    max_seq_len_to_capture: int = 8192            # resolved: at most max_model_len
 
     def kv_torch_dtype(self, model_dtype: torch.dtype) -> torch.dtype:
         return model_dtype if self.kv_cache_dtype == "auto" else FP8_KV_DTYPES[self.kv_cache_dtype]
@@ -95,6 +96,29 @@ class ObservabilityConfig:
     max_log_len: Optional[int] = None
 
 
+TOKENIZER_POOL_TYPES = ("ray", "thread")
+
+
+@dataclass
+class TokenizerPoolConfig:
+    pool_size: int = 0             # 0: tokenize inline (in the event loop)
+    pool_type: str = "ray"
+    extra_config: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.pool_size < 0:
+            raise ValueError("--tokenizer-pool-size must be >= 0")
+        if self.pool_type not in TOKENIZER_POOL_TYPES:
+            raise ValueError(f"--tokenizer-pool-type must be one of {list(TOKENIZER_POOL_TYPES)}, got "
+                             f"{self.pool_type!r}")
+        if not isinstance(self.extra_config, dict):
+            raise ValueError("--tokenizer-pool-extra-config must be a JSON object")
+        if self.extra_config and self.pool_type != "ray":
+            raise ValueError("--tokenizer-pool-extra-config holds Ray actor options: it needs "
+                             "--tokenizer-pool-type ray")
+
+
+
 @dataclass
 class EngineConfig:
     model_config: "ModelConfig"
@@ -107,6 +131,7 @@ class EngineConfig:
     observability_config: ObservabilityConfig
     seed: int = 0
     max_logprobs: int = 20
+    tokenizer_pool_config: TokenizerPoolConfig = field(default_factory=TokenizerPoolConfig)
     # Room for the features that come next; None until they are built.
     lora_config: Optional[Any] = None
     speculative_config: Optional[Any] = None

@@ -24,6 +24,7 @@ from llmcore.engine.protocol import EngineStats, PromptType
 from llmcore.engine.stat_logger import StatLogger
 from llmcore.outputs import RequestOutput
 from llmcore.sampling_params import SamplingParams
+from llmcore.tokenizer.pool import create_tokenizer_pool
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class AsyncLLMEngine:
         self.model_info = engine.model_info
         self.tokenizer = engine.tokenizer
         self.chat_template = getattr(engine.tokenizer, "chat_template", None)
+        # the servers' tokenization / chat rendering (--tokenizer-pool-size)
+        self.tokenizer_pool = create_tokenizer_pool(engine.config.tokenizer_pool_config,
+                                                    engine.tokenizer)
         self.metrics = engine.metrics
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
@@ -141,6 +145,7 @@ class AsyncLLMEngine:
                     self._death_waiters.remove(waiter)
 
     def shutdown(self) -> None:
+        self.tokenizer_pool.shutdown()
         self._stop.set()
         self._wakeup.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:

@@ -25,6 +25,7 @@ from llmcore.engine.protocol import EngineStats, PromptType
 from llmcore.engine.stat_logger import StatLogger
 from llmcore.outputs import RequestOutput
 from llmcore.sampling_params import SamplingParams
+from llmcore.tokenizer.pool import create_tokenizer_pool
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class AsyncLLM:
         self.tokenizer, eos = load_frontend_tokenizer(config, engine_args)
         self.model_info = served_model_info(config)
         self.chat_template = getattr(self.tokenizer, "chat_template", None)
+        # the servers' tokenization / chat rendering (--tokenizer-pool-size)
+        self.tokenizer_pool = create_tokenizer_pool(config.tokenizer_pool_config, self.tokenizer)
         self.frontend = EngineFrontend(self.tokenizer, self.model_info, eos,
                                        max_num_seqs=config.scheduler_config.max_num_seqs)
         self.metrics = self.frontend.metrics
@@ -186,6 +189,7 @@ class AsyncLLM:
         return err
 
     def shutdown(self) -> None:
+        self.tokenizer_pool.shutdown()
         if self._output_task is not None and not self._output_task.done():
             self._output_task.cancel()
         self.client.shutdown()

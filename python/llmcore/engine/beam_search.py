@@ -8,8 +8,7 @@ hypotheses are kept here as token lists and scored with the length penalty.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
-
+from typing import Callable, Collection, Optional
 
 
 @dataclass
@@ -18,6 +17,7 @@ class Hypothesis:
     cumulative_logprob: float
     finish_reason: str
     score: float
+    stop_reason: Optional[int] = None    # the stop token id, when not the primary EOS
 
 
 @dataclass
@@ -57,20 +57,35 @@ def beam_candidates_from_topk(beams: list, topk: tuple, k: int) -> list:
     return [(b, tok, val) for val, b, tok in cands[:k]]
 
 
-def step_beams(state: BeamState, beams: list, topk: tuple, eos_token_id: Optional[int],
-               ignore_eos: bool, max_tokens: int, at_max_len: Callable[[int], bool]) -> BeamDecision:
+def beam_stop_ids(eos_token_id: Optional[int], ignore_eos: bool,
+                  stop_token_ids: Collection[int]) -> frozenset:
+    """Token ids that end a hypothesis: the primary EOS (unless ignore_eos) and the
+    request's stop_token_ids, which hold the generation config's other EOS ids (added by
+    the front end unless ignore_eos), as vLLM's stop checker does for beams."""
+    ids = set(stop_token_ids or ())
+    if eos_token_id is not None and not ignore_eos:
+        ids.add(eos_token_id)
+    return frozenset(ids)
+
+
+def step_beams(state: BeamState, beams: list, topk: tuple, stop_ids: Collection[int],
+               max_tokens: int, at_max_len: Callable[[int], bool],
+               eos_token_id: Optional[int] = None) -> BeamDecision:
     """beams: live sequences (with output_token_ids, cumulative_logprob) in row order of
-    topk = (ids [N][m], log-softmaxed logprobs [N][m]), each row's top m >= 2 x width."""
+    topk = (ids [N][m], log-softmaxed logprobs [N][m]), each row's top m >= 2 x width.
+    stop_ids (`beam_stop_ids`) end a hypothesis with "stop"; its stop_reason is the token
+    unless it is eos_token_id."""
     width = state.width
     # 2 * width candidates, so finished (EOS) ones can be set aside without running out.
     chosen: list = []
     for b, token, val in beam_candidates_from_topk(beams, topk, 2 * width):
         parent = beams[b]
         new_len = len(parent.output_token_ids) + 1
-        if not ignore_eos and token == eos_token_id:
+        if token in stop_ids:
             toks = parent.output_token_ids + [token]
             state.finished.append(Hypothesis(toks, val, "stop",
-                                             beam_score(val, new_len, state.length_penalty)))
+                                             beam_score(val, new_len, state.length_penalty),
+                                             None if token == eos_token_id else int(token)))
             continue
         if len(chosen) < width:
             chosen.append((parent, token, val))

@@ -22,7 +22,7 @@ import numpy as np
 
 from llmcore import _core
 from llmcore.config.engine_config import EngineConfig
-from llmcore.engine.beam_search import BeamState, best_hypotheses, step_beams
+from llmcore.engine.beam_search import BeamState, beam_stop_ids, best_hypotheses, step_beams
 from llmcore.engine.core_state import CoreRequest, CoreSeq, OutputBatch
 from llmcore.engine.core_types import EngineCoreOutputs, EngineCoreRequest, SchedulerStats
 from llmcore.executor import Executor
@@ -62,6 +62,7 @@ class EngineCore:
         cfg.enable_chunked_prefill = sc.enable_chunked_prefill
         cfg.enable_prefix_caching = cc.enable_prefix_caching
         cfg.preemption_mode = sc.preemption_mode
+        cfg.delay_factor = sc.scheduler_delay_factor
         self.scheduler = _core.Scheduler(cfg)
         self.num_device_blocks, self.num_cpu_blocks = num_device, num_cpu
         self.max_model_len = sc.max_model_len
@@ -147,7 +148,7 @@ class EngineCore:
         return StepInput(plan=plan, new_seqs=new, finished_seq_ids=gone, **kw)
 
     def _step_sync(self, batch: OutputBatch) -> None:
-        plan = self.scheduler.schedule()
+        plan = self.scheduler.schedule(time.time())
         if plan.num_seqs == 0:
             self.executor.execute_model(self._step_input(plan))  # swaps only, if any
             return
@@ -195,7 +196,7 @@ class EngineCore:
         k. Only token-valued stops (EOS, stop ids) and the front end's stop strings are
         learned late: such a sequence has one wasted row in k. Length stops are known at
         sampling time and release the sequence at once."""
-        plan = self.scheduler.schedule()
+        plan = self.scheduler.schedule(time.time())
         prev = self._take_inflight()
         if plan.num_seqs == 0:
             self.executor.execute_model(self._step_input(plan))  # swaps only, if any
@@ -364,9 +365,11 @@ class EngineCore:
             cand = (ids[off:off + len(seqs)], lps[off:off + len(seqs)])
             off += len(seqs)
             p = req.params
-            decision = step_beams(req.beam, seqs, cand, self.eos_token_id, p.ignore_eos,
+            decision = step_beams(req.beam, seqs, cand,
+                                  beam_stop_ids(self.eos_token_id, p.ignore_eos, p.stop_token_ids),
                                   req.max_tokens,
-                                  lambda L, req=req: len(req.prompt_token_ids) + L >= self.max_model_len)
+                                  lambda L, req=req: len(req.prompt_token_ids) + L >= self.max_model_len,
+                                  self.eos_token_id)
             self._stats.generation_tokens_total += len(seqs)
             new_children = []
             for parent, token, val, reuse in decision.continue_beams:

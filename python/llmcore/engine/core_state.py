@@ -85,7 +85,7 @@ class OutputBatch:
         for i, h in enumerate(hyps):
             self._by_key[(req.request_id, i)] = EngineCoreOutput(
                 req.request_id, i, list(h.token_ids), [], finish_reason=h.finish_reason,
-                replace=True, cumulative_logprob=h.cumulative_logprob)
+                stop_reason=h.stop_reason, replace=True, cumulative_logprob=h.cumulative_logprob)
         if not hyps:
             self._by_key[(req.request_id, 0)] = EngineCoreOutput(req.request_id, 0, [], [],
                                                                  finish_reason="length",

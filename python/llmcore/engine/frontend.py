@@ -161,7 +161,7 @@ class EngineFrontend:
             req.beam.results.append(CompletionOutput(
                 index=o.index, text=text, token_ids=list(o.new_token_ids),
                 cumulative_logprob=o.cumulative_logprob, logprobs=None,
-                finish_reason=o.finish_reason, stop_reason=None))
+                finish_reason=o.finish_reason, stop_reason=o.stop_reason))
         self._observe_token(req)
 
     def _finish_request(self, req: RequestState) -> None:

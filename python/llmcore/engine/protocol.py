@@ -59,7 +59,9 @@ class EngineClient(Protocol):
       aborted and its KV blocks are freed before the next engine step.
     - `abort` is idempotent.
     - `tokenizer` is a transformers tokenizer (encode / decode / apply_chat_template);
-      `chat_template` the model's template string or None.
+      `chat_template` the model's template string or None. Optional `tokenizer_pool`
+      (tokenizer/pool.py): where front ends run tokenization and chat rendering
+      (--tokenizer-pool-size); without one they run it in the event loop.
     - `errored` is True once the background loop died; `check_health` raises then.
     - `wait_for_death` returns the error that killed the engine, once it is dead; it
       never returns while the engine is healthy (nor after a clean `shutdown`). Every

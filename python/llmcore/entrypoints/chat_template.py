@@ -149,3 +149,17 @@ def render_chat(template: str, messages: list[dict], *, add_generation_prompt: b
             raise ChatTemplateError("continue_final_message: the final message does not appear in "
                                     "the rendered chat")
     return rendered
+
+
+def render_chat_and_encode(tokenizer: Any, template: str, messages: list[dict],
+                           add_special_tokens: bool, add_generation_prompt: bool,
+                           continue_final_message: bool,
+                           template_kwargs: dict) -> tuple[str, list[int]]:
+    """The prompt text of `messages` and its token ids, in one call: the unit of work the
+    servers hand to the tokenizer pool (tokenizer/pool.py), so a long conversation is
+    rendered and tokenized off the event loop."""
+    text = render_chat(template, messages, add_generation_prompt=add_generation_prompt,
+                       continue_final_message=continue_final_message,
+                       bos_token=getattr(tokenizer, "bos_token", None) or "",
+                       eos_token=getattr(tokenizer, "eos_token", None) or "", **template_kwargs)
+    return text, [int(t) for t in tokenizer.encode(text, add_special_tokens=add_special_tokens)]

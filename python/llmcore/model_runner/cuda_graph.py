@@ -7,8 +7,11 @@ into static buffers, the padding rows get slot -1 (no KV write) and seq_len 1 (t
 output is discarded). The model's forward runs up to the final norm inside the graph; the
 lm_head/logits run eagerly on the selected rows only.
 
-The decode kernel's number of splits is fixed at capture (for max_model_len); each
-sequence spreads its own length over them, so short contexts still use every split.
+Graphs cover contexts up to ``max_seq_len_to_capture`` (vLLM's --max-seq-len-to-capture,
+at most max_model_len): the block-table buffer holds that many tokens' blocks and the decode
+kernel's number of splits is fixed at capture for that length (each sequence spreads its
+own length over them, so short contexts still use every split). A decode step with any
+longer sequence runs eagerly (`fits_decode_graph`).
 """
 
 from __future__ import annotations
@@ -31,17 +34,26 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
     return out
 
 
+def fits_decode_graph(num_prefill_seqs: int, num_batched_tokens: int, num_seqs: int,
+                      max_seq_len: int, max_graph_batch: int, max_seq_len_to_capture: int) -> bool:
+    """Whether a step may replay a decode graph: decode only, one token per sequence (a
+    k-token verify step runs eager), a captured batch size, and no sequence longer than the
+    graphs' context (vLLM's rule for --max-seq-len-to-capture)."""
+    return (num_prefill_seqs == 0 and num_batched_tokens == num_seqs
+            and 0 < num_seqs <= max_graph_batch and max_seq_len <= max_seq_len_to_capture)
+
+
 class DecodeGraphRunner:
     def __init__(self, model: torch.nn.Module, kv_caches, device: torch.device, max_num_seqs: int,
-                 max_model_len: int, block_size: int):
+                 max_seq_len_to_capture: int, block_size: int):
         self.model = model
         self.kv_caches = kv_caches
         self.device = device
         self.block_size = block_size
-        self.max_model_len = max_model_len
+        self.max_seq_len = max_seq_len_to_capture
         self.sizes = capture_sizes(max_num_seqs)
         self.max_bs = self.sizes[-1]
-        self.max_blocks = -(-max_model_len // block_size)
+        self.max_blocks = -(-max_seq_len_to_capture // block_size)
         B = self.max_bs
         kw = dict(device=device)
         self.input_ids = torch.zeros(B, dtype=torch.int64, **kw)
@@ -65,7 +77,7 @@ class DecodeGraphRunner:
             num_prefills=0, num_prefill_tokens=0, num_decode_tokens=bs,
             slot_mapping=self.slot_mapping[:bs], seq_lens=self.seq_lens[:bs],
             context_lens=self.context_lens[:bs], query_start_loc=self.query_start_loc[:bs + 1],
-            block_tables=self.block_tables[:bs], max_query_len=1, max_seq_len=self.max_model_len,
+            block_tables=self.block_tables[:bs], max_query_len=1, max_seq_len=self.max_seq_len,
             block_size=self.block_size, seq_lens_host=np.ones(bs, dtype=np.int32),
             context_lens_host=np.zeros(bs, dtype=np.int32),
             query_start_loc_host=np.arange(bs + 1, dtype=np.int32))
@@ -100,6 +112,13 @@ class DecodeGraphRunner:
             slot_mapping=torch.zeros(B, dtype=torch.int64, pin_memory=pin),
             seq_lens=torch.zeros(B, dtype=torch.int32, pin_memory=pin),
             block_tables=torch.zeros((B, self.max_blocks), dtype=torch.int32, pin_memory=pin))
+
+    def fits(self, plan) -> bool:
+        n = int(plan.num_seqs)
+        seq_lens = np.asarray(plan.seq_lens)
+        return fits_decode_graph(int(plan.num_prefill_seqs), int(plan.num_batched_tokens), n,
+                                 int(seq_lens[:n].max()) if n else 0, self.max_bs,
+                                 self.max_seq_len)
 
     def padded_size(self, n: int) -> Optional[int]:
         for s in self.sizes:

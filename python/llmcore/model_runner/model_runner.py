@@ -142,7 +142,8 @@ class ModelRunner:
         if self._graphs_possible() and not self.cache_config.enforce_eager:
             from llmcore.model_runner.cuda_graph import DecodeGraphRunner
             gr = DecodeGraphRunner(self.model, self.kv_cache.device_caches, self.device,
-                                   self.cache_config.max_num_seqs, self.model_config.max_model_len,
+                                   self.cache_config.max_num_seqs,
+                                   self.cache_config.max_seq_len_to_capture,
                                    self.cache_config.block_size)
             try:
                 gr.capture()
@@ -212,10 +213,7 @@ class ModelRunner:
         if plan.num_seqs == 0:
             return torch.empty((0, self.model_config.vocab_size), dtype=torch.float32)
         gr = self.graph_runner
-        # graphs are captured for one token per sequence (a k-token verify step runs eager)
-        if (gr is not None and int(plan.num_prefill_seqs) == 0
-                and int(plan.num_batched_tokens) == int(plan.num_seqs)
-                and int(plan.num_seqs) <= gr.max_bs):
+        if gr is not None and gr.fits(plan):
             hidden = gr.run(plan, int(plan.num_seqs),
                             lambda ids: self._apply_input_fix(ids, input_fix))
             return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()

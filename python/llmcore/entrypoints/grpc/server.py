@@ -23,7 +23,8 @@ from grpc_health.v1 import health as _health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from llmcore.entrypoints.chat_template import load_chat_template, render_chat
+from llmcore.entrypoints.chat_template import (load_chat_template,
+                                               render_chat_and_encode)
 from llmcore.entrypoints.grpc._stubs import pb2, pb2_grpc
 from llmcore.entrypoints.request_log import prompt_for_log
 from llmcore.entrypoints.grpc.convert import (RpcError, _full_response, _invalid,
@@ -31,6 +32,7 @@ from llmcore.entrypoints.grpc.convert import (RpcError, _full_response, _invalid
                                               sampling_params_from_proto)
 from llmcore.entrypoints.lifecycle import RequestTerminated, ServerLifecycle
 from llmcore.entrypoints.request_validation import first_out_of_vocab, streaming_conflict
+from llmcore.tokenizer.pool import encode_text
 
 logger = logging.getLogger("llmcore.grpc")
 
@@ -84,10 +86,22 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             raise _invalid(f"{field}[{i}]: token id {ids[i]} is out of the vocabulary "
                            f"(size {limit})")
 
-    def _prompt(self, request: Any) -> Any:
+    async def _tokenizer_call(self, fn: Any, *args: Any) -> Any:
+        """fn(tokenizer, *args) in the engine's tokenizer pool (off the event loop with
+        --tokenizer-pool-size > 0), inline for engines without one."""
+        pool = getattr(self.engine, "tokenizer_pool", None)
+        if pool is None:
+            return fn(self.engine.tokenizer, *args)
+        return await pool.run(fn, *args)
+
+    async def _prompt(self, request: Any) -> Any:
         kind = request.WhichOneof("prompt")
         if kind == "text":
-            return request.text
+            if self.engine.tokenizer is None or not request.text:
+                return request.text  # the engine refuses it (INVALID_ARGUMENT)
+            # tokenized here, so the engine does not tokenize in the event loop
+            ids = await self._tokenizer_call(encode_text, request.text, True)
+            return {"prompt": request.text, "prompt_token_ids": ids}
         if kind == "token_ids":
             ids = list(request.token_ids.ids)
             if not ids:
@@ -194,7 +208,7 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
         """Generate and Chat: they differ only in how the prompt is built."""
         try:
             model = self._check_model(request.model)
-            prompt = make_prompt(request)
+            prompt = await make_prompt(request)
             params = self._params(request, streaming=True)
             rid = self._request_id(request.request_id)
             with self.lifecycle.admitted():
@@ -209,7 +223,7 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
     async def GenerateUnary(self, request, context):
         try:
             model = self._check_model(request.model)
-            prompt = self._prompt(request)
+            prompt = await self._prompt(request)
             params = self._params(request, streaming=False)
             rid = self._request_id(request.request_id)
             last = None
@@ -231,7 +245,7 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             async for msg in msgs:
                 yield msg
 
-    def _chat_prompt(self, request: Any) -> Any:
+    async def _chat_prompt(self, request: Any) -> Any:
         if not request.messages:
             raise _invalid("messages: must not be empty")
         messages = []
@@ -253,13 +267,11 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             raise _invalid("chat_template: the model has no chat template and the server was "
                            "started without --chat-template")
         try:
-            text = render_chat(template, messages, add_generation_prompt=add_gen,
-                               bos_token=getattr(tok, "bos_token", None) or "",
-                               eos_token=getattr(tok, "eos_token", None) or "")
-        except Exception as e:
+            # The template writes the special tokens (BOS ...) itself.
+            _, ids = await self._tokenizer_call(render_chat_and_encode, template, messages, False,
+                                                add_gen, False, {})
+        except Exception as e:  # noqa: BLE001 - any template failure is the request's fault
             raise _invalid(f"chat_template: {e}") from None
-        # The template writes the special tokens (BOS ...) itself.
-        ids = tok.encode(text, add_special_tokens=False)
         return {"prompt_token_ids": list(ids)}
 
     async def Tokenize(self, request, context):
@@ -267,7 +279,7 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             self._check_model(request.model)
             tok = self._tokenizer()
             add = request.add_special_tokens if request.HasField("add_special_tokens") else True
-            ids = [int(t) for t in tok.encode(request.text, add_special_tokens=add)]
+            ids = await self._tokenizer_call(encode_text, request.text, add)
             tokens = [str(t) for t in tok.convert_ids_to_tokens(ids)]
             return pb2.TokenizeResponse(token_ids=ids, tokens=tokens, count=len(ids),
                                         max_model_len=int(self.engine.model_info.max_model_len))

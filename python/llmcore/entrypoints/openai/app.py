@@ -258,11 +258,11 @@ def build_app(engine: Any, frontend_args: Optional[FrontendArgs] = None,
         if (request.prompt is None) == (request.messages is None):
             raise APIError("give exactly one of prompt or messages", 400, param="prompt")
         if request.messages is not None:
-            ids = chat.encode(chat.render(request, chat._messages(request), chat._template(request)),
-                              add_special_tokens=bool(request.add_special_tokens))
+            _, ids = await chat.render_and_encode(request, chat._messages(request),
+                                                  chat._template(request))
         else:
-            ids = completion.encode(request.prompt,
-                                    add_special_tokens=bool(request.add_special_tokens))
+            ids = await completion.encode_async(request.prompt,
+                                                add_special_tokens=bool(request.add_special_tokens))
         return {"tokens": ids, "count": len(ids), "max_model_len": config.max_model_len}
 
     @app.post("/detokenize")

@@ -7,7 +7,8 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from llmcore.entrypoints.chat_template import ChatTemplateError, render_chat
+from llmcore.entrypoints.chat_template import (ChatTemplateError, render_chat,
+                                                render_chat_and_encode)
 from llmcore.entrypoints.openai.errors import APIError
 from llmcore.entrypoints.openai.protocol import ChatCompletionRequest, now
 from llmcore.entrypoints.openai.serving_completion import dumps
@@ -72,6 +73,23 @@ class OpenAIServingChat(OpenAIServingBase):
         except ChatTemplateError as e:
             raise APIError(str(e), 400, param="messages") from None
 
+    async def render_and_encode(self, request: Any, messages: list[dict],
+                                template: str) -> tuple[str, list[int]]:
+        """(prompt text, ids), in the engine's tokenizer pool when it has one."""
+        add_special = bool(request.add_special_tokens)
+        if self.tokenizer is None:
+            text = self.render(request, messages, template)
+            return text, self.encode(text, add_special_tokens=add_special)  # raises the 400
+        kwargs = {k: v for k, v in (getattr(request, "chat_template_kwargs", None) or {}).items()
+                  if k not in _RESERVED_TEMPLATE_KWARGS and isinstance(k, str)}
+        try:
+            return await self.tokenizer_call(
+                render_chat_and_encode, template, messages, add_special,
+                bool(getattr(request, "add_generation_prompt", True)),
+                bool(getattr(request, "continue_final_message", False)), kwargs)
+        except ChatTemplateError as e:
+            raise APIError(str(e), 400, param="messages") from None
+
     async def create_chat_completion(self, request: ChatCompletionRequest,
                                      raw_request: Request) -> Response:
         model_name = self.check_model(request.model)
@@ -89,8 +107,7 @@ class OpenAIServingChat(OpenAIServingBase):
             raise APIError("when using top_logprobs, logprobs must be set to true", 400,
                            param="top_logprobs")
         messages = self._messages(request)
-        prompt_text = self.render(request, messages, self._template(request))
-        ids = self.encode(prompt_text, add_special_tokens=bool(request.add_special_tokens))
+        prompt_text, ids = await self.render_and_encode(request, messages, self._template(request))
         trunc = request.truncate_prompt_tokens
         if trunc is not None:
             if trunc < 1:

@@ -33,7 +33,7 @@ class _Prompt:
 
 class OpenAIServingCompletion(OpenAIServingBase):
 
-    def _prompts(self, request: CompletionRequest) -> list[_Prompt]:
+    async def _prompts(self, request: CompletionRequest) -> list[_Prompt]:
         p = request.prompt
         if isinstance(p, str):
             raw: list = [p]
@@ -57,13 +57,15 @@ class OpenAIServingCompletion(OpenAIServingBase):
             if isinstance(item, str):
                 if item == "":
                     raise APIError("The prompt is empty.", 400, param="prompt")
-                ids = self.encode(item)
+                ids = await self.encode_async(item)
                 text: Optional[str] = item
                 truncated = trunc is not None and len(ids) > trunc
                 if truncated:
                     ids = ids[-trunc:]
                     text = self.decode(ids)
-                engine_prompt: Any = {"prompt_token_ids": ids} if truncated else item
+                # the ids go along: the engine does not tokenize the text again
+                engine_prompt: Any = ({"prompt_token_ids": ids} if truncated
+                                      else {"prompt": item, "prompt_token_ids": ids})
             else:
                 ids = list(item)
                 if not ids:
@@ -81,7 +83,7 @@ class OpenAIServingCompletion(OpenAIServingBase):
         self.check_unsupported(request)
         if request.suffix:
             raise APIError("suffix is not supported", 400, param="suffix")
-        prompts = self._prompts(request)
+        prompts = await self._prompts(request)
         logprobs = request.logprobs
         prompt_logprobs = request.prompt_logprobs
         if request.echo and logprobs is not None:

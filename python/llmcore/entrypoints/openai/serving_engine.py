@@ -19,6 +19,7 @@ from llmcore.entrypoints.request_log import prompt_for_log
 from llmcore.entrypoints.request_validation import (UNSUPPORTED, InvalidField, first_out_of_vocab,
                                                     make_sampling_params, streaming_conflict)
 from llmcore.entrypoints.stream_deltas import ChoiceDelta, StreamDeltas  # noqa: F401 (re-export)
+from llmcore.tokenizer.pool import encode_text
 
 logger = logging.getLogger("llmcore.entrypoints.openai")
 
@@ -87,6 +88,19 @@ class OpenAIServingBase:
             raise APIError("text prompts need a tokenizer (the server runs with "
                            "--skip-tokenizer-init): send token ids", 400, param="prompt")
         return list(tok.encode(text, add_special_tokens=add_special_tokens))
+
+    async def tokenizer_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """fn(tokenizer, *args, **kwargs) in the engine's tokenizer pool (off the event loop
+        with --tokenizer-pool-size > 0), inline for engines without one."""
+        pool = getattr(self.engine, "tokenizer_pool", None)
+        if pool is None:
+            return fn(self.tokenizer, *args, **kwargs)
+        return await pool.run(fn, *args, **kwargs)
+
+    async def encode_async(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if self.tokenizer is None:
+            return self.encode(text, add_special_tokens)  # the 400 for a missing tokenizer
+        return await self.tokenizer_call(encode_text, text, add_special_tokens)
 
     def decode(self, ids: list[int]) -> str:
         tok = self.tokenizer
