@@ -7,8 +7,8 @@ length) are decided here; stop strings are the front end's, which then aborts th
 
 With async scheduling the core launches step k before reading step k-1's tokens: every
 sequence sampled in k-1 holds a placeholder in the scheduler, and the runner takes its
-value from k-1's samples on the device. A request with beam
-search runs synchronous steps while it is live.
+value from k-1's samples on the device. Beam search runs above the core
+(engine/beam_driver.py): its steps reach it as ordinary requests.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import numpy as np
 
 from llmcore import _core
 from llmcore.config.engine_config import EngineConfig
-from llmcore.engine.beam_search import BeamState, beam_stop_ids, best_hypotheses, step_beams
 from llmcore.engine.core_state import CoreRequest, CoreSeq, OutputBatch
 from llmcore.engine.core_types import EngineCoreOutputs, EngineCoreRequest, SchedulerStats
 from llmcore.executor import Executor
@@ -32,9 +31,9 @@ logger = logging.getLogger(__name__)
 
 
 def _pipelinable(req: CoreRequest) -> bool:
-    """The pipelined step serves every request but beam search (whose next inputs depend on
-    the host's choice among candidates)."""
-    return not req.is_beam
+    """Whether the pipelined step can serve `req` (every request, now that beam search runs
+    above the core)."""
+    return True
 
 
 class EngineCore:
@@ -83,16 +82,14 @@ class EngineCore:
         req = CoreRequest(r.request_id, next(self._ids), r.prompt_token_ids, r.sampling_params,
                           r.max_tokens)
         p = req.params
-        req.is_beam = bool(p.use_beam_search)
+        if p.use_beam_search:
+            raise ValueError("use_beam_search: beam search runs above the engine core "
+                             "(engine/beam_driver.py), not in it")
         req.prompt_logprobs_done = p.prompt_logprobs is None
         seq = CoreSeq(next(self._ids), 0)
         req.seqs.append(seq)
-        req.pending_fork = req.num_seqs_total > 1 and not req.is_beam
-        if req.is_beam:
-            req.beam = BeamState(width=req.num_seqs_total, length_penalty=p.length_penalty,
-                                 early_stopping=p.early_stopping)
-        else:
-            self._new_seqs.append(NewSeq(seq.seq_id, p, req.prompt_token_ids, []))
+        req.pending_fork = req.num_seqs_total > 1
+        self._new_seqs.append(NewSeq(seq.seq_id, p, req.prompt_token_ids, []))
         self.scheduler.add_request(req.internal_id, seq.seq_id,
                                    np.asarray(req.prompt_token_ids, dtype=np.int32),
                                    r.arrival_time, r.priority, 0, p.prompt_logprobs is None)
@@ -155,14 +152,11 @@ class EngineCore:
         seq_ids = np.asarray(plan.seq_ids)
         qsl = np.asarray(plan.query_start_loc)
         sample_pos = np.flatnonzero(np.asarray(plan.do_sample))
-        normal, normal_rows, beams, beam_rows = [], [], {}, []
+        normal, normal_rows = [], []
         for pos, sid in zip(sample_pos.tolist(), seq_ids[sample_pos].tolist()):
             req, seq = self._seqs[sid]
             row = int(qsl[pos + 1] - 1)
-            if req.is_beam:
-                beams.setdefault(req.request_id, (req, []))[1].append(seq)
-                beam_rows.append(row)
-            elif req.pending_fork:
+            if req.pending_fork:
                 req.pending_fork = False
                 for child in [seq] + self._fork_children(req, seq):
                     normal.append((req, child))
@@ -171,18 +165,14 @@ class EngineCore:
                 normal.append((req, seq))
                 normal_rows.append(row)
         jobs = self._prompt_logprob_jobs(plan, seq_ids, qsl)
-        beam_k = 2 * max((r.beam.width for r, _ in beams.values()), default=0)
         step = self._step_input(plan, sample_seq_ids=[s.seq_id for _, s in normal],
                                 sample_rows=np.asarray(normal_rows, dtype=np.int64),
-                                beam_rows=np.asarray(beam_rows, dtype=np.int64), beam_k=beam_k,
                                 prompt_logprob_jobs=jobs)
         out = self.executor.execute_model(step).get()
         upd_ids: list = []
         upd_tokens: list = []
         if normal:
             self._process_samples(normal, out, batch, upd_ids, upd_tokens)
-        if beams:
-            self._process_beams(list(beams.values()), out.beam_topk, batch, upd_ids, upd_tokens)
         for job, res in zip(jobs, out.prompt_logprobs):
             batch.prompt_logprobs(job, res, self._sample0(job.request_id))
         if upd_ids:
@@ -357,49 +347,6 @@ class EngineCore:
             if ctx[pos] + ntok[pos] >= plen:
                 req.prompt_logprobs_done = True
         return jobs
-
-    def _process_beams(self, groups, beam_topk, batch, upd_ids, upd_tokens) -> None:
-        ids, lps = beam_topk
-        off = 0
-        for req, seqs in groups:
-            cand = (ids[off:off + len(seqs)], lps[off:off + len(seqs)])
-            off += len(seqs)
-            p = req.params
-            decision = step_beams(req.beam, seqs, cand,
-                                  beam_stop_ids(self.eos_token_id, p.ignore_eos, p.stop_token_ids),
-                                  req.max_tokens,
-                                  lambda L, req=req: len(req.prompt_token_ids) + L >= self.max_model_len,
-                                  self.eos_token_id)
-            self._stats.generation_tokens_total += len(seqs)
-            new_children = []
-            for parent, token, val, reuse in decision.continue_beams:
-                if not reuse:
-                    new_children.append((self._fork_seq(req, parent, len(req.seqs)), token, val))
-            for parent in decision.finished_parents:
-                parent.finished = True
-                self.scheduler.finish_seq(parent.seq_id)
-                self._release_seq(parent)
-            for parent, token, val, reuse in decision.continue_beams:
-                if reuse:
-                    new_children.append((parent, token, val))
-            for seq, token, val in new_children:
-                seq.output_token_ids.append(token)
-                seq.cumulative_logprob = val
-                upd_ids.append(seq.seq_id)
-                upd_tokens.append(token)
-            if decision.done:
-                self._finish_beam_request(req, batch)
-            req.seqs = [s for s in req.seqs if not s.finished]
-
-    def _finish_beam_request(self, req: CoreRequest, batch: OutputBatch) -> None:
-        for seq in req.seqs:
-            if not seq.finished:
-                seq.finished = True
-                self.scheduler.finish_seq(seq.seq_id)
-                self._release_seq(seq)
-        hyps = best_hypotheses(req.beam, req.params.n)
-        batch.beam_results(req, hyps)
-        self._finish_request(req)
 
     def _finish_seq(self, req: CoreRequest, seq: CoreSeq) -> None:
         if not seq.sched_released:

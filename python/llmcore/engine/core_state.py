@@ -14,7 +14,6 @@ class CoreSeq:
     seq_id: int
     index: int                         # sample index within the request (0..best_of-1)
     output_token_ids: list = field(default_factory=list)
-    cumulative_logprob: float = 0.0    # beam search scores
     finished: bool = False
     # pipelined step: the scheduler already released it (it reached a length limit)
     sched_released: bool = False
@@ -29,8 +28,6 @@ class CoreRequest:
     max_tokens: int
     seqs: list = field(default_factory=list)
     pending_fork: bool = False         # n/best_of > 1: children are forked at the first sample
-    is_beam: bool = False
-    beam: Any = None                   # BeamState
     prompt_logprobs_done: bool = True
     finished: bool = False
 
@@ -41,7 +38,7 @@ class CoreRequest:
 
 
 class OutputBatch:
-    """One step's EngineCoreOutputs, one per sample (plus beam-search results); a sample
+    """One step's EngineCoreOutputs, one per sample; a sample
     that got two tokens in one call (the async step's tail and a synchronous step) gets one
     output with both."""
 
@@ -80,16 +77,6 @@ class OutputBatch:
             out = self._by_key[seq] = EngineCoreOutput(job.request_id, 0, [], [])
         out.prompt_logprobs = PositionLogprobs(list(job.targets), lps, ranks, top_ids, top_lps)
         out.prompt_logprobs_start = job.first + 1
-
-    def beam_results(self, req: CoreRequest, hyps: list) -> None:
-        for i, h in enumerate(hyps):
-            self._by_key[(req.request_id, i)] = EngineCoreOutput(
-                req.request_id, i, list(h.token_ids), [], finish_reason=h.finish_reason,
-                stop_reason=h.stop_reason, replace=True, cumulative_logprob=h.cumulative_logprob)
-        if not hyps:
-            self._by_key[(req.request_id, 0)] = EngineCoreOutput(req.request_id, 0, [], [],
-                                                                 finish_reason="length",
-                                                                 replace=True)
 
     def finish(self) -> list:
         return list(self._by_key.values())
