@@ -213,3 +213,20 @@ def test_async_llm_beam_equals_offline_and_abort_frees_blocks(llm, tiny_folder):
             engine.shutdown()
 
     asyncio.run(main())
+
+
+def test_prefix_caching_shares_the_beams_prompt(tiny_folder):
+    llm = LLM(model=tiny_folder, enable_prefix_caching=True, block_size=16, **ENGINE)
+    eng = llm.llm_engine
+    prompt = list(range(10, 10 + 4 * 16))
+    eng.add_request("b", {"prompt_token_ids": prompt},
+                    SamplingParams(n=1, best_of=3, use_beam_search=True, temperature=0.0,
+                                   max_tokens=6, ignore_eos=True, detokenize=False))
+    used = []
+    while eng.has_unfinished_requests():
+        eng.step()
+        s = eng.scheduler
+        used.append(s.num_device_blocks() - s.num_free_device_blocks())
+    # 3 beams of 4 prompt blocks + their own last block each: the prompt is cached once
+    assert max(used) <= 4 + 3, used
+    assert eng.get_stats().prefix_cache_hit_rate > 0

@@ -88,7 +88,7 @@ class AsyncLLM:
             run = BeamSearchRun(req, self.frontend.eos_token_id, self.model_info.max_model_len,
                                 self.model_info.max_logprobs, self.tokenizer)
             self._beams[request_id] = run   # reserves the id
-            stream = self._iterate_beam(run)
+            stream = self._iterate_beam(run, priority)
             weakref.finalize(stream, self._release_beam, request_id, run)
             return stream
         queue: asyncio.Queue = asyncio.Queue()
@@ -134,12 +134,13 @@ class AsyncLLM:
         if self._beams.get(request_id) is run:
             del self._beams[request_id]
 
-    async def _iterate_beam(self, run: BeamSearchRun) -> AsyncIterator[RequestOutput]:
+    async def _iterate_beam(self, run: BeamSearchRun, priority: int) -> AsyncIterator[RequestOutput]:
         """A beam search: its steps are ordinary requests through `generate`; one output,
         the final hypotheses."""
         rid = run.request_id
         task = asyncio.ensure_future(run_beam_search_async(
-            run, lambda sid, prompt, params: self.generate(prompt, params, request_id=sid)))
+            run, lambda sid, prompt, params: self.generate(prompt, params, request_id=sid,
+                                                           priority=priority)))
         self._beam_tasks[rid] = task
         try:
             try:
