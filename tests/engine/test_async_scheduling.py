@@ -130,9 +130,9 @@ def test_max_model_len_stops_by_length(async_llm):
     assert len(prompt) + len(out.outputs[0].token_ids) == 96
 
 
-def test_falls_back_for_n_and_beams_and_back(async_llm):
-    """n > 1 / beam search requests switch the engine to synchronous steps (draining the
-    in-flight step first); outputs match a synchronous engine."""
+def test_n_and_beams_stay_pipelined(async_llm):
+    """n > 1 and beam search (above the core: its steps are ordinary requests) mixed into a
+    running batch keep the engine in pipelined steps; outputs match a synchronous engine."""
     eng = async_llm.llm_engine
     eng.add_request("g", PROMPTS[0], SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True))
     eng.step()
@@ -146,6 +146,7 @@ def test_falls_back_for_n_and_beams_and_back(async_llm):
         for o in eng.step():
             if o.finished:
                 done[o.request_id] = o
+        assert eng._num_unpipelinable == 0
     assert sorted(done) == ["beam", "g", "n2"]
     assert eng._num_unpipelinable == 0
     sync = LLM(max_model_len=96, cpu_kv_cache_space=0.25, seed=0, async_scheduling=False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llmcore.outputs import make_position_logprobs
-from llmcore.sampling import (Sampler, SamplingBatchState, beam_candidates,
+from llmcore.sampling import (Sampler, SamplingBatchState,
                               check_params_against_vocab, compute_prompt_logprobs)
 from llmcore.sampling_params import SamplingParams
 
@@ -365,7 +365,7 @@ def test_logprobs_zero_requested_gives_only_sampled():
     torch.testing.assert_close(out2.logprobs, out.logprobs)
 
 
-def test_prompt_logprobs_and_beam():
+def test_prompt_logprobs():
     torch.manual_seed(2)
     logits = torch.randn(7, V)
     nxt = torch.randint(0, V, (7,))
@@ -375,14 +375,6 @@ def test_prompt_logprobs_and_beam():
     torch.testing.assert_close(tv, lsm.topk(4, -1).values)
     assert torch.equal(rk, (lsm > lsm.gather(1, nxt[:, None])).sum(-1) + 1)
     assert compute_prompt_logprobs(logits, nxt.numpy(), 0)[1] is None
-
-    lsm3 = logits[:3].log_softmax(-1)
-    cum = torch.tensor([-1.0, -0.5, -3.0])
-    b, t, sc = beam_candidates(lsm3, 6, cum)
-    flat = (lsm3 + cum[:, None]).flatten()
-    ref = flat.topk(6)
-    torch.testing.assert_close(sc, ref.values)
-    assert torch.equal(b * V + t, ref.indices)
 
 
 def test_state_bookkeeping():

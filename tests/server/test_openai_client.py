@@ -212,3 +212,17 @@ def test_metrics_names(server):
                  "vllm:e2e_request_latency_seconds_count", "vllm:inter_token_latency_seconds_bucket",
                  "vllm:time_per_output_token_seconds_bucket"):
         assert name in text, name
+
+
+def test_beam_search_completion_equals_llm_generate(client, llm):
+    """use_beam_search runs above the engine core (AsyncLLM's beam driver)."""
+    from llmcore import SamplingParams
+
+    expected = llm.generate([PROMPT], SamplingParams(n=2, best_of=3, use_beam_search=True,
+                                                     temperature=0, max_tokens=8),
+                            use_tqdm=False)[0]
+    r = client.completions.create(model="smol", prompt=PROMPT, max_tokens=8, temperature=0, n=2,
+                                  best_of=3, extra_body={"use_beam_search": True})
+    assert [c.text for c in r.choices] == [c.text for c in expected.outputs]
+    assert [c.finish_reason for c in r.choices] == [c.finish_reason for c in expected.outputs]
+    assert r.usage.completion_tokens == sum(len(c.token_ids) for c in expected.outputs)

@@ -169,8 +169,8 @@ class EngineArgs:
         None, group=GROUP_SCHED,
         help="Overlap the host side of a step (output processing, scheduling, input copies) with "
              "the GPU running the previous one; sampled tokens reach the next step on the device. "
-             "Default: on for CUDA devices. While a beam-search request is live, steps run "
-             "without it (n/best_of > 1 and prompt_logprobs keep it).")
+             "Default: on for CUDA devices. Every request keeps it (beam search runs above "
+             "the engine core as ordinary one-token requests).")
     engine_core_process: bool = arg(
         False, group=GROUP_SCHED,
         help="LLM / LLMEngine: run the engine core (scheduler, executor, step loop) in its own "

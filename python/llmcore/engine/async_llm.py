@@ -16,6 +16,7 @@ import weakref
 from typing import AsyncIterator, Optional
 
 from llmcore.config import EngineArgs
+from llmcore.engine.beam_driver import BeamSearchRun, run_beam_search_async
 from llmcore.engine.core_client import AsyncMPClient, CoreProcessConfig, EngineDeadError
 from llmcore.engine.core_types import SchedulerStats
 from llmcore.engine.frontend import EngineFrontend
@@ -64,6 +65,8 @@ class AsyncLLM:
         self.frontend.core_stats = SchedulerStats(num_total_blocks=int(info.get("num_device_blocks", 0)),
                                                   num_free_blocks=int(info.get("num_device_blocks", 0)))
         self._streams: dict[str, asyncio.Queue] = {}
+        self._beams: dict[str, BeamSearchRun] = {}   # live beam searches (above the core)
+        self._beam_tasks: dict[str, asyncio.Task] = {}
         self._output_task: Optional[asyncio.Task] = None
         self._dead: Optional[BaseException] = None
 
@@ -79,8 +82,15 @@ class AsyncLLM:
             raise EngineDeadError(None, f"engine core is dead: {self._dead}")
         request_id = request_id if request_id is not None else uuid.uuid4().hex
         req = self.frontend.make_request(request_id, prompt, sampling_params)
-        if request_id in self._streams:
+        if request_id in self._streams or request_id in self._beams:
             raise ValueError(f"request_id {request_id!r} is already in use")
+        if req.is_beam:
+            run = BeamSearchRun(req, self.frontend.eos_token_id, self.model_info.max_model_len,
+                                self.model_info.max_logprobs, self.tokenizer)
+            self._beams[request_id] = run   # reserves the id
+            stream = self._iterate_beam(run, priority)
+            weakref.finalize(stream, self._release_beam, request_id, run)
+            return stream
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = queue   # reserves the id
         self._ensure_output_task()
@@ -120,6 +130,33 @@ class AsyncLLM:
                 # consumer went away (disconnect, cancellation): free the KV blocks now
                 await self._abort_quietly(request_id)
 
+    def _release_beam(self, request_id: str, run: BeamSearchRun) -> None:
+        if self._beams.get(request_id) is run:
+            del self._beams[request_id]
+
+    async def _iterate_beam(self, run: BeamSearchRun, priority: int) -> AsyncIterator[RequestOutput]:
+        """A beam search: its steps are ordinary requests through `generate`; one output,
+        the final hypotheses."""
+        rid = run.request_id
+        task = asyncio.ensure_future(run_beam_search_async(
+            run, lambda sid, prompt, params: self.generate(prompt, params, request_id=sid,
+                                                           priority=priority)))
+        self._beam_tasks[rid] = task
+        try:
+            try:
+                out = await task
+            except asyncio.CancelledError:
+                if task.cancelled() and run.req.aborted:
+                    return   # abort(): the step streams are closed, their requests aborted
+                raise
+            yield out
+        finally:
+            self._release_beam(rid, run)
+            if self._beam_tasks.get(rid) is task:
+                del self._beam_tasks[rid]
+            if not task.done():
+                task.cancel()   # consumer went away: closes the step streams (aborts them)
+
     async def _abort_quietly(self, request_id: str) -> None:
         live = self.frontend.abort([request_id])
         if live and self._dead is None:
@@ -129,6 +166,13 @@ class AsyncLLM:
                 pass
 
     async def abort(self, request_id: str) -> None:
+        task = self._beam_tasks.get(request_id)
+        if task is not None:
+            self._beams[request_id].req.aborted = True
+            task.cancel()
+            # the step streams abort their requests as they close
+            await asyncio.wait([task])
+            return
         await self._abort_quietly(request_id)
 
     # ------------------------------------------------------------ outputs

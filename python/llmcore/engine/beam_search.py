@@ -1,8 +1,7 @@
-"""Beam search over scheduler sequences (vLLM v0 semantics).
-
-Live beams are scheduler sequences sharing blocks copy-on-write: a beam chosen k times
-is forked k-1 times; beams not chosen are finished (their blocks freed). Finished
-hypotheses are kept here as token lists and scored with the length penalty.
+"""The beam-search algorithm (vLLM v0 semantics: length_penalty, early_stopping), on plain
+token lists: one step takes each live beam's top 2 x width next-token logprobs and keeps
+the best `width` continuations; hypotheses that end (a stop id, a length limit) are kept
+here and scored with the length penalty. `engine/beam_driver.py` runs it above the engine.
 """
 
 from __future__ import annotations
@@ -21,12 +20,18 @@ class Hypothesis:
 
 
 @dataclass
+class Beam:
+    """A live hypothesis: the tokens after the prompt and their summed logprob."""
+    output_token_ids: list
+    cumulative_logprob: float = 0.0
+
+
+@dataclass
 class BeamState:
     width: int
     length_penalty: float
     early_stopping: object               # True, False or "never"
     finished: list = field(default_factory=list)   # Hypothesis
-    results: Optional[list] = None       # CompletionOutputs once done
 
 
 def beam_score(cum_logprob: float, seq_len: int, length_penalty: float) -> float:
@@ -35,7 +40,7 @@ def beam_score(cum_logprob: float, seq_len: int, length_penalty: float) -> float
 
 @dataclass
 class BeamDecision:
-    """What the engine must do to the scheduler for one request this step."""
+    """One step's outcome for one request."""
     # (parent_seq_state, token_id, new_cum_logprob, reuse_parent) for beams that continue
     continue_beams: list
     finished_parents: list               # SeqStates to finish (not chosen, or request done)

@@ -7,8 +7,8 @@ length) are decided here; stop strings are the front end's, which then aborts th
 
 With async scheduling the core launches step k before reading step k-1's tokens: every
 sequence sampled in k-1 holds a placeholder in the scheduler, and the runner takes its
-value from k-1's samples on the device. A request with beam
-search runs synchronous steps while it is live.
+value from k-1's samples on the device. Beam search runs above the core
+(engine/beam_driver.py): its steps reach it as ordinary requests.
 
 Guided decoding: a request's grammar compiles in the structured-output manager's threads
 while the request waits here, outside the scheduler (other requests keep stepping); once
@@ -31,7 +31,6 @@ import numpy as np
 
 from llmcore import _core
 from llmcore.config.engine_config import EngineConfig
-from llmcore.engine.beam_search import BeamState, beam_stop_ids, best_hypotheses, step_beams
 from llmcore.engine.core_state import CoreRequest, CoreSeq, OutputBatch
 from llmcore.engine.core_types import EngineCoreOutputs, EngineCoreRequest, SchedulerStats
 from llmcore.executor import Executor
@@ -97,10 +96,9 @@ class EngineCore:
         self._num_guided = 0                       # live guided requests: 0 = no mask work
 
     def _pipelinable(self, req: CoreRequest) -> bool:
-        """The pipelined step serves every request but beam search (whose next inputs depend
-        on the host's choice among candidates), and guided decoding only where the executor
-        defers sampling."""
-        return not req.is_beam and (req.grammar is None or self._defer_ok)
+        """The pipelined step serves every request (beam search runs above the core), guided
+        ones too where the executor can defer sampling for the grammar mask."""
+        return req.grammar is None or self._defer_ok
 
     # ---------------------------------------------------------------- requests
     def add_request(self, r: EngineCoreRequest) -> None:
@@ -109,10 +107,10 @@ class EngineCore:
         req = CoreRequest(r.request_id, next(self._ids), r.prompt_token_ids, r.sampling_params,
                           r.max_tokens, arrival_time=r.arrival_time, priority=r.priority)
         p = req.params
-        req.is_beam = bool(p.use_beam_search)
+        if p.use_beam_search:
+            raise ValueError("use_beam_search: beam search runs above the engine core "
+                             "(engine/beam_driver.py), not in it")
         if p.guided_decoding is not None:
-            if req.is_beam:
-                raise ValueError("guided_decoding is not supported with use_beam_search")
             req.grammar = self.grammars.request_grammar(p.guided_decoding)  # ValueError: bad spec
         self.requests[req.request_id] = req
         if not self._pipelinable(req):
@@ -130,12 +128,8 @@ class EngineCore:
         if req.grammar is not None:
             seq.matcher = self.grammars.new_matcher(req.grammar)
         req.seqs.append(seq)
-        req.pending_fork = req.num_seqs_total > 1 and not req.is_beam
-        if req.is_beam:
-            req.beam = BeamState(width=req.num_seqs_total, length_penalty=p.length_penalty,
-                                 early_stopping=p.early_stopping)
-        else:
-            self._new_seqs.append(NewSeq(seq.seq_id, p, req.prompt_token_ids, []))
+        req.pending_fork = req.num_seqs_total > 1
+        self._new_seqs.append(NewSeq(seq.seq_id, p, req.prompt_token_ids, []))
         self.scheduler.add_request(req.internal_id, seq.seq_id,
                                    np.asarray(req.prompt_token_ids, dtype=np.int32),
                                    req.arrival_time, req.priority, 0, p.prompt_logprobs is None)
@@ -229,14 +223,11 @@ class EngineCore:
         seq_ids = np.asarray(plan.seq_ids)
         qsl = np.asarray(plan.query_start_loc)
         sample_pos = np.flatnonzero(np.asarray(plan.do_sample))
-        normal, normal_rows, beams, beam_rows = [], [], {}, []
+        normal, normal_rows = [], []
         for pos, sid in zip(sample_pos.tolist(), seq_ids[sample_pos].tolist()):
             req, seq = self._seqs[sid]
             row = int(qsl[pos + 1] - 1)
-            if req.is_beam:
-                beams.setdefault(req.request_id, (req, []))[1].append(seq)
-                beam_rows.append(row)
-            elif req.pending_fork:
+            if req.pending_fork:
                 req.pending_fork = False
                 for child in [seq] + self._fork_children(req, seq):
                     normal.append((req, child))
@@ -245,14 +236,12 @@ class EngineCore:
                 normal.append((req, seq))
                 normal_rows.append(row)
         jobs = self._prompt_logprob_jobs(plan, seq_ids, qsl)
-        beam_k = 2 * max((r.beam.width for r, _ in beams.values()), default=0)
         g_rows = [i for i, (_, seq) in enumerate(normal) if seq.matcher is not None] \
             if self._num_guided else None
         bitmask = self.grammars.fill_bitmask([normal[i][1].matcher for i in g_rows]) \
             if g_rows else None
         step = self._step_input(plan, sample_seq_ids=[s.seq_id for _, s in normal],
                                 sample_rows=np.asarray(normal_rows, dtype=np.int64),
-                                beam_rows=np.asarray(beam_rows, dtype=np.int64), beam_k=beam_k,
                                 prompt_logprob_jobs=jobs, grammar_bitmask=bitmask,
                                 grammar_rows=np.asarray(g_rows, dtype=np.int64) if g_rows else None)
         out = self.executor.execute_model(step).get()
@@ -260,8 +249,6 @@ class EngineCore:
         upd_tokens: list = []
         if normal:
             self._process_samples(normal, out, batch, upd_ids, upd_tokens)
-        if beams:
-            self._process_beams(list(beams.values()), out.beam_topk, batch, upd_ids, upd_tokens)
         for job, res in zip(jobs, out.prompt_logprobs):
             batch.prompt_logprobs(job, res, self._sample0(job.request_id))
         if upd_ids:
@@ -464,49 +451,6 @@ class EngineCore:
             if ctx[pos] + ntok[pos] >= plen:
                 req.prompt_logprobs_done = True
         return jobs
-
-    def _process_beams(self, groups, beam_topk, batch, upd_ids, upd_tokens) -> None:
-        ids, lps = beam_topk
-        off = 0
-        for req, seqs in groups:
-            cand = (ids[off:off + len(seqs)], lps[off:off + len(seqs)])
-            off += len(seqs)
-            p = req.params
-            decision = step_beams(req.beam, seqs, cand,
-                                  beam_stop_ids(self.eos_token_id, p.ignore_eos, p.stop_token_ids),
-                                  req.max_tokens,
-                                  lambda L, req=req: len(req.prompt_token_ids) + L >= self.max_model_len,
-                                  self.eos_token_id)
-            self._stats.generation_tokens_total += len(seqs)
-            new_children = []
-            for parent, token, val, reuse in decision.continue_beams:
-                if not reuse:
-                    new_children.append((self._fork_seq(req, parent, len(req.seqs)), token, val))
-            for parent in decision.finished_parents:
-                parent.finished = True
-                self.scheduler.finish_seq(parent.seq_id)
-                self._release_seq(parent)
-            for parent, token, val, reuse in decision.continue_beams:
-                if reuse:
-                    new_children.append((parent, token, val))
-            for seq, token, val in new_children:
-                seq.output_token_ids.append(token)
-                seq.cumulative_logprob = val
-                upd_ids.append(seq.seq_id)
-                upd_tokens.append(token)
-            if decision.done:
-                self._finish_beam_request(req, batch)
-            req.seqs = [s for s in req.seqs if not s.finished]
-
-    def _finish_beam_request(self, req: CoreRequest, batch: OutputBatch) -> None:
-        for seq in req.seqs:
-            if not seq.finished:
-                seq.finished = True
-                self.scheduler.finish_seq(seq.seq_id)
-                self._release_seq(seq)
-        hyps = best_hypotheses(req.beam, req.params.n)
-        batch.beam_results(req, hyps)
-        self._finish_request(req)
 
     def _finish_seq(self, req: CoreRequest, seq: CoreSeq) -> None:
         if not seq.sched_released:

@@ -14,7 +14,6 @@ class CoreSeq:
     seq_id: int
     index: int                         # sample index within the request (0..best_of-1)
     output_token_ids: list = field(default_factory=list)
-    cumulative_logprob: float = 0.0    # beam search scores
     finished: bool = False
     # pipelined step: the scheduler already released it (it reached a length limit)
     sched_released: bool = False
@@ -30,8 +29,6 @@ class CoreRequest:
     max_tokens: int
     seqs: list = field(default_factory=list)
     pending_fork: bool = False         # n/best_of > 1: children are forked at the first sample
-    is_beam: bool = False
-    beam: Any = None                   # BeamState
     prompt_logprobs_done: bool = True
     finished: bool = False
     grammar: Any = None                # GrammarHandle under guided decoding, else None
@@ -45,7 +42,7 @@ class CoreRequest:
 
 
 class OutputBatch:
-    """One step's EngineCoreOutputs, one per sample (plus beam-search results); a sample
+    """One step's EngineCoreOutputs, one per sample; a sample
     that got two tokens in one call (the async step's tail and a synchronous step) gets one
     output with both."""
 
@@ -89,16 +86,6 @@ class OutputBatch:
         """The core failed this request (e.g. its grammar did not compile)."""
         self._by_key[(request_id, "error")] = EngineCoreOutput(
             request_id, 0, [], [], finish_reason="error", error=message)
-
-    def beam_results(self, req: CoreRequest, hyps: list) -> None:
-        for i, h in enumerate(hyps):
-            self._by_key[(req.request_id, i)] = EngineCoreOutput(
-                req.request_id, i, list(h.token_ids), [], finish_reason=h.finish_reason,
-                stop_reason=h.stop_reason, replace=True, cumulative_logprob=h.cumulative_logprob)
-        if not hyps:
-            self._by_key[(req.request_id, 0)] = EngineCoreOutput(req.request_id, 0, [], [],
-                                                                 finish_reason="length",
-                                                                 replace=True)
 
     def finish(self) -> list:
         return list(self._by_key.values())

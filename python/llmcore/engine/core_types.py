@@ -55,9 +55,6 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=F
     prompt_logprobs_start: int = 0
     finish_reason: Optional[str] = None  # "stop" | "length" | "abort" | "error"
     stop_reason: Optional[int] = None    # the stop token id; None for EOS / length
-    # beam search: new_token_ids is this sample's whole output (final hypotheses)
-    replace: bool = False
-    cumulative_logprob: Optional[float] = None  # set with replace
     num_cached_tokens: int = 0
     error: Optional[str] = None          # with finish_reason "error": why the core refused it
 

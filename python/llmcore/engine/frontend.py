@@ -17,7 +17,7 @@ from llmcore.engine.output_processor import OutputProcessor
 from llmcore.engine.protocol import EngineStats, ServedModelInfo
 from llmcore.engine.request import RequestState, SeqState
 from llmcore.metrics import EngineMetrics
-from llmcore.outputs import CompletionOutput, RequestOutput, make_position_logprobs
+from llmcore.outputs import RequestOutput, make_position_logprobs
 from llmcore.tokenizer.detokenizer import IncrementalDetokenizer
 
 
@@ -71,7 +71,7 @@ class EngineFrontend:
             p = req.params
             if p.logprobs is not None:
                 seq.logprobs = []
-            if self.tokenizer is not None and p.detokenize and not req.is_beam:
+            if self.tokenizer is not None and p.detokenize:
                 seq.detokenizer = IncrementalDetokenizer(
                     self.tokenizer, req.prompt_token_ids, skip_special_tokens=p.skip_special_tokens,
                     spaces_between_special_tokens=p.spaces_between_special_tokens)
@@ -103,10 +103,6 @@ class EngineFrontend:
                 continue
             if o.prompt_logprobs is not None:
                 self._prompt_logprobs(req, o)
-            if o.replace:
-                self._beam_results(req, o)
-                ended[o.request_id] = req
-                continue
             if not o.new_token_ids:
                 continue
             seq = self._seq(req, o.index)
@@ -131,8 +127,7 @@ class EngineFrontend:
                 seq.stop_reason = o.stop_reason
                 ended[o.request_id] = req
         for rid, req in ended.items():
-            done = req.is_beam and req.beam is not None or (
-                len(req.seqs) == req.num_seqs_total and all(s.finished for s in req.seqs))
+            done = len(req.seqs) == req.num_seqs_total and all(s.finished for s in req.seqs)
             if done:
                 self._finish_request(req)
                 touched[rid] = req
@@ -150,30 +145,11 @@ class EngineFrontend:
                                        pl.topk_logprobs[i] if pl.topk_logprobs else None, k)
             req.prompt_logprobs[o.prompt_logprobs_start + i] = self.output_processor._with_text(d)
 
-    def _beam_results(self, req: RequestState, o) -> None:
-        if req.beam is None:
-            req.beam = _BeamResults([])
-        text = ""
-        p = req.params
-        if self.tokenizer is not None and p.detokenize and o.new_token_ids:
-            text = self.tokenizer.decode(o.new_token_ids, skip_special_tokens=p.skip_special_tokens)
-        if o.new_token_ids or o.cumulative_logprob is not None:
-            req.beam.results.append(CompletionOutput(
-                index=o.index, text=text, token_ids=list(o.new_token_ids),
-                cumulative_logprob=o.cumulative_logprob, logprobs=None,
-                finish_reason=o.finish_reason, stop_reason=o.stop_reason))
-        self._observe_token(req)
-
     def _finish_request(self, req: RequestState) -> None:
         req.finished = True
         req.metrics.finished_time = time.time()
         self.requests.pop(req.request_id, None)
-        if req.is_beam:
-            res = req.beam.results
-            req.beam.results = sorted(res, key=lambda c: c.index)
-            reason = res[0].finish_reason if res else "length"
-        else:
-            reason = next((s.finish_reason for s in reversed(req.seqs) if s.finish_reason), None)
+        reason = next((s.finish_reason for s in reversed(req.seqs) if s.finish_reason), None)
         reason = reason or "stop"
         self.metrics.request_finished(reason)
         self._success[reason] = self._success.get(reason, 0) + 1
@@ -212,11 +188,3 @@ class EngineFrontend:
         return EngineStats(**{f: getattr(st, f) for f in SchedulerStats.__struct_fields__},
                            request_success_total=dict(self._success))
 
-
-class _BeamResults:
-    """The front end's view of a beam-search request: the final hypotheses."""
-
-    __slots__ = ("results",)
-
-    def __init__(self, results: list):
-        self.results = results

@@ -14,6 +14,7 @@ from typing import Iterable, Optional, Union
 
 from llmcore.config import EngineArgs
 from llmcore.config.engine_config import EngineConfig
+from llmcore.engine.beam_driver import BeamSearchRun, SyncBeamSearch
 from llmcore.engine.core import EngineCore
 from llmcore.engine.core_client import CoreProcessConfig, SyncMPClient
 from llmcore.engine.frontend import EngineFrontend
@@ -68,6 +69,7 @@ class LLMEngine:
         self.metrics = self.frontend.metrics
         self.input_processor = self.frontend.input_processor
         self.output_processor = self.frontend.output_processor
+        self.beam_search = SyncBeamSearch(self._add_beam_step)
         bs = config.cache_config.block_size
         logger.info("llmcore engine: model=%s dtype=%s device=%s max_model_len=%d KV blocks=%d "
                     "(block_size=%d, %d tokens; max concurrency at max_model_len: %.1fx) swap blocks=%d",
@@ -137,6 +139,13 @@ class LLMEngine:
         return self.frontend.make_request(request_id, prompt, params, arrival_time)
 
     def add_processed_request(self, req: RequestState, priority: int = 0) -> None:
+        if req.is_beam:   # runs above the core: its steps are ordinary requests
+            if req.request_id in self.frontend.requests:
+                raise ValueError(f"request_id {req.request_id!r} is already in use")
+            self.beam_search.add(self.new_beam_run(req), priority)
+            return
+        if req.request_id in self.beam_search.runs:
+            raise ValueError(f"request_id {req.request_id!r} is already in use")
         msg = self.frontend.register(req, priority)
         try:
             (self.core or self.client).add_request(msg)
@@ -144,17 +153,29 @@ class LLMEngine:
             self.frontend.fail(req.request_id)
             raise
 
+    def new_beam_run(self, req: RequestState) -> BeamSearchRun:
+        return BeamSearchRun(req, self.eos_token_id, self.model_info.max_model_len,
+                             self.model_info.max_logprobs, self.tokenizer)
+
+    def _add_beam_step(self, requests: list, priority: int) -> None:
+        reqs = [self.make_request(rid, prompt, params) for rid, prompt, params in requests]
+        for req in reqs:
+            req.stream_outputs = False
+            self.add_processed_request(req, priority)
+
     def abort_request(self, request_id: Union[str, Iterable[str]]) -> None:
         ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        ids += self.beam_search.abort(ids)
         to_abort = self.frontend.abort(ids)
         if to_abort:
             (self.core or self.client).abort_requests(to_abort)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.frontend.requests)
+        return bool(self.frontend.requests) or bool(self.beam_search.runs)
 
     def get_num_unfinished_requests(self) -> int:
-        return len(self.frontend.requests)
+        bs = self.beam_search
+        return len(self.frontend.requests) - bs.num_step_requests() + len(bs.runs)
 
     # ---------------------------------------------------------------- step
     def step(self) -> list[RequestOutput]:
@@ -170,6 +191,8 @@ class LLMEngine:
             rid, msg = self.frontend.refused[0]
             self.frontend.refused.clear()
             raise ValueError(f"request {rid}: {msg}")
+        if self.beam_search.runs:
+            outs = self.beam_search.step_outputs(outs)   # may add the next beam steps
         return outs
 
     def get_stats(self) -> EngineStats:

@@ -87,23 +87,20 @@ class OutputProcessor:
     def make_output(self, req: RequestState, final_order: bool = False) -> RequestOutput:
         seqs = req.seqs
         n = req.params.n
-        if req.is_beam and req.beam is not None and req.beam.results is not None:
-            completions = req.beam.results[:n]
+        if final_order and len(seqs) > n:
+            # best_of > n: return the n most likely by cumulative logprob
+            seqs = sorted(seqs, key=lambda s: s.cumulative_logprob, reverse=True)[:n]
         else:
-            if final_order and len(seqs) > n:
-                # best_of > n: return the n most likely by cumulative logprob
-                seqs = sorted(seqs, key=lambda s: s.cumulative_logprob, reverse=True)[:n]
-            else:
-                seqs = seqs[:n]
-            completions = []
-            for i, s in enumerate(seqs):
-                text = self.visible_text(req, s)
-                s.emitted_text_len = len(text)
-                completions.append(CompletionOutput(
-                    index=i if final_order else s.index, text=text,
-                    token_ids=list(s.output_token_ids), cumulative_logprob=s.cumulative_logprob,
-                    logprobs=list(s.logprobs) if s.logprobs is not None else None,
-                    finish_reason=s.finish_reason, stop_reason=s.stop_reason))
+            seqs = seqs[:n]
+        completions = []
+        for i, s in enumerate(seqs):
+            text = self.visible_text(req, s)
+            s.emitted_text_len = len(text)
+            completions.append(CompletionOutput(
+                index=i if final_order else s.index, text=text,
+                token_ids=list(s.output_token_ids), cumulative_logprob=s.cumulative_logprob,
+                logprobs=list(s.logprobs) if s.logprobs is not None else None,
+                finish_reason=s.finish_reason, stop_reason=s.stop_reason))
         if req.finished and req.metrics.finished_time is None:
             req.metrics.finished_time = time.time()
         return RequestOutput(request_id=req.request_id, prompt=req.prompt,

@@ -43,8 +43,7 @@ class RequestState:
     arrival_time: float
     seqs: list = field(default_factory=list)      # live and finished SeqStates, by index
     pending_fork: bool = False         # n/best_of > 1: children are forked at the first sample
-    is_beam: bool = False
-    beam: Any = None                   # BeamState for beam search
+    is_beam: bool = False              # runs above the core (engine/beam_driver.py)
     prompt_logprobs: Optional[list] = None
     prompt_logprobs_done: bool = True
     finished: bool = False

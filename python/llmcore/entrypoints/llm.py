@@ -8,6 +8,7 @@ from typing import Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
+from llmcore.beam_search_params import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
 from llmcore.config import EngineArgs
 from llmcore.engine.llm_engine import LLMEngine
 from llmcore.outputs import RequestOutput
@@ -66,6 +67,23 @@ class LLM:
             if len(params) != len(prompts):
                 raise ValueError(f"sampling_params: {len(params)} given for {len(prompts)} prompts")
         return self._run(prompts, params, use_tqdm)
+
+    def beam_search(self, prompts, params: BeamSearchParams,
+                    use_tqdm: bool = False) -> list[BeamSearchOutput]:
+        """vLLM's beam search API: the `beam_width` best hypotheses of each prompt. The
+        same driver as `generate` with `use_beam_search` (the engine's beam driver)."""
+        if not isinstance(params, BeamSearchParams):
+            raise ValueError(f"params: expected BeamSearchParams, got {type(params).__name__}")
+        sp = params.to_sampling_params()
+        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts
+                                                 and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        outs = self._run(list(prompts), [sp] * len(prompts), use_tqdm)
+        return [BeamSearchOutput(sequences=[
+            BeamSearchSequence(tokens=list(o.prompt_token_ids) + list(c.token_ids),
+                               cum_logprob=c.cumulative_logprob, text=c.text,
+                               finish_reason=c.finish_reason, stop_reason=c.stop_reason)
+            for c in o.outputs]) for o in outs]
 
     def chat(self, messages, sampling_params=None, use_tqdm: bool = True,
              chat_template: Optional[str] = None, add_generation_prompt: bool = True,

@@ -360,7 +360,7 @@ class ModelRunner:
         self._prev_row_of_seq, self._prev_len_of_seq, self._prev_tokens = {}, {}, None
         self._prev_pending = None
         n_sample = len(step.sample_seq_ids)
-        parts = [r for r in (step.sample_rows, step.beam_rows) if r is not None and len(r)]
+        parts = [step.sample_rows] if step.sample_rows is not None and len(step.sample_rows) else []
         jobs = step.prompt_logprob_jobs
         if jobs:
             parts.append(np.concatenate([np.arange(j.row_start, j.row_start + (j.last - j.first))
@@ -412,12 +412,6 @@ class ModelRunner:
                     self._prev_tokens = out.token_ids
                     self._remember_samples(step)
             off = n_sample
-        n_beam = 0 if step.beam_rows is None else len(step.beam_rows)
-        if n_beam:
-            lp = torch.log_softmax(logits[off:off + n_beam], dim=-1)
-            tv, ti = lp.topk(min(step.beam_k, lp.shape[1]), dim=-1)
-            tensors.update(beam_ids=ti, beam_logprobs=tv)
-            off += n_beam
         prompt = []
         for j in jobs:
             n = j.last - j.first

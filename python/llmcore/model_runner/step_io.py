@@ -87,8 +87,6 @@ class StepInput:
     sample_seq_ids: list = field(default_factory=list)   # sampled sequences, row order
     sample_rows: Optional[np.ndarray] = None     # token index of each sampled row
     sample_seq_lens: Optional[np.ndarray] = None  # its sequence's length after this step
-    beam_rows: Optional[np.ndarray] = None       # token index of each beam row
-    beam_k: int = 0                              # candidates per beam row (2 x width)
     prompt_logprob_jobs: list = field(default_factory=list)
     new_seqs: list = field(default_factory=list)             # NewSeq
     finished_seq_ids: list = field(default_factory=list)
@@ -115,7 +113,6 @@ class ModelRunnerOutput:
     sampled_token_ids: list = field(default_factory=list)
     logprobs: Optional[list] = None              # of each sampled token
     topk: Optional[tuple] = None                 # (ids [rows][k], logprobs, ranks [rows])
-    beam_topk: Optional[tuple] = None            # (ids [rows][k], logprobs [rows][k])
     prompt_logprobs: list = field(default_factory=list)  # per job: (lps, top ids, top lps, ranks)
 
 
@@ -162,12 +159,9 @@ class PendingRunnerOutput:
             top = None
             if h.get("topk_ids") is not None:
                 top = (h["topk_ids"].tolist(), h["topk_logprobs"].tolist(), h["ranks"].tolist())
-            beam = None
-            if h.get("beam_ids") is not None:
-                beam = (h["beam_ids"].tolist(), h["beam_logprobs"].tolist())
             self._result = ModelRunnerOutput(
                 sampled_token_ids=_tolist(h.get("token_ids")) or [],
-                logprobs=_tolist(h.get("logprobs")), topk=top, beam_topk=beam,
+                logprobs=_tolist(h.get("logprobs")), topk=top,
                 prompt_logprobs=[tuple(_tolist(x) for x in job) for job in self._prompt])
             self._host = self._prompt = None
         return self._result

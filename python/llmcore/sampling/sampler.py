@@ -428,24 +428,3 @@ def compute_prompt_logprobs(logits: torch.Tensor, next_token_ids: IndexLike, k: 
         tv, ti = logits.topk(min(int(k), logits.shape[1]), dim=-1)
         return lp, ti, tv - lse.unsqueeze(1), ranks
     return lp, None, None, ranks
-
-
-@torch.no_grad()
-def beam_candidates(logprobs: torch.Tensor, k: int,
-                    cumulative_logprobs: Optional[torch.Tensor] = None
-                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k (beam, token) continuations of ONE request's N live beams.
-
-    logprobs: [N, V] log-probabilities of the next token for each beam (e.g.
-    `torch.log_softmax(logits, -1)`); cumulative_logprobs: [N] running sums (None = 0).
-    Returns (beam index [k], token id [k], new cumulative logprob [k]) sorted best
-    first. vLLM v0 asks for k = 2 * beam_width so that finished (EOS) candidates can be
-    set aside without running out of live beams."""
-    scores = logprobs.float()
-    if cumulative_logprobs is not None:
-        scores = scores + cumulative_logprobs.float().unsqueeze(1)
-    V = scores.shape[1]
-    flat = scores.reshape(-1)
-    k = min(int(k), flat.numel())
-    vals, idx = flat.topk(k)
-    return idx // V, idx % V, vals
