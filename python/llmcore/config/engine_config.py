@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
+from llmcore.config.pooler_config import PoolerConfig
+
 if TYPE_CHECKING:  # pragma: no cover
     from llmcore.model_loader.model_config import ModelConfig
 
@@ -107,6 +109,8 @@ class EngineConfig:
     observability_config: ObservabilityConfig
     seed: int = 0
     max_logprobs: int = 20
+    # --task embed / --runner pooling: prompts are pooled into embeddings; None: generate
+    pooler_config: Optional[PoolerConfig] = None
     # Room for the features that come next; None until they are built.
     lora_config: Optional[Any] = None
     speculative_config: Optional[Any] = None
@@ -115,6 +119,11 @@ class EngineConfig:
     @property
     def device(self) -> torch.device:
         return self.device_config.device
+
+    @property
+    def task(self) -> str:
+        """"embed" or "generate": which requests the served model takes."""
+        return "generate" if self.pooler_config is None else "embed"
 
     def validate(self) -> None:
         """Cross-checks of sub-configs against the model (no weights read)."""

@@ -33,10 +33,13 @@ class CoreRequest:
     beam: Any = None                   # BeamState
     prompt_logprobs_done: bool = True
     finished: bool = False
+    pooling: Any = None                # an embedding request's PoolerConfig (params is None)
 
     @property
     def num_seqs_total(self) -> int:
         p = self.params
+        if p is None:
+            return 1                   # a pooling request: one sequence, nothing sampled
         return p.best_of if p.best_of is not None else p.n
 
 
@@ -90,6 +93,11 @@ class OutputBatch:
             self._by_key[(req.request_id, 0)] = EngineCoreOutput(req.request_id, 0, [], [],
                                                                  finish_reason="length",
                                                                  replace=True)
+
+    def pooled(self, req: CoreRequest, data: bytes) -> None:
+        """A pooling request's vector: its only output, which finishes it."""
+        self._by_key[(req.request_id, 0)] = EngineCoreOutput(req.request_id, 0, [], [],
+                                                             finish_reason="stop", pooled=data)
 
     def finish(self) -> list:
         return list(self._by_key.values())

@@ -46,6 +46,10 @@ class ServedModelInfo:
     # EOS id, and SamplingParams defaults front ends apply to fields a request leaves unset.
     eos_token_ids: list = field(default_factory=list)
     sampling_defaults: dict = field(default_factory=dict)
+    # "generate" or "embed" (--task): which requests the model takes; embeddings have
+    # hidden_size values
+    task: str = "generate"
+    hidden_size: int = 0
 
 
 class EngineClient(Protocol):

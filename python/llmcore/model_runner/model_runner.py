@@ -20,6 +20,7 @@ import torch
 from llmcore.config.engine_config import CacheConfig, EngineConfig
 from llmcore.layers.attention.metadata import AttentionMetadata
 from llmcore.model_runner.kv_cache import GiB, KVCache, KVCacheSpec
+from llmcore.model_runner.pooler import Pooler
 from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
 from llmcore.sampling import Sampler, SamplingBatchState, compute_prompt_logprobs
 
@@ -59,6 +60,7 @@ class ModelRunner:
         self._prev_tokens: Optional[torch.Tensor] = None
         self._prev_row_of_seq: dict[int, int] = {}
         self._prev_len_of_seq: dict[int, int] = {}
+        self.pooler = Pooler()          # embeddings (--task embed): partial pools per sequence
 
     # ------------------------------------------------------------------ sizing
     def determine_num_blocks(self) -> tuple[int, int]:
@@ -205,26 +207,33 @@ class ModelRunner:
 
         input_fix: (positions, device tensor, rows): input_ids[positions] = tensor[rows], for
         tokens the scheduler only holds as placeholders (async scheduling)."""
+        hidden = self.execute_hidden(plan, input_fix)
+        if hidden is None:
+            return torch.empty((0, self.model_config.vocab_size), dtype=torch.float32)
+        return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
+
+    @torch.inference_mode()
+    def execute_hidden(self, plan, input_fix=None) -> Optional[torch.Tensor]:
+        """Run one step's forward; the final hidden states [tokens, hidden] (after the final
+        norm), None when the step runs no sequence (swaps only)."""
         kv = self.kv_cache
         kv.swap_out(np.asarray(plan.blocks_to_swap_out))
         kv.swap_in(np.asarray(plan.blocks_to_swap_in))
         kv.copy_blocks(np.asarray(plan.blocks_to_copy))
         if plan.num_seqs == 0:
-            return torch.empty((0, self.model_config.vocab_size), dtype=torch.float32)
+            return None
         gr = self.graph_runner
         # graphs are captured for one token per sequence (a k-token verify step runs eager)
         if (gr is not None and int(plan.num_prefill_seqs) == 0
                 and int(plan.num_batched_tokens) == int(plan.num_seqs)
                 and int(plan.num_seqs) <= gr.max_bs):
-            hidden = gr.run(plan, int(plan.num_seqs),
-                            lambda ids: self._apply_input_fix(ids, input_fix))
-            return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
+            return gr.run(plan, int(plan.num_seqs),
+                          lambda ids: self._apply_input_fix(ids, input_fix))
         meta = self.build_metadata(plan)
         input_ids = _tensor(plan.input_ids, self.device, torch.int64)
         self._apply_input_fix(input_ids, input_fix)
         positions = _tensor(plan.positions, self.device, torch.int64)
-        hidden = self.model(input_ids, positions, kv.device_caches, meta)
-        return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
+        return self.model(input_ids, positions, kv.device_caches, meta)
 
     # ------------------------------------------------------------------ sampling state
     def _add_seq(self, new) -> None:
@@ -244,6 +253,7 @@ class ModelRunner:
             self.sampling_state.remove(slot)
             self._free_slots.append(slot)
         self._prev_row_of_seq.pop(seq_id, None)
+        self.pooler.forget(seq_id)
 
     def num_live_seqs(self) -> int:
         return len(self._slot_of)
@@ -288,10 +298,15 @@ class ModelRunner:
             parts.append(np.concatenate([np.arange(j.row_start, j.row_start + (j.last - j.first))
                                          for j in jobs]).astype(np.int64))
         rows = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-        logits = self.execute(plan, rows, input_fix=input_fix)
-        if plan.num_seqs == 0 or len(rows) == 0:
-            return PendingRunnerOutput.empty()
+        hidden = self.execute_hidden(plan, input_fix)
         tensors: dict = {}
+        if hidden is not None and step.pooling_jobs:
+            pooled = self.pooler.pool(hidden, step.pooling_jobs)
+            if pooled is not None:
+                tensors["pooled"] = pooled
+        if hidden is None or len(rows) == 0:
+            return PendingRunnerOutput(tensors, [])
+        logits = self.model.compute_logits(self._rows_hidden(hidden, rows)).float()
         off = 0
         if n_sample:
             slots = [self._slot_of[sid] for sid in step.sample_seq_ids]

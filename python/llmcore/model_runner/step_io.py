@@ -43,6 +43,21 @@ class PromptLogprobJob:
     k: int
 
 
+@dataclass
+class PoolingJob:
+    """One prefill chunk of a pooling request: its rows [row_start, row_start + num_tokens)
+    hold prompt positions [first_pos, first_pos + num_tokens). With `last` the prompt ends
+    in this chunk and the runner returns the pooled vector."""
+
+    seq_id: int
+    row_start: int
+    num_tokens: int
+    first_pos: int
+    last: bool
+    pooling_type: str               # PoolerConfig.pooling_type
+    normalize: bool
+
+
 # The plan fields a runner reads. The runner takes a `_core.SchedulerOutput` or a
 # PlanArrays alike (same attribute names).
 PLAN_ARRAY_FIELDS = ("seq_ids", "num_tokens", "context_lens", "seq_lens", "do_sample",
@@ -90,6 +105,7 @@ class StepInput:
     beam_rows: Optional[np.ndarray] = None       # token index of each beam row
     beam_k: int = 0                              # candidates per beam row (2 x width)
     prompt_logprob_jobs: list = field(default_factory=list)
+    pooling_jobs: list = field(default_factory=list)         # PoolingJob
     new_seqs: list = field(default_factory=list)             # NewSeq
     finished_seq_ids: list = field(default_factory=list)
     # async scheduling: the last token of a continuing sequence is a placeholder whose
@@ -110,6 +126,8 @@ class ModelRunnerOutput:
     topk: Optional[tuple] = None                 # (ids [rows][k], logprobs, ranks [rows])
     beam_topk: Optional[tuple] = None            # (ids [rows][k], logprobs [rows][k])
     prompt_logprobs: list = field(default_factory=list)  # per job: (lps, top ids, top lps, ranks)
+    # float32 [jobs whose prompt ended this step, hidden_size], in pooling_jobs' order
+    pooled: Optional[np.ndarray] = None
 
 
 def _to_host(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -161,6 +179,7 @@ class PendingRunnerOutput:
             self._result = ModelRunnerOutput(
                 sampled_token_ids=_tolist(h.get("token_ids")) or [],
                 logprobs=_tolist(h.get("logprobs")), topk=top, beam_topk=beam,
-                prompt_logprobs=[tuple(_tolist(x) for x in job) for job in self._prompt])
+                prompt_logprobs=[tuple(_tolist(x) for x in job) for job in self._prompt],
+                pooled=None if h.get("pooled") is None else h["pooled"].numpy())
             self._host = self._prompt = None
         return self._result
