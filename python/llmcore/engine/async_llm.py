@@ -23,6 +23,8 @@ from llmcore.engine.snapshot_stream import newest_snapshots
 from llmcore.engine.protocol import EngineStats, PromptType
 from llmcore.engine.stat_logger import StatLogger
 from llmcore.outputs import RequestOutput
+from llmcore.pooling_outputs import PoolingRequestOutput
+from llmcore.pooling_params import PoolingParams
 from llmcore.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -82,6 +84,16 @@ class AsyncLLM:
         self._streams[request_id] = queue
         self._ensure_output_task()
         return self._iterate(request_id, queue, msg)
+
+    def encode(self, prompt: PromptType, pooling_params: PoolingParams,
+               request_id: Optional[str] = None, priority: int = 0
+               ) -> AsyncIterator[PoolingRequestOutput]:
+        """An embedding model's pooling request (vLLM's `encode`): validated now
+        (ValueError), then one finished PoolingRequestOutput."""
+        if not isinstance(pooling_params, PoolingParams):
+            raise ValueError(f"pooling_params: expected PoolingParams, got "
+                             f"{type(pooling_params).__name__}")
+        return self.generate(prompt, pooling_params, request_id, priority)  # type: ignore[arg-type]
 
     async def _iterate(self, request_id: str, q: asyncio.Queue, msg) -> AsyncIterator[RequestOutput]:
         finished = False

@@ -237,15 +237,17 @@ class OpenAIServingBase:
 
     # ------------------------------------------------------------------ generation
     async def prime(self, prompt: Any, params: Any, request_id: str,
-                    priority: int = 0) -> tuple[Any, AsyncIterator]:
-        """Start generating and wait for the first output, so that errors the engine raises
-        (bad prompt, bad params) become a 400 before any response byte is sent.
+                    priority: int = 0, *, encode: bool = False) -> tuple[Any, AsyncIterator]:
+        """Start generating (encode: pooling, on an embedding model) and wait for the first
+        output, so that errors the engine raises (bad prompt, bad params) become a 400 before
+        any response byte is sent.
         priority 0 is the engine's default, so it is passed only when another is asked for."""
+        submit = self.engine.encode if encode else self.engine.generate
         try:
             if priority:
-                gen = self.engine.generate(prompt, params, request_id, priority=priority)
+                gen = submit(prompt, params, request_id, priority=priority)
             else:
-                gen = self.engine.generate(prompt, params, request_id)
+                gen = submit(prompt, params, request_id)
             if self.lifecycle is not None:
                 gen = self.lifecycle.track(gen)
             first = await gen.__anext__()
