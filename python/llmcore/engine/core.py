@@ -389,7 +389,9 @@ class EngineCore:
 
     def _pooling_jobs(self, plan, seq_ids, qsl) -> list:
         """A PoolingJob per prefill chunk of a pooling request in this step."""
-        jobs = []
+        jobs: list = []
+        if self.config.pooler_config is None:
+            return jobs
         ctx = np.asarray(plan.context_lens)
         ntok = np.asarray(plan.num_tokens)
         for pos in range(int(plan.num_prefill_seqs)):
