@@ -8,7 +8,7 @@
 __version__ = "0.1.0"
 
 __all__ = ["LLM", "SamplingParams", "GuidedDecodingParams", "RequestOutput", "CompletionOutput", "EngineArgs", "LLMEngine",
-           "AsyncLLMEngine"]
+           "AsyncLLMEngine", "PoolingParams", "PoolingRequestOutput", "EmbeddingRequestOutput"]
 
 
 def __getattr__(name):
@@ -22,6 +22,12 @@ def __getattr__(name):
     if name in ("RequestOutput", "CompletionOutput"):
         from llmcore import outputs
         return getattr(outputs, name)
+    if name == "PoolingParams":
+        from llmcore.pooling_params import PoolingParams
+        return PoolingParams
+    if name in ("PoolingRequestOutput", "EmbeddingRequestOutput"):
+        from llmcore import pooling_outputs
+        return getattr(pooling_outputs, name)
     if name == "EngineArgs":
         from llmcore.config import EngineArgs
         return EngineArgs

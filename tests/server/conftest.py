@@ -166,3 +166,18 @@ def fake_server():
             yield srv
 
     return make
+
+
+@pytest.fixture(scope="module")
+def start_module_server():
+    """start_server for servers a whole test module shares."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: Optional[dict] = None) -> ServerProcess:
+        srv = ServerProcess(list(args), env=env)
+        started.append(srv)
+        return srv.wait_ready()
+
+    yield start
+    for srv in started:
+        srv.stop()

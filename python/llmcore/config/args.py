@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
+from llmcore.config.pooler_config import make_pooler_config
+
 if TYPE_CHECKING:  # pragma: no cover
     from llmcore.config.engine_config import EngineConfig, TokenizerPoolConfig
 
@@ -129,6 +131,15 @@ class EngineArgs:
                                             "that ask for JSON / regex / choice / grammar output and "
                                             "name none themselves. xgrammar also takes EBNF grammars; "
                                             "lm-format-enforcer is the slowest per token.")
+    task: str = arg("auto", group=GROUP_MODEL, choices=["auto", "generate", "embed"],
+                    help="What the model serves: generate (text) or embed (pooled hidden states: "
+                         "/v1/embeddings, LLM.embed). auto: generate.")
+    runner: str = arg("auto", group=GROUP_MODEL, choices=["auto", "generate", "pooling"],
+                      help="Newer vLLM's name for --task: pooling = --task embed.")
+    override_pooler_config: Optional[str] = arg(
+        None, group=GROUP_MODEL,
+        help='How an embedding model pools, as JSON: {"pooling_type": "LAST"|"MEAN"|"CLS", '
+             '"normalize": true|false}. Default for decoder models: LAST, normalized.')
 
     # --- KV cache ---
     kv_cache_dtype: str = arg("auto", group=GROUP_CACHE, choices=["auto", "fp8", "fp8_e5m2", "fp8_e4m3"],
@@ -354,6 +365,7 @@ class EngineArgs:
                                  "pip install tensorizer (or use auto, pt, safetensors, npcache, "
                                  "gguf or dummy)")
         self.model_loader_extra_config_dict()  # raises on bad JSON / unknown keys
+        make_pooler_config(self.task, self.runner, self.override_pooler_config)  # raises
         if not self.generation_config:
             raise ValueError("--generation-config must be 'auto', 'vllm' or a folder path")
         if self.max_model_len is not None and self.max_model_len < 1:
@@ -443,7 +455,8 @@ class EngineArgs:
                 disable_log_stats=self.disable_log_stats,
                 disable_log_requests=self.disable_log_requests, max_log_len=self.max_log_len),
             seed=self.seed, max_logprobs=self.max_logprobs,
-            tokenizer_pool_config=self.tokenizer_pool_config())
+            tokenizer_pool_config=self.tokenizer_pool_config(),
+            pooler_config=make_pooler_config(self.task, self.runner, self.override_pooler_config))
         config.validate()
         return config
 

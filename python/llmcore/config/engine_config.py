@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
+from llmcore.config.pooler_config import PoolerConfig
+
 if TYPE_CHECKING:  # pragma: no cover
     from llmcore.model_loader.model_config import ModelConfig
 
@@ -144,6 +146,8 @@ class EngineConfig:
     seed: int = 0
     max_logprobs: int = 20
     tokenizer_pool_config: TokenizerPoolConfig = field(default_factory=TokenizerPoolConfig)
+    # --task embed / --runner pooling: prompts are pooled into embeddings; None: generate
+    pooler_config: Optional[PoolerConfig] = None
     # Room for the features that come next; None until they are built.
     lora_config: Optional[Any] = None
     speculative_config: Optional[Any] = None
@@ -153,10 +157,19 @@ class EngineConfig:
     def device(self) -> torch.device:
         return self.device_config.device
 
+    @property
+    def task(self) -> str:
+        """"embed" or "generate": which requests the served model takes."""
+        return "generate" if self.pooler_config is None else "embed"
+
     def validate(self) -> None:
         """Cross-checks of sub-configs against the model (no weights read)."""
         mc, cc, sc, pc = self.model_config, self.cache_config, self.scheduler_config, \
             self.parallel_config
+        if self.pooler_config is not None and pc.pipeline_parallel_size > 1:
+            raise ValueError("--task embed with --pipeline-parallel-size > 1 is not supported: "
+                             "pooling reads the final hidden states, which only the last stage "
+                             "has; use tensor parallelism")
         if not sc.enable_chunked_prefill and sc.max_num_batched_tokens < mc.max_model_len:
             raise ValueError(f"--max-num-batched-tokens ({sc.max_num_batched_tokens}) is smaller than "
                              f"--max-model-len ({mc.max_model_len}); enable chunked prefill or raise it")

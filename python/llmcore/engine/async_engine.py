@@ -23,6 +23,8 @@ from llmcore.engine.snapshot_stream import newest_snapshots
 from llmcore.engine.protocol import EngineStats, PromptType
 from llmcore.engine.stat_logger import StatLogger
 from llmcore.outputs import RequestOutput
+from llmcore.pooling_outputs import PoolingRequestOutput
+from llmcore.pooling_params import PoolingParams
 from llmcore.sampling_params import SamplingParams
 from llmcore.tokenizer.pool import create_tokenizer_pool
 
@@ -97,6 +99,16 @@ class AsyncLLMEngine:
         self._commands.put(("add", (req, int(priority))))
         self._wakeup.set()
         return self._iterate(request_id, stream)
+
+    def encode(self, prompt: PromptType, pooling_params: PoolingParams,
+               request_id: Optional[str] = None, priority: int = 0
+               ) -> AsyncIterator[PoolingRequestOutput]:
+        """An embedding model's pooling request (vLLM's `encode`): validated now
+        (ValueError), then one finished PoolingRequestOutput."""
+        if not isinstance(pooling_params, PoolingParams):
+            raise ValueError(f"pooling_params: expected PoolingParams, got "
+                             f"{type(pooling_params).__name__}")
+        return self.generate(prompt, pooling_params, request_id, priority)  # type: ignore[arg-type]
 
     async def _iterate(self, request_id: str, stream: _Stream) -> AsyncIterator[RequestOutput]:
         try:

@@ -25,6 +25,8 @@ from llmcore.engine.snapshot_stream import newest_snapshots
 from llmcore.engine.protocol import EngineStats, PromptType
 from llmcore.engine.stat_logger import StatLogger
 from llmcore.outputs import RequestOutput
+from llmcore.pooling_outputs import PoolingRequestOutput
+from llmcore.pooling_params import PoolingParams
 from llmcore.sampling_params import SamplingParams
 from llmcore.tokenizer.pool import create_tokenizer_pool
 
@@ -99,6 +101,16 @@ class AsyncLLM:
         # stream that is never iterated only gives its reserved id back when collected.
         weakref.finalize(stream, self._release_stream, request_id, queue)
         return stream
+
+    def encode(self, prompt: PromptType, pooling_params: PoolingParams,
+               request_id: Optional[str] = None, priority: int = 0
+               ) -> AsyncIterator[PoolingRequestOutput]:
+        """An embedding model's pooling request (vLLM's `encode`): validated now
+        (ValueError), then one finished PoolingRequestOutput."""
+        if not isinstance(pooling_params, PoolingParams):
+            raise ValueError(f"pooling_params: expected PoolingParams, got "
+                             f"{type(pooling_params).__name__}")
+        return self.generate(prompt, pooling_params, request_id, priority)  # type: ignore[arg-type]
 
     def _release_stream(self, request_id: str, queue: asyncio.Queue) -> None:
         if self._streams.get(request_id) is queue:

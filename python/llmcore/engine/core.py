@@ -31,10 +31,11 @@ import numpy as np
 
 from llmcore import _core
 from llmcore.config.engine_config import EngineConfig
+from llmcore.config.pooler_config import PoolerConfig, check_task
 from llmcore.engine.core_state import CoreRequest, CoreSeq, OutputBatch
 from llmcore.engine.core_types import EngineCoreOutputs, EngineCoreRequest, SchedulerStats
 from llmcore.executor import Executor
-from llmcore.model_runner.step_io import NewSeq, PromptLogprobJob, StepInput
+from llmcore.model_runner.step_io import NewSeq, PoolingJob, PromptLogprobJob, StepInput
 from llmcore.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
@@ -97,13 +98,19 @@ class EngineCore:
 
     def _pipelinable(self, req: CoreRequest) -> bool:
         """The pipelined step serves every request (beam search runs above the core), guided
-        ones too where the executor can defer sampling for the grammar mask."""
-        return req.grammar is None or self._defer_ok
+        ones too where the executor can defer sampling for the grammar mask, but not pooling
+        (embedding) requests, whose vector is read synchronously in the step their prompt
+        ends."""
+        return req.pooling is None and (req.grammar is None or self._defer_ok)
 
     # ---------------------------------------------------------------- requests
     def add_request(self, r: EngineCoreRequest) -> None:
         if r.request_id in self.requests:
             raise ValueError(f"request_id {r.request_id!r} is already in use")
+        check_task(self.config.task, r.pooling_params is not None)
+        if r.pooling_params is not None:
+            self._add_pooling_request(r)
+            return
         req = CoreRequest(r.request_id, next(self._ids), r.prompt_token_ids, r.sampling_params,
                           r.max_tokens, arrival_time=r.arrival_time, priority=r.priority)
         p = req.params
@@ -153,6 +160,25 @@ class EngineCore:
                 logger.exception("request %s: cannot start its grammar matcher", rid)
                 batch.error(rid, f"guided_decoding.{req.grammar.spec.kind}: {e}")
                 self._finish_request(req)
+
+    def _add_pooling_request(self, r: EngineCoreRequest) -> None:
+        """An embedding request: one sequence, prefilled (in chunks if need be), pooled in the
+        step its prompt ends, finished without a token. MEAN/CLS skip the prefix cache (every
+        position must be computed; see model_runner/pooler.py)."""
+        pc = self.config.pooler_config
+        norm = r.pooling_params.normalize
+        req = CoreRequest(r.request_id, next(self._ids), r.prompt_token_ids, None, 0,
+                          pooling=PoolerConfig(pc.pooling_type,
+                                               pc.normalize if norm is None else norm))
+        seq = CoreSeq(next(self._ids), 0)
+        req.seqs.append(seq)
+        self.scheduler.add_request(req.internal_id, seq.seq_id,
+                                   np.asarray(req.prompt_token_ids, dtype=np.int32),
+                                   r.arrival_time, r.priority, 0,
+                                   not req.pooling.needs_every_position)
+        self.requests[req.request_id] = req
+        self._seqs[seq.seq_id] = (req, seq)
+        self._num_unpipelinable += 1
 
     def abort_requests(self, request_ids: Iterable[str]) -> None:
         for rid in request_ids:
@@ -227,6 +253,8 @@ class EngineCore:
         for pos, sid in zip(sample_pos.tolist(), seq_ids[sample_pos].tolist()):
             req, seq = self._seqs[sid]
             row = int(qsl[pos + 1] - 1)
+            if req.pooling is not None:
+                continue  # pooled below, not sampled
             if req.pending_fork:
                 req.pending_fork = False
                 for child in [seq] + self._fork_children(req, seq):
@@ -243,8 +271,11 @@ class EngineCore:
         step = self._step_input(plan, sample_seq_ids=[s.seq_id for _, s in normal],
                                 sample_rows=np.asarray(normal_rows, dtype=np.int64),
                                 prompt_logprob_jobs=jobs, grammar_bitmask=bitmask,
-                                grammar_rows=np.asarray(g_rows, dtype=np.int64) if g_rows else None)
+                                grammar_rows=np.asarray(g_rows, dtype=np.int64) if g_rows else None,
+                                pooling_jobs=self._pooling_jobs(plan, seq_ids, qsl))
         out = self.executor.execute_model(step).get()
+        if out.pooled is not None:
+            self._finish_pooled(step.pooling_jobs, out.pooled, batch)
         upd_ids: list = []
         upd_tokens: list = []
         if normal:
@@ -451,6 +482,32 @@ class EngineCore:
             if ctx[pos] + ntok[pos] >= plen:
                 req.prompt_logprobs_done = True
         return jobs
+
+    def _pooling_jobs(self, plan, seq_ids, qsl) -> list:
+        """A PoolingJob per prefill chunk of a pooling request in this step."""
+        jobs: list = []
+        if self.config.pooler_config is None:
+            return jobs
+        ctx = np.asarray(plan.context_lens)
+        ntok = np.asarray(plan.num_tokens)
+        for pos in range(int(plan.num_prefill_seqs)):
+            req, seq = self._seqs[int(seq_ids[pos])]
+            if req.pooling is None:
+                continue
+            first, n = int(ctx[pos]), int(ntok[pos])
+            jobs.append(PoolingJob(seq.seq_id, int(qsl[pos]), n, first,
+                                   first + n >= len(req.prompt_token_ids),
+                                   req.pooling.pooling_type, req.pooling.normalize))
+        return jobs
+
+    def _finish_pooled(self, jobs: list, pooled: np.ndarray, batch: OutputBatch) -> None:
+        """The vectors of the pooling requests whose prompt ended this step finish them."""
+        done = [j for j in jobs if j.last]
+        for job, vec in zip(done, pooled):
+            req, seq = self._seqs[job.seq_id]
+            batch.pooled(req, np.ascontiguousarray(vec, dtype="<f4").tobytes())
+            seq.finished = True
+            self._finish_seq(req, seq)
 
     def _finish_seq(self, req: CoreRequest, seq: CoreSeq) -> None:
         if not seq.sched_released:

@@ -34,10 +34,13 @@ class CoreRequest:
     grammar: Any = None                # GrammarHandle under guided decoding, else None
     arrival_time: float = 0.0
     priority: int = 0
+    pooling: Any = None                # an embedding request's PoolerConfig (params is None)
 
     @property
     def num_seqs_total(self) -> int:
         p = self.params
+        if p is None:
+            return 1                   # a pooling request: one sequence, nothing sampled
         return p.best_of if p.best_of is not None else p.n
 
 
@@ -86,6 +89,11 @@ class OutputBatch:
         """The core failed this request (e.g. its grammar did not compile)."""
         self._by_key[(request_id, "error")] = EngineCoreOutput(
             request_id, 0, [], [], finish_reason="error", error=message)
+
+    def pooled(self, req: CoreRequest, data: bytes) -> None:
+        """A pooling request's vector: its only output, which finishes it."""
+        self._by_key[(req.request_id, 0)] = EngineCoreOutput(req.request_id, 0, [], [],
+                                                             finish_reason="stop", pooled=data)
 
     def finish(self) -> list:
         return list(self._by_key.values())

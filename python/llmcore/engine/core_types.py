@@ -2,7 +2,8 @@
 
 They are the whole contract of the engine-core boundary: the front end sends token ids
 and sampling parameters, the core answers once per step with the new token ids (and
-logprobs) of every request it advanced. In-process they are passed as objects; across
+logprobs) of every request it advanced; an embedding model's requests are answered
+once, with their pooled vector. In-process they are passed as objects; across
 processes they travel msgpack-encoded (`msgspec.msgpack`, typed decoders) over ZeroMQ —
 never pickled, so a peer can only ever make the other side build these types.
 
@@ -17,18 +18,22 @@ from typing import Optional
 
 import msgspec
 
+from llmcore.pooling_params import PoolingParams
 from llmcore.sampling_params import SamplingParams
 
 
 class EngineCoreRequest(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
-    """A validated, tokenized request (InputProcessor's output)."""
+    """A validated, tokenized request (InputProcessor's output): it generates
+    (sampling_params) or, on an embedding model, is pooled (pooling_params; then
+    sampling_params is None and max_tokens 0)."""
 
     request_id: str
     prompt_token_ids: list[int]
-    sampling_params: SamplingParams
+    sampling_params: Optional[SamplingParams]
     max_tokens: int                    # resolved by the front end: never None
     arrival_time: float
     priority: int = 0
+    pooling_params: Optional[PoolingParams] = None
 
 
 class PositionLogprobs(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
@@ -57,6 +62,9 @@ class EngineCoreOutput(msgspec.Struct, array_like=True, omit_defaults=True, gc=F
     stop_reason: Optional[int] = None    # the stop token id; None for EOS / length
     num_cached_tokens: int = 0
     error: Optional[str] = None          # with finish_reason "error": why the core refused it
+    # a pooling request's vector: float32, little-endian, hidden_size values (compact:
+    # 4 bytes a value where a msgpack float list takes 9)
+    pooled: Optional[bytes] = None
 
 
 class SchedulerStats(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):

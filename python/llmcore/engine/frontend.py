@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Iterable, Optional
 
+import torch
+
 from llmcore.engine.core_types import EngineCoreOutputs, EngineCoreRequest, SchedulerStats
 from llmcore.engine.inputs import InputProcessor
 from llmcore.engine.output_processor import OutputProcessor
@@ -18,6 +20,7 @@ from llmcore.engine.protocol import EngineStats, ServedModelInfo
 from llmcore.engine.request import RequestState, SeqState
 from llmcore.metrics import EngineMetrics
 from llmcore.outputs import RequestOutput, make_position_logprobs
+from llmcore.pooling_outputs import PoolingOutput, PoolingRequestOutput
 from llmcore.tokenizer.detokenizer import IncrementalDetokenizer
 
 
@@ -48,7 +51,7 @@ class EngineFrontend:
             raise ValueError(f"request_id {req.request_id!r} is already in use")
         self.requests[req.request_id] = req
         return EngineCoreRequest(req.request_id, req.prompt_token_ids, req.params, req.max_tokens,
-                                 req.arrival_time, priority)
+                                 req.arrival_time, priority, pooling_params=req.pooling_params)
 
     def abort(self, request_ids: Iterable[str]) -> list[str]:
         """Forget these requests; returns those that were live (to abort in the core)."""
@@ -87,12 +90,16 @@ class EngineFrontend:
         touched: dict[str, RequestState] = {}   # requests to build an output for
         ended: dict[str, RequestState] = {}     # requests a sample of which ended this step
         to_abort: list[str] = []
+        pooled: list[PoolingRequestOutput] = []
         proc = self.output_processor
         requests = self.requests
         for o in core_outputs.outputs:
             req = requests.get(o.request_id)
             if req is None:
                 continue  # aborted or finished by a stop string meanwhile
+            if req.pooling_params is not None:
+                pooled.extend(self._pooled(req, o))
+                continue
             if req.stream_outputs:
                 touched[o.request_id] = req
             if o.error is not None:
@@ -134,7 +141,19 @@ class EngineFrontend:
                 if req.frontend_stopped and req.num_seqs_total > 1:
                     to_abort.append(rid)
         outs = [proc.make_output(req, final_order=req.finished) for req in touched.values()]
-        return outs, to_abort
+        return outs + pooled, to_abort
+
+    def _pooled(self, req: RequestState, o) -> list:
+        """A pooling request's one output: its vector (or the core's refusal)."""
+        self.requests.pop(req.request_id, None)
+        req.finished = True
+        if o.error is not None or o.pooled is None:
+            self.refused.append((req.request_id, o.error or "the engine returned no embedding"))
+            return []
+        self._finish_request(req)
+        data = torch.frombuffer(bytearray(o.pooled), dtype=torch.float32)
+        return [PoolingRequestOutput(req.request_id, PoolingOutput(data), req.prompt_token_ids,
+                                     True, req.prompt)]
 
     def _prompt_logprobs(self, req: RequestState, o) -> None:
         pl = o.prompt_logprobs

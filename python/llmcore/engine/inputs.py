@@ -4,10 +4,12 @@ request reaches the scheduler. Thread-safe (reads only immutable engine facts)."
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Optional, Union
 
+from llmcore.config.pooler_config import check_task
 from llmcore.engine.protocol import ServedModelInfo
 from llmcore.engine.request import RequestState
+from llmcore.pooling_params import PoolingParams
 from llmcore.sampling_params import SamplingParams
 from llmcore.structured_output.spec import spec_from_params
 
@@ -68,10 +70,15 @@ class InputProcessor:
         params.update_from_generation_config({"eos_token_id": extra}, primary)
         return params
 
-    def process(self, request_id: str, prompt, params: SamplingParams,
+    def process(self, request_id: str, prompt, params: Union[SamplingParams, PoolingParams],
                 arrival_time: Optional[float] = None) -> RequestState:
+        """A generation request (SamplingParams) or, on an embedding model, a pooling request
+        (PoolingParams); ValueError on bad input or a request the model does not serve."""
+        if isinstance(params, PoolingParams):
+            return self.process_pooling(request_id, prompt, params, arrival_time)
         if not isinstance(params, SamplingParams):
             raise ValueError(f"sampling_params: expected SamplingParams, got {type(params).__name__}")
+        check_task(self.info.task, pooling=False)
         text, ids = self.tokenize_prompt(prompt)
         if len(ids) == 0:
             raise ValueError("prompt: the prompt is empty")
@@ -111,3 +118,20 @@ class InputProcessor:
             req.prompt_logprobs = [None] * len(ids)
             req.prompt_logprobs_done = False
         return req
+
+    def process_pooling(self, request_id: str, prompt, params: PoolingParams,
+                        arrival_time: Optional[float] = None) -> RequestState:
+        """An embedding request: the prompt may fill the whole context (nothing is generated)."""
+        check_task(self.info.task, pooling=True)
+        params.verify(self.info.hidden_size)
+        text, ids = self.tokenize_prompt(prompt)
+        if len(ids) == 0:
+            raise ValueError("prompt: the prompt is empty")
+        max_len = self.info.max_model_len
+        if len(ids) > max_len:
+            raise ValueError(f"prompt: the prompt has {len(ids)} tokens, more than the maximum model "
+                             f"length of {max_len}")
+        return RequestState(request_id=str(request_id), internal_id=-1, prompt=text,
+                            prompt_token_ids=ids, params=None, max_tokens=0,
+                            arrival_time=arrival_time if arrival_time is not None else time.time(),
+                            pooling_params=params)

@@ -33,7 +33,8 @@ def served_model_info(config: EngineConfig) -> ServedModelInfo:
         served_model_names=list(mc.served_model_names), model_path=mc.model,
         max_model_len=mc.max_model_len, vocab_size=mc.vocab_size, dtype=str(mc.dtype).split(".")[-1],
         block_size=config.cache_config.block_size, max_logprobs=config.max_logprobs,
-        eos_token_ids=list(mc.eos_token_ids), sampling_defaults=dict(mc.sampling_defaults))
+        eos_token_ids=list(mc.eos_token_ids), sampling_defaults=dict(mc.sampling_defaults),
+        task=config.task, hidden_size=mc.hidden_size)
 
 
 def load_frontend_tokenizer(config: EngineConfig, args: EngineArgs):

@@ -46,6 +46,10 @@ class ServedModelInfo:
     # EOS id, and SamplingParams defaults front ends apply to fields a request leaves unset.
     eos_token_ids: list = field(default_factory=list)
     sampling_defaults: dict = field(default_factory=dict)
+    # "generate" or "embed" (--task): which requests the model takes; embeddings have
+    # hidden_size values
+    task: str = "generate"
+    hidden_size: int = 0
 
 
 class EngineClient(Protocol):
@@ -57,6 +61,9 @@ class EngineClient(Protocol):
       outputs, like vLLM); the last one has `finished=True`. If the consumer stops
       iterating (closes the generator, or its task is cancelled) the request is
       aborted and its KV blocks are freed before the next engine step.
+    - `encode` (embedding models, model_info.task == "embed") validates likewise and
+      yields one finished PoolingRequestOutput; `generate` on such a model, or `encode`
+      on a generating one, raises ValueError.
     - `abort` is idempotent.
     - `tokenizer` is a transformers tokenizer (encode / decode / apply_chat_template);
       `chat_template` the model's template string or None. Optional `tokenizer_pool`
@@ -75,6 +82,9 @@ class EngineClient(Protocol):
 
     def generate(self, prompt: PromptType, sampling_params: Any, request_id: str
                  ) -> AsyncIterator[Any]: ...
+
+    def encode(self, prompt: PromptType, pooling_params: Any, request_id: str
+               ) -> AsyncIterator[Any]: ...
 
     async def abort(self, request_id: str) -> None: ...
 

@@ -38,8 +38,8 @@ class RequestState:
     internal_id: int
     prompt: Optional[str]
     prompt_token_ids: list
-    params: Any                        # SamplingParams
-    max_tokens: int                    # resolved: never None
+    params: Any                        # SamplingParams; None for a pooling request
+    max_tokens: int                    # resolved: never None (0 for a pooling request)
     arrival_time: float
     seqs: list = field(default_factory=list)      # live and finished SeqStates, by index
     pending_fork: bool = False         # n/best_of > 1: children are forked at the first sample
@@ -53,6 +53,7 @@ class RequestState:
     stream_outputs: bool = True        # False: only the final output is built (offline LLM)
     # a sample ended on a stop string, which only the front end sees: the core must be told
     frontend_stopped: bool = False
+    pooling_params: Any = None         # PoolingParams of an embedding request
 
     def __post_init__(self):
         if self.metrics is None:
@@ -63,6 +64,8 @@ class RequestState:
     @property
     def num_seqs_total(self) -> int:
         p = self.params
+        if p is None:
+            return 1                   # pooling: nothing sampled
         return p.best_of if p.best_of is not None else p.n
 
     def live_seqs(self) -> list:

@@ -12,6 +12,8 @@ from llmcore.beam_search_params import BeamSearchOutput, BeamSearchParams, BeamS
 from llmcore.config import EngineArgs
 from llmcore.engine.llm_engine import LLMEngine
 from llmcore.outputs import RequestOutput
+from llmcore.pooling_outputs import EmbeddingRequestOutput, PoolingRequestOutput
+from llmcore.pooling_params import PoolingParams
 from llmcore.sampling_params import SamplingParams
 
 
@@ -107,7 +109,31 @@ class LLM:
             prompts.append({"prompt_token_ids": list(ids)})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def _run(self, prompts: list, params: list, use_tqdm: bool) -> list[RequestOutput]:
+    def encode(self, prompts, pooling_params: Union[PoolingParams, Sequence[PoolingParams],
+                                                    None] = None,
+               use_tqdm: bool = True) -> list[PoolingRequestOutput]:
+        """Pool each prompt (str, token-id list or dict, or a list of them) into one vector
+        (`.outputs.data`); needs an embedding model (task="embed")."""
+        prompts = _as_prompt_list(prompts)
+        if pooling_params is None:
+            pooling_params = PoolingParams()
+        if isinstance(pooling_params, PoolingParams):
+            params = [pooling_params] * len(prompts)
+        else:
+            params = list(pooling_params)
+            if len(params) != len(prompts):
+                raise ValueError(f"pooling_params: {len(params)} given for {len(prompts)} prompts")
+        return self._run(prompts, params, use_tqdm)
+
+    def embed(self, prompts, pooling_params: Union[PoolingParams, Sequence[PoolingParams],
+                                                   None] = None,
+              use_tqdm: bool = True) -> list[EmbeddingRequestOutput]:
+        """Embeddings of the prompts (`.outputs.embedding`, a list of floats), pooled as the
+        model's pooler config says (default: last token, L2-normalised)."""
+        return [EmbeddingRequestOutput.from_base(o)
+                for o in self.encode(prompts, pooling_params, use_tqdm)]
+
+    def _run(self, prompts: list, params: list, use_tqdm: bool) -> list:
         engine = self.llm_engine
         reqs = []
         for prompt, p in zip(prompts, params):
@@ -135,6 +161,19 @@ class LLM:
         finally:
             bar.close()
         return results
+
+
+def _as_prompt_list(prompts) -> list:
+    """One prompt (str, dict, token-id list) or a list of them, as a list."""
+    if prompts is None:
+        raise ValueError("prompts: nothing to embed")
+    if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts
+                                             and isinstance(prompts[0], int)):
+        return [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts: nothing to embed")
+    return prompts
 
 
 def engine_args_from_dict(d: dict) -> EngineArgs:

@@ -26,6 +26,7 @@ import torch
 from llmcore.config.engine_config import CacheConfig, EngineConfig
 from llmcore.layers.attention.metadata import AttentionMetadata
 from llmcore.model_runner.kv_cache import GiB, KVCache, KVCacheSpec
+from llmcore.model_runner.pooler import Pooler
 from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
 from llmcore.sampling import Sampler, SamplingBatchState, compute_prompt_logprobs
 from llmcore.structured_output.bitmask import apply_token_bitmask_
@@ -72,7 +73,8 @@ class ModelRunner:
         self._prev_row_of_seq: dict[int, int] = {}
         self._prev_len_of_seq: dict[int, int] = {}
         self._prev_pending = None   # stage 0 of a pipeline: PendingTokens from the last stage
-        self._deferred = None                    # (StepInput, logits) awaiting sample_deferred
+        self._deferred = None                    # (StepInput, logits, pooled) awaiting sample_deferred
+        self.pooler = Pooler()          # embeddings (--task embed): partial pools per sequence
 
     # ------------------------------------------------------------------ sizing
     def determine_num_blocks(self) -> tuple[int, int]:
@@ -229,8 +231,11 @@ class ModelRunner:
                               src.index_select(0, self.index_tensor(rows)).to(input_ids.dtype))
 
     @torch.inference_mode()
-    def execute(self, plan, logits_rows: np.ndarray, input_fix=None) -> torch.Tensor:
-        """Run one step; returns float32 logits for `logits_rows` (indices into the step's tokens).
+    def execute(self, plan, logits_rows: np.ndarray, input_fix=None,
+                hidden_out: Optional[list] = None) -> Optional[torch.Tensor]:
+        """Run one step; returns float32 logits for `logits_rows` (indices into the step's
+        tokens), None on a pipeline stage before the last. hidden_out: a list that receives
+        the final hidden states of every token (pooling needs them; one stage only).
 
         input_fix: (positions, device tensor, rows): input_ids[positions] = tensor[rows], for
         tokens the scheduler only holds as placeholders (async scheduling)."""
@@ -246,12 +251,14 @@ class ModelRunner:
         if gr is not None and gr.fits(plan):
             hidden = gr.run(plan, int(plan.num_seqs),
                             lambda ids: self._apply_input_fix(ids, input_fix))
-            return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
-        meta = self.build_metadata(plan)
-        input_ids = _tensor(plan.input_ids, self.device, torch.int64)
-        self._apply_input_fix(input_ids, input_fix)
-        positions = _tensor(plan.positions, self.device, torch.int64)
-        hidden = self.model(input_ids, positions, kv.device_caches, meta)
+        else:
+            meta = self.build_metadata(plan)
+            input_ids = _tensor(plan.input_ids, self.device, torch.int64)
+            self._apply_input_fix(input_ids, input_fix)
+            positions = _tensor(plan.positions, self.device, torch.int64)
+            hidden = self.model(input_ids, positions, kv.device_caches, meta)
+        if hidden_out is not None:
+            hidden_out.append(hidden)
         return self.model.compute_logits(self._rows_hidden(hidden, logits_rows)).float()
 
     def _execute_stage(self, plan, logits_rows: np.ndarray, input_fix) -> Optional[torch.Tensor]:
@@ -366,7 +373,11 @@ class ModelRunner:
             parts.append(np.concatenate([np.arange(j.row_start, j.row_start + (j.last - j.first))
                                          for j in jobs]).astype(np.int64))
         rows = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-        logits = self.execute(plan, rows, input_fix=input_fix)
+        hidden_out: Optional[list] = [] if step.pooling_jobs else None
+        logits = self.execute(plan, rows, input_fix=input_fix, hidden_out=hidden_out)
+        pooled = self.pooler.pool(hidden_out[0], step.pooling_jobs) if hidden_out else None
+        if pooled is not None and len(rows) == 0:
+            return PendingRunnerOutput({"pooled": pooled}, [])
         if logits is None:   # a pipeline stage before the last
             if self.pp.is_first and step.use_device_tokens and n_sample:
                 self._prev_pending = self.pp.irecv_tokens_from_last(n_sample, self.device)
@@ -377,23 +388,24 @@ class ModelRunner:
         if step.defer_sampling:
             # guided rows whose mask needs the previous step's tokens: the engine sends it
             # (sample_deferred) while the device runs this forward
-            self._deferred = (step, logits)
+            self._deferred = (step, logits, pooled)
             return PendingRunnerOutput.empty()
-        return self._sample_step(step, logits)
+        return self._sample_step(step, logits, pooled)
 
     @torch.inference_mode()
     def sample_deferred(self, grammar_bitmask: Optional[np.ndarray],
                         grammar_rows: Optional[np.ndarray]) -> PendingRunnerOutput:
         """Sampling of the step launched with defer_sampling, under this grammar mask."""
-        step, logits = self._deferred
+        step, logits, pooled = self._deferred
         self._deferred = None
         step.grammar_bitmask, step.grammar_rows = grammar_bitmask, grammar_rows
-        return self._sample_step(step, logits)
+        return self._sample_step(step, logits, pooled)
 
-    def _sample_step(self, step: StepInput, logits: torch.Tensor) -> PendingRunnerOutput:
+    def _sample_step(self, step: StepInput, logits: torch.Tensor,
+                     pooled: Optional[torch.Tensor] = None) -> PendingRunnerOutput:
         n_sample = len(step.sample_seq_ids)
         jobs = step.prompt_logprob_jobs
-        tensors: dict = {}
+        tensors: dict = {} if pooled is None else {"pooled": pooled}
         off = 0
         if n_sample:
             if step.grammar_bitmask is not None:

@@ -43,6 +43,21 @@ class PromptLogprobJob:
     k: int
 
 
+@dataclass
+class PoolingJob:
+    """One prefill chunk of a pooling request: its rows [row_start, row_start + num_tokens)
+    hold prompt positions [first_pos, first_pos + num_tokens). With `last` the prompt ends
+    in this chunk and the runner returns the pooled vector."""
+
+    seq_id: int
+    row_start: int
+    num_tokens: int
+    first_pos: int
+    last: bool
+    pooling_type: str               # PoolerConfig.pooling_type
+    normalize: bool
+
+
 # The plan fields a runner reads. The runner takes a `_core.SchedulerOutput` or a
 # PlanArrays alike (same attribute names).
 PLAN_ARRAY_FIELDS = ("seq_ids", "num_tokens", "context_lens", "seq_lens", "do_sample",
@@ -88,6 +103,7 @@ class StepInput:
     sample_rows: Optional[np.ndarray] = None     # token index of each sampled row
     sample_seq_lens: Optional[np.ndarray] = None  # its sequence's length after this step
     prompt_logprob_jobs: list = field(default_factory=list)
+    pooling_jobs: list = field(default_factory=list)         # PoolingJob
     new_seqs: list = field(default_factory=list)             # NewSeq
     finished_seq_ids: list = field(default_factory=list)
     # async scheduling: the last token of a continuing sequence is a placeholder whose
@@ -114,6 +130,8 @@ class ModelRunnerOutput:
     logprobs: Optional[list] = None              # of each sampled token
     topk: Optional[tuple] = None                 # (ids [rows][k], logprobs, ranks [rows])
     prompt_logprobs: list = field(default_factory=list)  # per job: (lps, top ids, top lps, ranks)
+    # float32 [jobs whose prompt ended this step, hidden_size], in pooling_jobs' order
+    pooled: Optional[np.ndarray] = None
 
 
 def _to_host(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -162,6 +180,7 @@ class PendingRunnerOutput:
             self._result = ModelRunnerOutput(
                 sampled_token_ids=_tolist(h.get("token_ids")) or [],
                 logprobs=_tolist(h.get("logprobs")), topk=top,
-                prompt_logprobs=[tuple(_tolist(x) for x in job) for job in self._prompt])
+                prompt_logprobs=[tuple(_tolist(x) for x in job) for job in self._prompt],
+                pooled=None if h.get("pooled") is None else h["pooled"].numpy())
             self._host = self._prompt = None
         return self._result

@@ -33,6 +33,7 @@ from llmcore.entrypoints.grpc.convert import (RpcError, _full_response, _invalid
 from llmcore.entrypoints.lifecycle import RequestTerminated, ServerLifecycle
 from llmcore.entrypoints.request_validation import first_out_of_vocab, streaming_conflict
 from llmcore.tokenizer.pool import encode_text
+from llmcore.pooling_params import PoolingParams
 
 logger = logging.getLogger("llmcore.grpc")
 
@@ -274,6 +275,29 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
             raise _invalid(f"chat_template: {e}") from None
         return {"prompt_token_ids": list(ids)}
 
+    async def Embed(self, request, context):
+        try:
+            model = self._check_model(request.model)
+            prompt = self._prompt(request)
+            params = PoolingParams(normalize=request.normalize
+                                   if request.HasField("normalize") else None)
+            rid = self._request_id(request.request_id)
+            last = None
+            with self.lifecycle.admitted():
+                self._log(rid, prompt, params, request.priority)
+                async for out in self._run(prompt, params, rid, request.priority):
+                    last = out
+            if last is None:
+                raise RpcError(grpc.StatusCode.INTERNAL, "the engine returned no output")
+            n = len(last.prompt_token_ids)
+            return pb2.EmbedResponse(request_id=rid, model=model,
+                                     embedding=last.outputs.data.tolist(),
+                                     usage=pb2.Usage(prompt_tokens=n, total_tokens=n))
+        except RequestTerminated as e:
+            await self._abort(context, RpcError(grpc.StatusCode.UNAVAILABLE, e.message))
+        except RpcError as e:
+            await self._abort(context, e)
+
     async def Tokenize(self, request, context):
         try:
             self._check_model(request.model)
@@ -308,7 +332,8 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
         info = self.engine.model_info
         return pb2.ListModelsResponse(models=[
             pb2.ModelCard(id=name, root=str(info.model_path), owned_by="llmcore",
-                          max_model_len=int(info.max_model_len))
+                          max_model_len=int(info.max_model_len),
+                          task=getattr(info, "task", "generate"))
             for name in self.model_names])
 
     async def health_status(self) -> tuple[bool, str]:

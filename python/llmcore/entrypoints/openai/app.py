@@ -26,9 +26,11 @@ from llmcore.config import EngineArgs, FrontendArgs
 from llmcore.entrypoints.lifecycle import RequestTerminated, ServerLifecycle
 from llmcore.entrypoints.openai.errors import APIError, error_body, error_response
 from llmcore.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
-                                                 DetokenizeRequest, TokenizeRequest)
+                                                 DetokenizeRequest, EmbeddingRequest,
+                                                 TokenizeRequest)
 from llmcore.entrypoints.openai.serving_chat import OpenAIServingChat
 from llmcore.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from llmcore.entrypoints.openai.serving_embedding import OpenAIServingEmbedding
 from llmcore.entrypoints.openai.serving_engine import ServerConfig
 from llmcore.entrypoints.openai.tool_parsers import resolve_tool_parser
 
@@ -163,6 +165,7 @@ def build_app(engine: Any, frontend_args: Optional[FrontendArgs] = None,
     lifecycle = lifecycle if lifecycle is not None else ServerLifecycle(engine)
     completion = OpenAIServingCompletion(engine, config, lifecycle)
     chat = OpenAIServingChat(engine, config, lifecycle)
+    embedding = OpenAIServingEmbedding(engine, config, lifecycle)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -240,6 +243,7 @@ def build_app(engine: Any, frontend_args: Optional[FrontendArgs] = None,
         created = int(time.time())
         data = [{"id": name, "object": "model", "created": created, "owned_by": "llmcore",
                  "root": info.model_path, "parent": None, "max_model_len": config.max_model_len,
+                 "task": embedding.task,
                  "permission": [{"id": f"modelperm-{name}", "object": "model_permission",
                                  "created": created, "allow_create_engine": False,
                                  "allow_sampling": True, "allow_logprobs": True,
@@ -256,6 +260,10 @@ def build_app(engine: Any, frontend_args: Optional[FrontendArgs] = None,
     @app.post("/v1/chat/completions")
     async def create_chat_completion(request: ChatCompletionRequest, raw_request: Request):
         return await chat.create_chat_completion(request, raw_request)
+
+    @app.post("/v1/embeddings")
+    async def create_embedding(request: EmbeddingRequest, raw_request: Request):
+        return await embedding.create_embedding(request, raw_request)
 
     @app.post("/tokenize")
     async def tokenize(request: TokenizeRequest):

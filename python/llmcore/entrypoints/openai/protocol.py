@@ -138,6 +138,18 @@ class DetokenizeRequest(OpenAIBaseModel):
     tokens: list[TokenId]
 
 
+class EmbeddingRequest(OpenAIBaseModel):
+    """OpenAI's embeddings body (plus vLLM's priority and add_special_tokens)."""
+
+    model: Optional[str] = None
+    input: Union[str, list[str], list[TokenId], list[list[TokenId]]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[Int64] = None
+    user: Optional[str] = None
+    priority: Optional[Int64] = 0
+    add_special_tokens: Optional[bool] = True
+
+
 def now() -> int:
     return int(time.time())
 

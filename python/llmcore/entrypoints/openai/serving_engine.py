@@ -254,18 +254,19 @@ class OpenAIServingBase:
 
     # ------------------------------------------------------------------ generation
     async def prime(self, prompt: Any, params: Any, request_id: str,
-                    priority: int = 0, guided_field: Optional[str] = None
-                    ) -> tuple[Any, AsyncIterator]:
-        """Start generating and wait for the first output, so that errors the engine raises
-        (bad prompt, bad params, a grammar the backend cannot compile) become a 400 before
-        any response byte is sent. guided_field: the request field that set the grammar, named
-        in such an error. priority 0 is the engine's default, so it is passed only when
-        another is asked for."""
+                    priority: int = 0, guided_field: Optional[str] = None, *,
+                    encode: bool = False) -> tuple[Any, AsyncIterator]:
+        """Start generating (encode: pooling, on an embedding model) and wait for the first
+        output, so that errors the engine raises (bad prompt, bad params, a grammar the
+        backend cannot compile) become a 400 before any response byte is sent. guided_field:
+        the request field that set the grammar, named in such an error. priority 0 is the
+        engine's default, so it is passed only when another is asked for."""
+        submit = self.engine.encode if encode else self.engine.generate
         try:
             if priority:
-                gen = self.engine.generate(prompt, params, request_id, priority=priority)
+                gen = submit(prompt, params, request_id, priority=priority)
             else:
-                gen = self.engine.generate(prompt, params, request_id)
+                gen = submit(prompt, params, request_id)
             if self.lifecycle is not None:
                 gen = self.lifecycle.track(gen)
             first = await gen.__anext__()
