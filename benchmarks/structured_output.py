@@ -122,6 +122,9 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="SmolLM2-135M-Instruct")
     p.add_argument("--device", default="auto")
+    p.add_argument("--load-format", default=None,
+                   help="dummy: random weights (the JSON is then valid but not meaningful)")
+    p.add_argument("--tokenizer", default=None, help="A tokenizer folder (with --load-format dummy)")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=160)
@@ -137,6 +140,10 @@ def main(argv=None) -> int:
                   max_model_len=args.max_model_len, max_num_seqs=max(args.num_prompts, 1))
     if args.async_scheduling is not None:
         kwargs["async_scheduling"] = args.async_scheduling
+    if args.load_format is not None:   # dummy: random weights of the model's shapes (no GPU
+        kwargs["load_format"] = args.load_format  # machine has SmolLM2's checkpoint)
+    if args.tokenizer is not None:
+        kwargs["tokenizer"] = args.tokenizer
     llm = LLM(**kwargs)
     device = describe_device(str(llm.llm_engine.device.type))
     from llmcore import SamplingParams
