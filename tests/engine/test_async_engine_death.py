@@ -7,12 +7,14 @@ import asyncio
 import threading
 from types import SimpleNamespace
 
+from llmcore.config.engine_config import TokenizerPoolConfig
 from llmcore.engine.async_engine import AsyncLLMEngine
 from llmcore.engine.protocol import EngineStats
 
 
 def _engine(has_unfinished) -> AsyncLLMEngine:
     stub = SimpleNamespace(model_info=None, tokenizer=None, metrics=None,
+                           config=SimpleNamespace(tokenizer_pool_config=TokenizerPoolConfig()),
                            get_stats=lambda: EngineStats(), has_unfinished_requests=has_unfinished)
     return AsyncLLMEngine(stub, start=False)
 

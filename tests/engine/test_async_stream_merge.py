@@ -7,12 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from llmcore.config.engine_config import TokenizerPoolConfig
 from llmcore.engine.async_engine import AsyncLLMEngine, _Stream
 from llmcore.engine.protocol import EngineStats
 
 
 def _engine() -> AsyncLLMEngine:
     stub = SimpleNamespace(model_info=None, tokenizer=None, metrics=None,
+                           config=SimpleNamespace(tokenizer_pool_config=TokenizerPoolConfig()),
                            get_stats=lambda: EngineStats())
     return AsyncLLMEngine(stub, start=False)  # no engine thread: the test feeds the queue
 
