@@ -251,14 +251,14 @@ case "$SUITE" in
     thr thr_8b_128 100 128 --skip-hf
     CLIENT=aiohttp serving "16 200" "inf 1000"
     CLIENT=httpx TAG=_httpx SPY_ALL=8 serving "inf 1000" ;;
-  h200final)  # H200, end of the 2026-12-07 session: GPU tests, bs1, offline vs served 128/128
+  final1207)  # H200, end of the 2026-12-07 session: GPU tests, bs1, offline vs served 128/128
     # (aiohttp client), then structured output on SmolLM2's shapes (dummy weights, its real
     # tokenizer carried in .sotok: no GPU machine has the checkpoint)
-    kernel_tests gpu_engine_tests 130 -x $K/test_gpu_engine.py $K/test_sampling.py
-    lat lat_8b_bs1 70 $M8 --skip-hf
-    thr thr_8b_128 90 128 --skip-hf
+    kernel_tests gpu_engine_tests 110 -x $K/test_gpu_engine.py $K/test_sampling.py
+    lat lat_8b_bs1 60 $M8 --skip-hf
+    thr thr_8b_128 80 128 --skip-hf
     CLIENT=aiohttp serving "16 200" "inf 1000"
-    step structured_output 150 python benchmarks/structured_output.py --model .sotok \
+    step structured_output 120 python benchmarks/structured_output.py --model .sotok \
       --load-format dummy --tokenizer .sotok --device cuda --dtype bfloat16 --num-prompts 64 \
       --max-tokens 128 --ttft-repeats 3 --output-json "$OUT/structured_output.json" ;;
   h200spy)  # H200: rate inf, 1000 prompts, the front-end process's GIL holder sampled with py-spy
