@@ -180,6 +180,11 @@ class AsyncLLMEngine:
                 self._stats = copy.copy(engine._stats)
                 if outputs:
                     self._deliver(outputs)
+                for rid, msg in engine.take_refused():   # that request's error, not the loop's
+                    with self._lock:
+                        stream = self._streams.get(rid)
+                    if stream is not None:
+                        stream.put(ValueError(msg))
                 if self._stat_logger is not None:
                     self._stat_logger.maybe_log(self._stats)
         except BaseException as e:  # noqa: BLE001 - the loop must report any death

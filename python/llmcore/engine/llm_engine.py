@@ -187,14 +187,16 @@ class LLMEngine:
         outs, to_abort = self.frontend.process(core_outputs)
         if to_abort:
             (self.core or self.client).abort_requests(to_abort)
-        if self.frontend.refused:
-            # the core failed a request it had accepted (e.g. its grammar did not compile)
-            rid, msg = self.frontend.refused[0]
-            self.frontend.refused.clear()
-            raise ValueError(f"request {rid}: {msg}")
         if self.beam_search.runs:
             outs = self.beam_search.step_outputs(outs)   # may add the next beam steps
         return outs
+
+    def take_refused(self) -> list:
+        """(request id, message) of the requests the core failed since the last call (e.g. a
+        grammar that did not compile): they are finished; the caller reports them. The step
+        loop itself never raises for one request's failure."""
+        refused, self.frontend.refused = self.frontend.refused, []
+        return refused
 
     def get_stats(self) -> EngineStats:
         if self.core is None:   # the core process sends its stats with every step

@@ -155,6 +155,9 @@ class LLM:
                     if out.finished and out.request_id in order:
                         results[order[out.request_id]] = out
                         bar.update(1)
+                for rid, msg in engine.take_refused():
+                    if rid in order:   # e.g. its grammar did not compile
+                        raise ValueError(f"request {rid}: {msg}")
         except BaseException:
             engine.abort_request([r.request_id for r in reqs])
             raise

@@ -97,7 +97,8 @@ class LMFormatEnforcerBackend(StructuredOutputBackend):
                 JsonSchemaParser(schema)   # fail now on what it cannot handle
                 return lambda: JsonSchemaParser(schema)
             if spec.kind == "json_object":
-                return lambda: JsonSchemaParser(None)
+                # JsonSchemaParser(None) admits any JSON value; json_object means an object
+                return lambda: JsonSchemaParser({"type": "object"})
             regex = spec.value if spec.kind == "regex" else choice_regex(spec.value)
             RegexParser(regex)
             return lambda: RegexParser(regex)

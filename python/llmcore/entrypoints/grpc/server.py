@@ -278,7 +278,7 @@ class GenerationServicer(pb2_grpc.GenerationServicer):
     async def Embed(self, request, context):
         try:
             model = self._check_model(request.model)
-            prompt = self._prompt(request)
+            prompt = await self._prompt(request)
             params = PoolingParams(normalize=request.normalize
                                    if request.HasField("normalize") else None)
             rid = self._request_id(request.request_id)
