@@ -99,7 +99,11 @@ def test_fp8_kv_cache_agrees_with_bf16_cache(kv_cache_dtype):
     cache, greedy. Dummy weights give near-flat logits, where fp8 rounding flips near-ties,
     so the bar is a majority of matching tokens, and the step must be fully functional
     (prefill, decode graphs, n>1 copy-on-write)."""
+    import gc
+
     from llmcore import LLM, SamplingParams
+    gc.collect()   # engines of earlier tests hold their KV pools until collected
+    torch.cuda.empty_cache()
     kw = dict(model=MODEL, load_format="dummy", dtype="bfloat16", max_model_len=512,
               max_num_seqs=8, skip_tokenizer_init=True, seed=0, gpu_memory_utilization=0.3)
     g = torch.Generator().manual_seed(1)
