@@ -48,3 +48,4 @@ __device__ __host__ inline hip_bfloat16 __float2bfloat16_rn(float v) { return hi
 #define cudaFuncSetAttribute hipFuncSetAttribute
 #define cudaDeviceProp hipDeviceProp_t
 #define cudaGetDeviceProperties hipGetDeviceProperties
+#define cudaHostGetDevicePointer hipHostGetDevicePointer

@@ -5,4 +5,5 @@ PYBIND11_MODULE(_core, m) {
   llmcore::bind_block_allocator(m);
   llmcore::bind_scheduler(m);
   llmcore::bind_cpu_attention(m);
+  llmcore::bind_cpu_token_bitmask(m);
 }

@@ -12,6 +12,7 @@
 #include "llmcore_cuda/norm.h"
 #include "llmcore_cuda/rotary.h"
 #include "llmcore_cuda/sampling.h"
+#include "llmcore_cuda/token_bitmask.h"
 
 namespace py = pybind11;
 using ptr_t = uintptr_t;
@@ -122,6 +123,27 @@ PYBIND11_MODULE(LLMCORE_MODULE_NAME, m) {
     check(llmcore::silu_and_mul(P_<void>(out), out_stride, P_<const void>(x), x_stride,
                                 num_tokens, d, dtype, S_(stream)),
           "silu_and_mul");
+  });
+
+  m.def("apply_token_bitmask", [](ptr_t logits, int64_t logits_stride, ptr_t bitmask, int words,
+                                  ptr_t rows, int num_rows, int vocab, int dtype, ptr_t stream) {
+    check(llmcore::apply_token_bitmask(P_<void>(logits), logits_stride, P_<const int32_t>(bitmask),
+                                       words, P_<const int64_t>(rows), num_rows, vocab, dtype,
+                                       S_(stream)),
+          "apply_token_bitmask");
+  });
+
+  m.def("wait_host_flag", [](ptr_t flag, uint32_t target, uint32_t timeout_ms, ptr_t timed_out,
+                             ptr_t stream) {
+    check(llmcore::wait_host_flag(P_<const uint32_t>(flag), target, timeout_ms,
+                                  P_<uint32_t>(timed_out), S_(stream)),
+          "wait_host_flag");
+  });
+
+  m.def("host_device_pointer", [](ptr_t host_ptr) {
+    void* dev = nullptr;
+    check(llmcore::host_device_pointer(&dev, P_<void>(host_ptr)), "host_device_pointer");
+    return reinterpret_cast<ptr_t>(dev);
   });
 
   m.def("argmax", [](ptr_t out, ptr_t logits, int64_t logits_stride, int batch, int vocab,

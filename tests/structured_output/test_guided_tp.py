@@ -10,7 +10,7 @@ import torch
 
 from llmcore import LLM, GuidedDecodingParams, SamplingParams
 from llmcore.structured_output import manager as manager_mod
-from llmcore.structured_output.backend import GrammarMatcher, allow_token
+from llmcore.structured_output.backend import GrammarMatcher, StructuredOutputBackend, allow_token
 
 _CFG = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -36,10 +36,7 @@ class _Scripted(GrammarMatcher):
         return False
 
 
-class _ScriptedBackend:
-    def __init__(self, vocab):
-        pass
-
+class _ScriptedBackend(StructuredOutputBackend):
     def compile(self, spec):
         return spec
 

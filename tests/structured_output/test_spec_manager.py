@@ -10,7 +10,8 @@ import pytest
 from llmcore import GuidedDecodingParams
 from llmcore.config.engine_config import StructuredOutputConfig
 from llmcore.structured_output import manager as manager_mod
-from llmcore.structured_output.backend import GrammarCompileError, GrammarMatcher
+from llmcore.structured_output.backend import (GrammarCompileError, GrammarMatcher,
+                                               StructuredOutputBackend)
 from llmcore.structured_output.spec import spec_from_params
 
 
@@ -53,14 +54,11 @@ class _Matcher(GrammarMatcher):
         return False
 
 
-class _FakeBackend:
+class _FakeBackend(StructuredOutputBackend):
     """Counts compiles; 'slow' specs block until released; 'bad' ones fail."""
 
     compiles: list = []
     release = threading.Event()
-
-    def __init__(self, vocab):
-        self.vocab = vocab
 
     def compile(self, spec):
         _FakeBackend.compiles.append(spec.key)
@@ -121,3 +119,32 @@ def test_compile_past_time_limit_fails_request(manager):
         mgr.ready(h)
     _FakeBackend.release.set()
     mgr.shutdown()
+
+
+def test_none_matcher_allows_everything_and_rows_keep_their_order(manager):
+    """A row whose sequence stopped while in flight (None) allows every token; the rows of
+    live matchers are filled by their backend's batch fill at their own index."""
+    mgr = manager()
+    h = mgr.request_grammar(GuidedDecodingParams(regex="ab"))
+    assert _ready(mgr, h)
+    bitmask = mgr.fill_bitmask([None, mgr.new_matcher(h), None])
+    assert bitmask[0].tolist() == [-1, -1, -1] and bitmask[2].tolist() == [-1, -1, -1]
+    assert bitmask[1].tolist() == [1, 0, 0]
+    mgr.shutdown()
+
+
+def test_repeated_schema_is_checked_once(monkeypatch):
+    """The meta-schema check (~10 ms of Python) runs once per distinct schema; a bad schema
+    still fails every request that sends it."""
+    from llmcore.structured_output import spec as spec_mod
+    calls = []
+    real = spec_mod._check_schema
+    monkeypatch.setattr(spec_mod, "_check_schema", lambda s: (calls.append(1), real(s)))
+    spec_mod._check_result.cache_clear()
+    schema = {"type": "object", "properties": {"q": {"type": "integer"}}}
+    for _ in range(3):
+        spec_from_params(GuidedDecodingParams(json=schema))
+    assert len(calls) == 1
+    for _ in range(2):
+        with pytest.raises(ValueError, match="not a valid JSON schema"):
+            spec_from_params(GuidedDecodingParams(json={"type": 12}))

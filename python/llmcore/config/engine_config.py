@@ -101,6 +101,9 @@ class StructuredOutputConfig:
     compile_timeout_s: float = 30.0   # a grammar still compiling after this fails its request
     compile_threads: int = 2          # grammars compile in this many threads, off the step loop
     cache_size: int = 256             # compiled grammars kept, keyed by (backend, spec)
+    # threads filling a batch's token bitmask (xgrammar's batch matcher; 0: half the cores,
+    # at most 8; the other backends fill row by row)
+    fill_threads: int = 0
 
 
 @dataclass

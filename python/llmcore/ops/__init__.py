@@ -21,7 +21,8 @@ from .rope import compute_cos_sin_cache  # noqa: F401
 __all__ = [
     "cuda_available", "reshape_and_cache", "paged_attention_decode", "prefill_attention",
     "rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul", "argmax", "sample",
-    "compute_cos_sin_cache", "reference",
+    "compute_cos_sin_cache", "reference", "apply_token_bitmask", "host_device_pointer",
+    "wait_host_flag",
 ]
 
 _MOD = None
@@ -475,3 +476,44 @@ def sample(logits: torch.Tensor, temperature=None, top_k=None, top_p=None, min_p
     _C().sample(out.data_ptr(), logits.data_ptr(), logits.stride(0), B, V, code, ptr(t), ptr(k), ptr(p), ptr(m),
                 ptr(uniform), int(seed or 0) & ((1 << 64) - 1), int(offset) & ((1 << 64) - 1), _stream(logits))
     return out
+
+
+# --------------------------------------------------------------------------- guided decoding
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor,
+                        rows: Optional[torch.Tensor] = None) -> None:
+    """In place: ``logits[rows[i], t] = -inf`` where bit t of ``bitmask[i]`` is 0 (int32 words,
+    bit t % 32 of word t // 32; tokens past the mask's width are disallowed). ``rows``: int64
+    ``[n]`` on the device (None: rows 0..n-1). One kernel; rows not named are untouched."""
+    code = _logits(logits)
+    _index(bitmask, "bitmask", torch.int32, 2, logits.device)
+    n = bitmask.shape[0]
+    if rows is not None:
+        _index(rows, "rows", torch.int64, 1, logits.device)
+        if rows.shape[0] != n:
+            raise ValueError(f"rows: expected {n} entries, got {rows.shape[0]}")
+    elif n > logits.shape[0]:
+        raise ValueError(f"bitmask has {n} rows, logits only {logits.shape[0]}")
+    if n:
+        _C().apply_token_bitmask(logits.data_ptr(), logits.stride(0), bitmask.data_ptr(),
+                                 bitmask.shape[1], 0 if rows is None else rows.data_ptr(), n,
+                                 logits.shape[1], code, _stream(logits))
+
+
+def host_device_pointer(host: torch.Tensor) -> int:
+    """The device address of a page-locked host tensor (for :func:`wait_host_flag`)."""
+    if not host.is_pinned():
+        raise ValueError("host_device_pointer: the tensor must be in page-locked memory")
+    return _C().host_device_pointer(host.data_ptr())
+
+
+def wait_host_flag(flag_device_ptr: int, target: int, device: torch.device,
+                   timeout_ms: int = 60_000, timed_out: Optional[torch.Tensor] = None) -> None:
+    """Queue on the current stream a wait until the uint32 host flag (device address from
+    :func:`host_device_pointer`) reaches ``target`` (the host counts it up). ``timed_out``:
+    an int32 [1] device tensor set to 1 if ``timeout_ms`` passes first."""
+    ptr = 0
+    if timed_out is not None:
+        _index(timed_out, "timed_out", torch.int32, 1, device)
+        ptr = timed_out.data_ptr()
+    _C().wait_host_flag(int(flag_device_ptr), int(target) & 0xFFFFFFFF, int(timeout_ms), ptr,
+                        torch.cuda.current_stream(device).cuda_stream)

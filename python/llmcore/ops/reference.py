@@ -240,3 +240,32 @@ def sample(logits, temperature=None, top_k=None, top_p=None, min_p=None, *, unif
     target = uniform.to(cdf.device).double().view(-1, 1) * cdf[:, -1:]
     idx = torch.searchsorted(cdf, target, right=True).view(-1)
     return idx.clamp(max=logits.shape[1] - 1).to(torch.int64)
+
+
+# --------------------------------------------------------------------------- guided decoding
+def unpack_token_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """int32 [n, ceil(V/32)] -> bool [n, V]: bit i of word j allows token 32 * j + i.
+
+    Read as little-endian bytes, token t is bit t % 8 of byte t // 8: one byte-wide AND per
+    token (a quarter of the traffic of unpacking int32 words)."""
+    n = bitmask.shape[0]
+    as_bytes = bitmask.contiguous().view(torch.uint8).view(n, -1)
+    bit_values = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8, device=bitmask.device)
+    bits = torch.bitwise_and(as_bytes.unsqueeze(-1), bit_values)
+    return bits.view(n, -1)[:, :vocab_size].ne(0)
+
+
+def apply_token_bitmask(logits, bitmask, rows=None):
+    """In place: logits[rows[i], t] = -inf where bit t of bitmask[i] is 0; tokens past the
+    bitmask's width (a padded vocabulary) are disallowed too. rows None: rows 0..n-1."""
+    n, V = bitmask.shape[0], logits.shape[1]
+    if n == 0:
+        return
+    allowed = unpack_token_bitmask(bitmask, V)
+    if allowed.shape[1] < V:
+        allowed = torch.nn.functional.pad(allowed, (0, V - allowed.shape[1]), value=False)
+    if rows is None:
+        logits[:n].masked_fill_(~allowed, float("-inf"))
+        return
+    sub = logits.index_select(0, rows)
+    logits.index_copy_(0, rows, sub.masked_fill_(~allowed, float("-inf")))

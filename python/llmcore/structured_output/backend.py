@@ -64,8 +64,9 @@ class GrammarMatcher(ABC):
 class StructuredOutputBackend(ABC):
     name: str = ""
 
-    def __init__(self, vocab: VocabInfo):
+    def __init__(self, vocab: VocabInfo, fill_threads: int = 1):
         self.vocab = vocab
+        self.fill_threads = fill_threads   # for a backend with a multi-threaded batch fill
 
     @abstractmethod
     def compile(self, spec: GrammarSpec) -> Any:
@@ -74,6 +75,12 @@ class StructuredOutputBackend(ABC):
     @abstractmethod
     def new_matcher(self, compiled: Any) -> GrammarMatcher:
         """A fresh matcher at the grammar's start."""
+
+    def fill_bitmask_batch(self, matchers: list, bitmask: np.ndarray, rows: list) -> None:
+        """bitmask[rows[i]] = what matchers[i] (this backend's) allows next. Row by row here;
+        a backend with a batched, multi-threaded fill overrides it."""
+        for m, r in zip(matchers, rows):
+            m.fill_bitmask(bitmask, r)
 
 
 # name -> "module:Class", imported on first use (each backend pulls in its library)

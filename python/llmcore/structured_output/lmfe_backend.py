@@ -80,8 +80,8 @@ class LMFEMatcher(GrammarMatcher):
 class LMFormatEnforcerBackend(StructuredOutputBackend):
     name = "lm-format-enforcer"
 
-    def __init__(self, vocab: VocabInfo):
-        super().__init__(vocab)
+    def __init__(self, vocab: VocabInfo, fill_threads: int = 1):
+        super().__init__(vocab, fill_threads)
         self._data = tokenizer_data(vocab)
         self._eos = set(vocab.stop_token_ids) | {vocab.tokenizer.eos_token_id}
 

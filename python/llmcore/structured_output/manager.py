@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class StructuredOutputManager:
         self._lock = threading.Lock()          # backends and the vocabulary are built once
         self._cache: collections.OrderedDict = collections.OrderedDict()  # key -> Future
         self._pool: Optional[cf.ThreadPoolExecutor] = None
+        self._backend_of_type: dict = {}
+        self._fill_threads = config.fill_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
 
     # ------------------------------------------------------------ compiling
     def request_grammar(self, guided: Any) -> GrammarHandle:
@@ -102,19 +105,36 @@ class StructuredOutputManager:
                         raise ValueError("guided decoding needs the model's tokenizer")
                     stop = self._stop_ids or [tok.eos_token_id]
                     self._vocab = VocabInfo(tok, self.vocab_size, stop)
-                backend = self._backends[name] = get_backend_class(name)(self._vocab)
+                backend = get_backend_class(name)(self._vocab, fill_threads=self._fill_threads)
+                self._backends[name] = backend
             return backend
 
     # ------------------------------------------------------------ per sequence
     def new_matcher(self, handle: GrammarHandle) -> GrammarMatcher:
-        return self._backends[handle.backend].new_matcher(handle.future.result())
+        backend = self._backends[handle.backend]
+        matcher = backend.new_matcher(handle.future.result())
+        self._backend_of_type[type(matcher)] = backend   # who fills its rows in a batch
+        return matcher
 
     def fill_bitmask(self, matchers: list) -> np.ndarray:
-        """int32 [len(matchers), width]: row i allows what matchers[i] allows next."""
+        """int32 [len(matchers), width]: row i allows what matchers[i] allows next; a None
+        matcher (a sequence that stopped while its row was in flight) allows everything.
+        Each backend fills its rows in one batched call."""
         bitmask = np.zeros((len(matchers), self.width), dtype=np.int32)
+        groups: dict = {}
         for i, m in enumerate(matchers):
-            m.fill_bitmask(bitmask, i)
+            if m is None:
+                bitmask[i] = -1
+            else:
+                groups.setdefault(type(m), ([], []))
+                groups[type(m)][0].append(m)
+                groups[type(m)][1].append(i)
+        for ms, rows in groups.values():
+            self._backend_of(ms[0]).fill_bitmask_batch(ms, bitmask, rows)
         return bitmask
+
+    def _backend_of(self, matcher: GrammarMatcher) -> StructuredOutputBackend:
+        return self._backend_of_type[type(matcher)]
 
     def shutdown(self) -> None:
         if self._pool is not None:

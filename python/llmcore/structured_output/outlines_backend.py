@@ -69,8 +69,8 @@ class OutlinesMatcher(GrammarMatcher):
 class OutlinesBackend(StructuredOutputBackend):
     name = "outlines"
 
-    def __init__(self, vocab: VocabInfo):
-        super().__init__(vocab)
+    def __init__(self, vocab: VocabInfo, fill_threads: int = 1):
+        super().__init__(vocab, fill_threads)
         from outlines.backends.outlines_core import OutlinesCoreBackend
         from outlines.models.transformers import TransformerTokenizer
         tok = TransformerTokenizer(vocab.tokenizer)

@@ -11,9 +11,10 @@ is a ValueError whose message starts with `guided_decoding.<kind>`.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 try:  # Python 3.11+
     from re import _parser as sre_parse  # type: ignore[attr-defined]
@@ -51,7 +52,7 @@ def spec_from_params(guided: Any) -> GrammarSpec:
     kind = guided.kind
     ws = guided.whitespace_pattern
     if ws is not None:
-        _check_regex(ws, "guided_decoding.whitespace_pattern")
+        _checked(_check_regex, ws, "guided_decoding.whitespace_pattern")
     if kind == "json":
         schema = guided.json
         if isinstance(schema, str):
@@ -65,11 +66,11 @@ def spec_from_params(guided: Any) -> GrammarSpec:
                              f"{type(schema).__name__}")
         text = json.dumps(schema, separators=(",", ":"))  # key order matters: fields come in it
         _check_size(text, "guided_decoding.json")
-        _check_schema(schema)
+        _checked(_check_schema_text, text)
         return GrammarSpec("json", text, ws)
     if kind == "regex":
         _check_size(guided.regex, "guided_decoding.regex")
-        _check_regex(guided.regex, "guided_decoding.regex")
+        _checked(_check_regex, guided.regex, "guided_decoding.regex")
         return GrammarSpec("regex", guided.regex, ws)
     if kind == "choice":
         choices = tuple(guided.choice)
@@ -79,9 +80,31 @@ def spec_from_params(guided: Any) -> GrammarSpec:
         return GrammarSpec("choice", choices, ws)
     if kind == "grammar":
         _check_size(guided.grammar, "guided_decoding.grammar")
-        _check_ebnf(guided.grammar)
+        _checked(_check_ebnf, guided.grammar)
         return GrammarSpec("grammar", guided.grammar, ws)
     return GrammarSpec("json_object", "", ws)
+
+
+@functools.lru_cache(maxsize=512)
+def _check_result(check: Callable, *args) -> Optional[str]:
+    """The message of the ValueError `check(*args)` raises, None if it passes. Checking a
+    JSON schema against its meta-schema takes ~10 ms of Python: a schema every request
+    repeats (the usual case) is checked once."""
+    try:
+        check(*args)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _checked(check: Callable, *args) -> None:
+    msg = _check_result(check, *args)
+    if msg is not None:
+        raise ValueError(msg)
+
+
+def _check_schema_text(text: str) -> None:
+    _check_schema(json.loads(text))
 
 
 def choice_regex(choices) -> str:

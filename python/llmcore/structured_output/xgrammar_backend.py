@@ -35,14 +35,16 @@ class XGrammarMatcher(GrammarMatcher):
 class XGrammarBackend(StructuredOutputBackend):
     name = "xgrammar"
 
-    def __init__(self, vocab: VocabInfo):
-        super().__init__(vocab)
+    def __init__(self, vocab: VocabInfo, fill_threads: int = 1):
+        super().__init__(vocab, fill_threads)
         import xgrammar as xgr
         self._xgr = xgr
         info = xgr.TokenizerInfo.from_huggingface(vocab.tokenizer, vocab_size=vocab.vocab_size,
                                                   stop_token_ids=list(vocab.stop_token_ids) or None)
         # one compiler thread per call: the manager runs several compiles at once
         self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+        # the step's rows filled by C++ threads in one call (no Python per row)
+        self._batch = xgr.BatchGrammarMatcher(max_threads=max(1, int(fill_threads)))
 
     def compile(self, spec: GrammarSpec) -> Any:
         c = self._compiler
@@ -66,3 +68,7 @@ class XGrammarBackend(StructuredOutputBackend):
 
     def new_matcher(self, compiled: Any) -> GrammarMatcher:
         return XGrammarMatcher(self._xgr.GrammarMatcher(compiled))  # rollback is unlimited
+
+    def fill_bitmask_batch(self, matchers: list, bitmask: np.ndarray, rows: list) -> None:
+        self._batch.batch_fill_next_token_bitmask([m._m for m in matchers], bitmask,
+                                                  [int(r) for r in rows])
