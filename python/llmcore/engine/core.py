@@ -314,21 +314,27 @@ class EngineCore:
         jobs = self._prompt_logprob_jobs(plan, seq_ids, qsl)
         g_rows = [i for i, (_, seq) in enumerate(normal) if seq.matcher is not None] \
             if self._num_guided else None
+        g_rows_np = np.asarray(g_rows, dtype=np.int64) if g_rows else None
         step = self._step_input(plan, sample_seq_ids=sample_ids, sample_rows=rows,
                                 sample_seq_lens=lens, prompt_logprob_jobs=jobs,
-                                use_device_tokens=True, defer_sampling=bool(g_rows))
+                                use_device_tokens=True, defer_sampling=bool(g_rows),
+                                grammar_rows=g_rows_np)
         pending = self.executor.execute_model(step)
         # the device runs step k; the host finishes step k-1 meanwhile
         if prev is not None:
-            self._finish_inflight(prev, batch)
+            try:
+                self._finish_inflight(prev, batch)
+            except BaseException:
+                if g_rows:  # a device held behind step k's mask must not wait forever
+                    self.executor.sample_deferred(None, g_rows_np)
+                raise
         if g_rows:
             # the matchers now hold step k-1's tokens: the mask of step k, then its sampling
-            # (rows of sequences that stopped in k-1 are discarded: left unconstrained)
-            g_rows = [i for i in g_rows if not (normal[i][1].finished or normal[i][0].finished)]
-            bitmask = self.grammars.fill_bitmask([normal[i][1].matcher for i in g_rows]) \
-                if g_rows else None
-            pending = self.executor.sample_deferred(
-                bitmask, np.asarray(g_rows, dtype=np.int64) if g_rows else None)
+            # (rows of sequences that stopped in k-1 are discarded: allowed everything)
+            bitmask = self.grammars.fill_bitmask(
+                [None if (normal[i][1].finished or normal[i][0].finished) else normal[i][1].matcher
+                 for i in g_rows])
+            pending = self.executor.sample_deferred(bitmask, g_rows_np)
         self._stats.prompt_tokens_total += int(qsl[plan.num_prefill_seqs])
         if not normal:  # only prefill chunks that sample nothing
             if jobs:

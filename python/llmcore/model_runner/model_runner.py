@@ -25,10 +25,13 @@ import torch
 
 from llmcore.config.engine_config import CacheConfig, EngineConfig
 from llmcore.layers.attention.metadata import AttentionMetadata
+from llmcore import ops
+from llmcore.model_runner.grammar_mask import HostMaskChannel, MaskTicket, sync_debug_error
 from llmcore.model_runner.kv_cache import GiB, KVCache, KVCacheSpec
 from llmcore.model_runner.pooler import Pooler
 from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
 from llmcore.sampling import Sampler, SamplingBatchState, compute_prompt_logprobs
+from llmcore.structured_output.backend import bitmask_width
 from llmcore.structured_output.bitmask import apply_token_bitmask_
 
 logger = logging.getLogger(__name__)
@@ -73,7 +76,10 @@ class ModelRunner:
         self._prev_row_of_seq: dict[int, int] = {}
         self._prev_len_of_seq: dict[int, int] = {}
         self._prev_pending = None   # stage 0 of a pipeline: PendingTokens from the last stage
-        self._deferred = None                    # (StepInput, logits, pooled) awaiting sample_deferred
+        # awaiting sample_deferred: (StepInput, logits, pooled), or (MaskTicket, pending) when
+        # the sampling is queued behind the mask already (GPU)
+        self._deferred = None
+        self._mask_channel: Optional[HostMaskChannel] = None
         self.pooler = Pooler()          # embeddings (--task embed): partial pools per sequence
 
     # ------------------------------------------------------------------ sizing
@@ -388,27 +394,65 @@ class ModelRunner:
         if step.defer_sampling:
             # guided rows whose mask needs the previous step's tokens: the engine sends it
             # (sample_deferred) while the device runs this forward
-            self._deferred = (step, logits, pooled)
+            early = self._launch_behind_mask(step, logits, pooled)
+            self._deferred = early if early is not None else (step, logits, pooled)
             return PendingRunnerOutput.empty()
         return self._sample_step(step, logits, pooled)
+
+    def _launch_behind_mask(self, step: StepInput, logits: torch.Tensor, pooled):
+        """On a GPU, queue the sampling now, held on the device until the host publishes the
+        mask (model_runner/grammar_mask.py); None where the sampling would sync the host (it
+        then runs when the mask comes)."""
+        if self.device.type != "cuda" or not ops.cuda_available() or step.grammar_rows is None \
+                or not len(step.grammar_rows) or self.pp is not None:
+            return None
+        slots = [self._slot_of[sid] for sid in step.sample_seq_ids]
+        if not self.sampler.launch_is_sync_free(self.sampling_state, slots):
+            return None
+        if self._mask_channel is None:
+            self._mask_channel = HostMaskChannel(self.device, bitmask_width(logits.shape[1]),
+                                                 rows=max(64, len(step.grammar_rows)))
+        ch = self._mask_channel
+        rows = step.grammar_rows
+        n = len(rows)
+        rows_t = None if (int(rows[0]) == 0 and int(rows[-1]) == n - 1) else self.index_tensor(rows)
+        ticket = ch.launch(logits, rows_t, n)
+        try:
+            with sync_debug_error():
+                pending = self._sample_step(step, logits, pooled, mask_applied=True)
+        except RuntimeError:
+            # a sync the sampler did not foresee: release the device (allow-all for this
+            # ticket; the sampling it queued is discarded) and sample after the mask instead
+            ch.abandon()
+            logger.warning("guided sampling would sync the device; sampling after the mask",
+                           exc_info=True)
+            return None
+        return ticket, pending
 
     @torch.inference_mode()
     def sample_deferred(self, grammar_bitmask: Optional[np.ndarray],
                         grammar_rows: Optional[np.ndarray]) -> PendingRunnerOutput:
         """Sampling of the step launched with defer_sampling, under this grammar mask."""
-        step, logits, pooled = self._deferred
-        self._deferred = None
+        deferred, self._deferred = self._deferred, None
+        if isinstance(deferred[0], MaskTicket):    # queued already: hand the device the mask
+            ticket, pending = deferred
+            self._mask_channel.publish(ticket, grammar_bitmask)
+            return pending
+        step, logits, pooled = deferred
         step.grammar_bitmask, step.grammar_rows = grammar_bitmask, grammar_rows
         return self._sample_step(step, logits, pooled)
 
     def _sample_step(self, step: StepInput, logits: torch.Tensor,
-                     pooled: Optional[torch.Tensor] = None) -> PendingRunnerOutput:
+                     pooled: Optional[torch.Tensor] = None,
+                     mask_applied: bool = False) -> PendingRunnerOutput:
         n_sample = len(step.sample_seq_ids)
         jobs = step.prompt_logprob_jobs
         tensors: dict = {} if pooled is None else {"pooled": pooled}
+        if mask_applied:   # the device reports a mask it stopped waiting for
+            tensors["mask_timed_out"] = self._mask_channel.timed_out
         off = 0
         if n_sample:
-            if step.grammar_bitmask is not None:
+            if step.grammar_bitmask is not None and not mask_applied:
                 self._apply_grammar(logits, step.grammar_bitmask, step.grammar_rows)
             slots = [self._slot_of[sid] for sid in step.sample_seq_ids]
             slots_t = self.index_tensor(slots)

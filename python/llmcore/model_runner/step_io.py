@@ -174,6 +174,10 @@ class PendingRunnerOutput:
             if self._event is not None:
                 self._event.synchronize()
             h = self._host
+            timed_out = h.get("mask_timed_out")
+            if timed_out is not None and int(timed_out[0]):
+                raise RuntimeError("the device stopped waiting for a guided step's grammar mask "
+                                   "(model_runner/grammar_mask.py): its tokens are unmasked")
             top = None
             if h.get("topk_ids") is not None:
                 top = (h["topk_ids"].tolist(), h["topk_logprobs"].tolist(), h["ranks"].tolist())

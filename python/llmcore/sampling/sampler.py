@@ -130,6 +130,22 @@ class Sampler:
         return SamplerOutput(token_ids=token_ids, logprobs=token_logprobs,
                              topk_ids=topk_ids, topk_logprobs=topk_logprobs, ranks=ranks)
 
+    def launch_is_sync_free(self, state: SamplingBatchState, slots_host: list) -> bool:
+        """True when sample() queues this batch without reading device values on the host
+        (no .any() / nonzero() / .item() / seeded-row lookups), so the device may be held
+        behind a host-filled grammar mask meanwhile (model_runner/grammar_mask.py). Keep it
+        in step with the syncs of _process, _sample_random, _uniform and sample."""
+        if (state._bias_slots or state._mintok_slots or state._penalty_slots
+                or state._logprob_slots or state._seeded_slots or state._minp_slots):
+            return False
+        if not state._random_slots:
+            return True
+        n_rand = sum(1 for sl in slots_host if sl in state._random_slots)
+        if n_rand == 0:
+            return True
+        # mixed greedy / random rows find theirs with nonzero(); top-k / top-p filter rows too
+        return n_rand == len(slots_host) and not state.has_top_k_or_p
+
     @torch.no_grad()
     def process_logits(self, logits: torch.Tensor, slots: IndexLike,
                        state: SamplingBatchState) -> torch.Tensor:
