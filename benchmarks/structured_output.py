@@ -73,7 +73,8 @@ def run_backend(llm, backend: str, args) -> dict:
     llm.generate(ps[:1], SamplingParams(temperature=0, max_tokens=2,
                                         guided_decoding=guided(SCHEMA, backend)), use_tqdm=False)
     init_s = time.perf_counter() - t0
-    cons = [SamplingParams(temperature=args.temperature, seed=i, max_tokens=args.max_tokens,
+    seed = (lambda i: i) if args.seeded else (lambda i: None)
+    cons = [SamplingParams(temperature=args.temperature, seed=seed(i), max_tokens=args.max_tokens,
                            guided_decoding=guided(SCHEMA, backend)) for i in range(len(ps))]
     t_cons, outs = timed_generate(llm, ps, cons)
     lens = [len(o.outputs[0].token_ids) for o in outs]
@@ -84,7 +85,7 @@ def run_backend(llm, backend: str, args) -> dict:
             valid += 1
         except ValueError:
             pass
-    free = [SamplingParams(temperature=args.temperature, seed=i, max_tokens=n, ignore_eos=True)
+    free = [SamplingParams(temperature=args.temperature, seed=seed(i), max_tokens=n, ignore_eos=True)
             for i, n in enumerate(lens)]
     t_free, fouts = timed_generate(llm, ps, free)
     assert [len(o.outputs[0].token_ids) for o in fouts] == lens
@@ -129,6 +130,9 @@ def main(argv=None) -> int:
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=160)
     p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--seeded", action="store_true",
+                   help="a seed per request (seeded rows read the device on the host, so a "
+                        "GPU samples guided steps after the mask instead of queueing behind it)")
     p.add_argument("--max-model-len", type=int, default=1024)
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
