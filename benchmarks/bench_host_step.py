@@ -10,7 +10,6 @@ it (e.g. ~40 ms per step for Llama-3-8B at 512 sequences on an H200).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -25,6 +24,8 @@ from llmcore.engine.llm_engine import served_model_info
 from llmcore.executor.base import Executor
 from llmcore.model_runner.step_io import ModelRunnerOutput
 from llmcore.sampling_params import SamplingParams
+
+from report import write_json
 
 
 class _Done:
@@ -96,10 +97,7 @@ def main() -> None:
     print(f"{r['core_us_median']:>10.0f} {r['front_us_median']:>14.0f} {r['step_us_median']:>10.0f} "
           f"{r['per_token_us']:>10.2f}")
     r.update(machine=platform.processor() or platform.machine(), cpus=os.cpu_count())
-    os.makedirs(os.path.dirname(args.output_json) or ".", exist_ok=True)
-    with open(args.output_json, "w") as f:
-        json.dump(r, f, indent=2)
-    print(f"wrote {args.output_json}")
+    write_json(args.output_json, r)
 
 
 if __name__ == "__main__":

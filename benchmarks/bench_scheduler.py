@@ -8,7 +8,6 @@ pool large enough that the running sequences never get preempted.
 """
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -16,6 +15,8 @@ import time
 import numpy as np
 
 from llmcore._core import Scheduler, SchedulerConfig
+
+from report import write_json
 
 TARGET_US = 100.0
 
@@ -128,10 +129,7 @@ def main():
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpu_count": os.cpu_count()},
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
-    with open(args.output_json, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.output_json}")
+    write_json(args.output_json, result)
 
 
 if __name__ == "__main__":

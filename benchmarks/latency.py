@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import time
@@ -21,7 +20,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import describe_device, git_commit, load_hf_model, random_prompts  # noqa: E402
+from report import describe_device, print_table, write_record  # noqa: E402
+from throughput import add_model_args, load_hf_model, model_and_prompts  # noqa: E402
 
 
 def _stats(lat: list, output_len: int) -> dict:
@@ -98,10 +98,7 @@ def run_hf(args, prompts, model_config) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="SmolLM2-135M-Instruct")
-    p.add_argument("--load-format", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default="auto")
+    add_model_args(p)
     p.add_argument("--input-len", type=int, default=32)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
@@ -115,14 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--hf-num-iters", type=int, default=2)
     p.add_argument("--output-json", default="benchmarks/results/latency.json")
     args = p.parse_args(argv)
-    args.device_resolved = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else args.device
-
-    from llmcore.config import EngineArgs
-    from llmcore.model_loader import load_model_config
-    mc = load_model_config(EngineArgs(model=args.model, load_format=args.load_format, dtype=args.dtype),
-                           torch.device(args.device_resolved))
-    prompts = random_prompts(args.batch_size, args.input_len, mc.vocab_size, args.seed)
+    mc, prompts = model_and_prompts(args, args.batch_size)
     results = {"llmcore": run_llmcore(args, prompts)}
     if not args.skip_hf:
         results["hf_transformers"] = run_hf(args, prompts, mc)
@@ -132,22 +122,14 @@ def main(argv=None) -> int:
     print(f"\nlatency: batch {args.batch_size}, {args.input_len} in / {args.output_len} out, "
           f"model={args.model} dtype={args.dtype} device={dev} "
           f"enforce_eager={args.enforce_eager}")
-    print(f"{'engine':<18}{'avg s':>9}{'p50 s':>9}{'p90 s':>9}{'ms/token':>10}{'tok/s (bs)':>12}")
-    for name in ("llmcore", "hf_transformers"):
-        r = results.get(name)
-        if r is None:
-            continue
-        print(f"{name:<18}{r['avg_latency_s']:>9.3f}{r['p50_latency_s']:>9.3f}{r['p90_latency_s']:>9.3f}"
-              f"{r['ms_per_token']:>10.2f}{args.batch_size * 1e3 / r['ms_per_token']:>12.1f}")
+    print_table([("engine", "<18"), ("avg s", ">9.3f"), ("p50 s", ">9.3f"), ("p90 s", ">9.3f"),
+                 ("ms/token", ">10.2f"), ("tok/s (bs)", ">12.1f")],
+                [(name, r["avg_latency_s"], r["p50_latency_s"], r["p90_latency_s"], r["ms_per_token"],
+                  args.batch_size * 1e3 / r["ms_per_token"])
+                 for name, r in results.items() if name in ("llmcore", "hf_transformers")])
     if "speedup_vs_hf" in results:
         print(f"llmcore speedup vs HF (latency): {results['speedup_vs_hf']:.2f}x")
-    record = dict(benchmark="latency", date=time.strftime("%Y-%m-%d %H:%M:%S"), commit=git_commit(),
-                  device=dev, args=vars(args), results=results,
-                  command=" ".join([os.path.basename(sys.executable)] + sys.argv))
-    os.makedirs(os.path.dirname(args.output_json) or ".", exist_ok=True)
-    with open(args.output_json, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"wrote {args.output_json}")
+    write_record(args.output_json, "latency", dev, args, results)
     return 0
 
 

@@ -26,7 +26,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import describe_device, git_commit  # noqa: E402
+from report import describe_device, print_table, write_record  # noqa: E402
 
 BACKENDS = ("xgrammar", "outlines", "lm-format-enforcer")
 
@@ -155,20 +155,13 @@ def main(argv=None) -> int:
     results = [run_backend(llm, b, args) for b in args.backends]
     print(f"\nstructured output: {args.num_prompts} requests, every one under a JSON schema vs "
           f"unconstrained with the same token counts; model={args.model} device={device}")
-    print(f"{'backend':<20}{'tokens':>8}{'guided tok/s':>14}{'free tok/s':>12}{'ratio':>8}"
-          f"{'valid':>7}{'init s':>8}{'TTFT+ new ms':>14}{'TTFT+ cached ms':>17}")
-    for r in results:
-        print(f"{r['backend']:<20}{r['output_tokens']:>8}{r['constrained_tok_s']:>14.1f}"
-              f"{r['unconstrained_tok_s']:>12.1f}{r['ratio']:>8.3f}"
-              f"{r['valid_json']:>4}/{r['num_requests']:<2}{r['backend_init_s']:>8.2f}"
-              f"{r['ttft_added_new_schema_ms']:>14.1f}{r['ttft_added_cached_schema_ms']:>17.1f}")
-    record = dict(benchmark="structured_output", date=time.strftime("%Y-%m-%d %H:%M:%S"),
-                  commit=git_commit(), device=device, args=vars(args), results=results,
-                  command=" ".join([os.path.basename(sys.executable)] + sys.argv))
-    os.makedirs(os.path.dirname(args.output_json) or ".", exist_ok=True)
-    with open(args.output_json, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"wrote {args.output_json}")
+    print_table([("backend", "<20"), ("tokens", ">8"), ("guided tok/s", ">14.1f"),
+                 ("free tok/s", ">12.1f"), ("ratio", ">8.3f"), ("valid", ">7"), ("init s", ">8.2f"),
+                 ("TTFT+ new ms", ">14.1f"), ("TTFT+ cached ms", ">17.1f")],
+                [(r["backend"], r["output_tokens"], r["constrained_tok_s"], r["unconstrained_tok_s"],
+                  r["ratio"], f"{r['valid_json']:>4}/{r['num_requests']:<2}", r["backend_init_s"],
+                  r["ttft_added_new_schema_ms"], r["ttft_added_cached_schema_ms"]) for r in results])
+    write_record(args.output_json, "structured_output", device, args, results)
     return 0
 
 

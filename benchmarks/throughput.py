@@ -17,7 +17,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -25,11 +24,33 @@ import time
 import numpy as np
 import torch
 
+from report import describe_device, print_table, write_record
+
 
 def random_prompts(num: int, input_len: int, vocab: int, seed: int) -> list:
     rng = np.random.default_rng(seed)
     # Stay clear of the low ids where tokenizers keep their special tokens.
     return [rng.integers(100, vocab - 1, size=input_len).tolist() for _ in range(num)]
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model flags of this script and latency.py (vLLM's names)."""
+    p.add_argument("--model", default="SmolLM2-135M-Instruct")
+    p.add_argument("--load-format", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+
+
+def model_and_prompts(args, num_prompts: int) -> tuple:
+    """Resolves --device (args.device_resolved), reads the model's config and makes the
+    random token-id prompts of --input-len from its vocabulary."""
+    from llmcore.config import EngineArgs
+    from llmcore.model_loader import load_model_config
+    args.device_resolved = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else args.device
+    mc = load_model_config(EngineArgs(model=args.model, load_format=args.load_format, dtype=args.dtype),
+                           torch.device(args.device_resolved))
+    return mc, random_prompts(num_prompts, args.input_len, mc.vocab_size, args.seed)
 
 
 def run_llmcore(args, prompts) -> dict:
@@ -141,25 +162,9 @@ def run_hf(args, prompts, model_config) -> dict:
     return dict(elapsed_s=elapsed, output_tokens=out_tokens)
 
 
-def describe_device(dev: str) -> str:
-    return torch.cuda.get_device_name() if dev == "cuda" else \
-        f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="SmolLM2-135M-Instruct")
-    p.add_argument("--load-format", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default="auto")
+    add_model_args(p)
     p.add_argument("--input-len", type=int, default=128)
     p.add_argument("--output-len", type=int, default=128)
     p.add_argument("--num-prompts", type=int, default=64)
@@ -187,14 +192,7 @@ def main(argv=None) -> int:
                    help="vLLM's memory fraction (on the CPU: of host memory for its KV cache).")
     p.add_argument("--output-json", default="benchmarks/results/throughput.json")
     args = p.parse_args(argv)
-    args.device_resolved = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else args.device
-
-    from llmcore.model_loader import load_model_config
-    from llmcore.config import EngineArgs
-    mc = load_model_config(EngineArgs(model=args.model, load_format=args.load_format, dtype=args.dtype),
-                           torch.device(args.device_resolved))
-    prompts = random_prompts(args.num_prompts, args.input_len, mc.vocab_size, args.seed)
+    mc, prompts = model_and_prompts(args, args.num_prompts)
 
     results = {}
     hf_error = None
@@ -225,12 +223,11 @@ def main(argv=None) -> int:
     device_name = describe_device(args.device_resolved)
     print(f"\nthroughput: {args.num_prompts} prompts x {args.input_len} in / {args.output_len} out, "
           f"model={args.model} dtype={args.dtype} device={device_name}")
-    print(f"{'engine':<18}{'elapsed s':>11}{'req/s':>9}{'total tok/s':>13}{'output tok/s':>14}")
-    for name, r in rows:
-        if r.get("num_prompts", args.num_prompts) != args.num_prompts:
-            name = f"{name} ({r['num_prompts']} prompts)"
-        print(f"{name:<18}{r['elapsed_s']:>11.2f}{r['requests_per_s']:>9.2f}{r['total_tokens_per_s']:>13.1f}"
-              f"{r['output_tokens_per_s']:>14.1f}")
+    print_table([("engine", "<18"), ("elapsed s", ">11.2f"), ("req/s", ">9.2f"),
+                 ("total tok/s", ">13.1f"), ("output tok/s", ">14.1f")],
+                [(name if r.get("num_prompts", args.num_prompts) == args.num_prompts
+                  else f"{name} ({r['num_prompts']} prompts)", r["elapsed_s"], r["requests_per_s"],
+                  r["total_tokens_per_s"], r["output_tokens_per_s"]) for name, r in rows])
     if "ratio_output_tokens_per_s" in results:
         print(f"llmcore / HF output tokens/s: {results['ratio_output_tokens_per_s']:.2f}x")
     if "vllm" in results:
@@ -240,13 +237,7 @@ def main(argv=None) -> int:
               f"{results['ratio_vs_vllm_output_tokens_per_s']:.2f}x")
     if hf_error:
         results["hf_transformers_error"] = hf_error
-    record = dict(benchmark="throughput", date=time.strftime("%Y-%m-%d %H:%M:%S"), commit=git_commit(),
-                  device=device_name, args=vars(args), results=results,
-                  command=" ".join([os.path.basename(sys.executable)] + sys.argv))
-    os.makedirs(os.path.dirname(args.output_json) or ".", exist_ok=True)
-    with open(args.output_json, "w") as f:
-        json.dump(record, f, indent=2)
-    print(f"wrote {args.output_json}")
+    write_record(args.output_json, "throughput", device_name, args, results)
     return 0
 
 
