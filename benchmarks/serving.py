@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
-
 import httpx
 import numpy as np
+
+from report import write_json
 
 
 @dataclass
@@ -91,61 +92,100 @@ def sample_random_requests(args, client_base: str, headers: dict) -> list[Reques
 
 
 # ----------------------------------------------------------------------------- client
-async def request_openai(client: httpx.AsyncClient, url: str, model: str, req: RequestInput,
-                         args, headers: dict) -> RequestResult:
-    chat = args.backend == "openai-chat"
+def _request_body(model: str, req: RequestInput, args) -> dict:
     body: dict = {"model": model, "max_tokens": req.output_len, "stream": True,
                   "temperature": 0.0, "stream_options": {"include_usage": True}}
     if args.ignore_eos:
         body["ignore_eos"] = True
-    if chat:
+    if args.backend == "openai-chat":
         body["messages"] = [{"role": "user", "content": req.prompt}]
     else:
         body["prompt"] = req.prompt
-    res = RequestResult(prompt_len=req.prompt_len)
-    start = time.perf_counter()
-    last = start
-    chunks = 0
+    return body
+
+
+class _StreamEvents:
+    """Reads one streamed response into its RequestResult: TTFT at the first text piece, an
+    ITL between each two, the server's token counts where it sends usage. Both clients use
+    it; it starts the clock, so make it just before sending."""
+
+    def __init__(self, req: RequestInput, chat: bool):
+        self.result = RequestResult(prompt_len=req.prompt_len)
+        self.chat = chat
+        self.start = self.last = time.perf_counter()
+        self.pieces: list = []
+        self.failed = False
+
+    def fail(self, error: str) -> None:
+        self.result.error = error
+        self.failed = True
+
+    async def read(self, status: int, read_body, lines) -> None:
+        """The response: its HTTP status, its (async) body reader, its (async) lines."""
+        if status != 200:
+            self.fail(f"HTTP {status}: {(await read_body())[:300]!r}")
+            return
+        async for line in lines:
+            if self.feed(line):
+                return
+
+    def feed(self, line) -> bool:
+        """One line (str, or bytes as aiohttp gives it); True once the stream is over:
+        [DONE], or an error event."""
+        line = line.strip()
+        if isinstance(line, bytes):
+            line = line.decode()
+        if not line.startswith("data:"):
+            return False
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return True
+        obj = json.loads(data)
+        res = self.result
+        if "error" in obj:
+            self.fail(str(obj["error"]))
+            return True
+        if obj.get("usage"):
+            res.output_tokens = obj["usage"].get("completion_tokens", 0)
+            res.prompt_len = obj["usage"].get("prompt_tokens", res.prompt_len)
+        choices = obj.get("choices") or []
+        if not choices:
+            return False
+        piece = (choices[0].get("delta", {}).get("content") if self.chat
+                 else choices[0].get("text")) or ""
+        if not piece:
+            return False
+        now = time.perf_counter()
+        if not self.pieces:
+            res.ttft = now - self.start
+        else:
+            res.itl.append(now - self.last)
+        self.last = now
+        self.pieces.append(piece)
+        return False
+
+    def finish(self) -> RequestResult:
+        """The result, once the response is closed (its latency ends here)."""
+        res = self.result
+        if not self.failed:
+            res.generated_text = "".join(self.pieces)
+            res.latency = time.perf_counter() - self.start
+            if res.output_tokens == 0:
+                res.output_tokens = len(self.pieces)
+            res.success = bool(self.pieces)
+        return res
+
+
+async def request_openai(client: httpx.AsyncClient, url: str, model: str, req: RequestInput,
+                         args, headers: dict) -> RequestResult:
+    body = _request_body(model, req, args)
+    events = _StreamEvents(req, chat=args.backend == "openai-chat")
     try:
         async with client.stream("POST", url, json=body, headers=headers) as resp:
-            if resp.status_code != 200:
-                res.error = f"HTTP {resp.status_code}: {(await resp.aread())[:300]!r}"
-                return res
-            async for line in resp.aiter_lines():
-                if not line or not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                obj = json.loads(data)
-                if "error" in obj:
-                    res.error = str(obj["error"])
-                    return res
-                if obj.get("usage"):
-                    res.output_tokens = obj["usage"].get("completion_tokens", 0)
-                    res.prompt_len = obj["usage"].get("prompt_tokens", res.prompt_len)
-                choices = obj.get("choices") or []
-                if not choices:
-                    continue
-                piece = (choices[0].get("delta", {}).get("content") if chat
-                         else choices[0].get("text")) or ""
-                if not piece:
-                    continue
-                now = time.perf_counter()
-                if chunks == 0:
-                    res.ttft = now - start
-                else:
-                    res.itl.append(now - last)
-                last = now
-                chunks += 1
-                res.generated_text += piece
-        res.latency = time.perf_counter() - start
-        if res.output_tokens == 0:
-            res.output_tokens = chunks
-        res.success = chunks > 0
+            await events.read(resp.status_code, resp.aread, resp.aiter_lines())
     except (httpx.HTTPError, json.JSONDecodeError) as e:
-        res.error = f"{type(e).__name__}: {e}"
-    return res
+        events.fail(f"{type(e).__name__}: {e}")
+    return events.finish()
 
 
 async def request_openai_aiohttp(session, url: str, model: str, req: RequestInput, args,
@@ -154,62 +194,14 @@ async def request_openai_aiohttp(session, url: str, model: str, req: RequestInpu
     that keeps up with ~20k streamed events/s, which httpx's pure-Python parser does not."""
     import aiohttp
 
-    chat = args.backend == "openai-chat"
-    body: dict = {"model": model, "max_tokens": req.output_len, "stream": True,
-                  "temperature": 0.0, "stream_options": {"include_usage": True}}
-    if args.ignore_eos:
-        body["ignore_eos"] = True
-    if chat:
-        body["messages"] = [{"role": "user", "content": req.prompt}]
-    else:
-        body["prompt"] = req.prompt
-    res = RequestResult(prompt_len=req.prompt_len)
-    start = time.perf_counter()
-    last = start
-    chunks = 0
-    pieces = []
+    body = _request_body(model, req, args)
+    events = _StreamEvents(req, chat=args.backend == "openai-chat")
     try:
         async with session.post(url, json=body, headers=headers) as resp:
-            if resp.status != 200:
-                res.error = f"HTTP {resp.status}: {(await resp.read())[:300]!r}"
-                return res
-            async for raw in resp.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    break
-                obj = json.loads(data)
-                if "error" in obj:
-                    res.error = str(obj["error"])
-                    return res
-                if obj.get("usage"):
-                    res.output_tokens = obj["usage"].get("completion_tokens", 0)
-                    res.prompt_len = obj["usage"].get("prompt_tokens", res.prompt_len)
-                choices = obj.get("choices") or []
-                if not choices:
-                    continue
-                piece = (choices[0].get("delta", {}).get("content") if chat
-                         else choices[0].get("text")) or ""
-                if not piece:
-                    continue
-                now = time.perf_counter()
-                if chunks == 0:
-                    res.ttft = now - start
-                else:
-                    res.itl.append(now - last)
-                last = now
-                chunks += 1
-                pieces.append(piece)
-        res.generated_text = "".join(pieces)
-        res.latency = time.perf_counter() - start
-        if res.output_tokens == 0:
-            res.output_tokens = chunks
-        res.success = chunks > 0
+            await events.read(resp.status, resp.read, resp.content)
     except (aiohttp.ClientError, json.JSONDecodeError) as e:
-        res.error = f"{type(e).__name__}: {e}"
-    return res
+        events.fail(f"{type(e).__name__}: {e}")
+    return events.finish()
 
 
 def _default_client() -> str:
@@ -382,14 +374,10 @@ def main(argv=None) -> dict:
     res = asyncio.run(run(args))
     print_table(res)
     if args.save_result or args.result_filename:
-        os.makedirs(args.result_dir, exist_ok=True)
         name = args.result_filename or (
             f"{args.backend}-{args.request_rate}qps-{res['model_id'].replace('/', '_')}-"
             f"{res['date']}.json")
-        path = os.path.join(args.result_dir, name)
-        with open(path, "w") as f:
-            json.dump(res, f, indent=2)
-        print(f"wrote {path}")
+        write_json(os.path.join(args.result_dir, name), res)
     return res
 
 
