@@ -138,8 +138,12 @@ __device__ __forceinline__ uint32_t bf16_bits_rn(float x) {
 template <typename T> struct WordCvt;
 template <> struct WordCvt<float> {
   static constexpr int kPer = 1;
-  static __device__ __forceinline__ void to_float(uint32_t w, float* f) { f[0] = __uint_as_float(w); }
-  static __device__ __forceinline__ uint32_t from_float(const float* f) { return __float_as_uint(f[0]); }
+  static __device__ __forceinline__ void to_float(uint32_t w, float* f) {
+    f[0] = __uint_as_float(w);
+  }
+  static __device__ __forceinline__ uint32_t from_float(const float* f) {
+    return __float_as_uint(f[0]);
+  }
 };
 template <> struct WordCvt<half_t> {
   static constexpr int kPer = 2;

@@ -51,9 +51,9 @@ int ar_grid_blocks(int64_t bytes, int world_size, int algo, int max_blocks);
 // numel * element size a multiple of 16 bytes and at most staging_bytes; in and out 16-byte
 // aligned; out may equal in, but must not overlap this rank's staging buffer). `in` may start
 // at this rank's staging buffer (the registered-buffer mode: no copy; the staging contents are
-// clobbered), else it must not overlap it. Every rank must make the same sequence of calls (same sizes, dtypes, algo,
-// max_blocks), all stream-ordered on one stream per rank, and the ranks' kernels must be able
-// to run at the same time (the kernel waits for its peers).
+// clobbered), else it must not overlap it. Every rank must make the same sequence of calls
+// (same sizes, dtypes, algo, max_blocks), all stream-ordered on one stream per rank, and the
+// ranks' kernels must be able to run at the same time (the kernel waits for its peers).
 cudaError_t custom_all_reduce(void* out, const void* in, int64_t numel, int dtype,
                               const ArPeers& peers, int world_size, int rank,
                               int64_t staging_bytes, int algo, int max_blocks,

@@ -7,6 +7,6 @@ from llmcore.distributed.pipeline import (IntermediateTensors, PipelineGroup,
                                           get_pp_layer_range)
 
 __all__ = ["CustomAllReduce", "IntermediateTensors", "ParallelGroups", "PipelineGroup",
-           "TorchDistributedGroup", "build_parallel_groups", "check_visible_devices", "default_backend",
-           "free_tcp_init_method", "get_pp_layer_range", "init_distributed", "rank_coords",
-           "setup_custom_all_reduce"]
+           "TorchDistributedGroup", "build_parallel_groups", "check_visible_devices",
+           "default_backend", "free_tcp_init_method", "get_pp_layer_range", "init_distributed",
+           "rank_coords", "setup_custom_all_reduce"]

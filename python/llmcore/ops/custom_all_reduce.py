@@ -62,10 +62,12 @@ def custom_all_reduce(inp: torch.Tensor, out: torch.Tensor, signals: Sequence[in
         if t.data_ptr() % 16:
             raise ValueError(f"custom_all_reduce: {name} must be 16-byte aligned")
     if inp.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"custom_all_reduce: dtype must be float32/float16/bfloat16, got {inp.dtype}")
+        raise TypeError(f"custom_all_reduce: dtype must be float32/float16/bfloat16, "
+                        f"got {inp.dtype}")
     if out.dtype != inp.dtype or out.numel() != inp.numel() or out.device != inp.device:
-        raise ValueError(f"custom_all_reduce: out ({out.dtype}, {out.numel()} elements, {out.device})"
-                         f" must match inp ({inp.dtype}, {inp.numel()} elements, {inp.device})")
+        raise ValueError(f"custom_all_reduce: out ({out.dtype}, {out.numel()} elements, "
+                         f"{out.device}) must match inp ({inp.dtype}, {inp.numel()} elements, "
+                         f"{inp.device})")
     world = len(signals)
     if world not in SUPPORTED_WORLD_SIZES or len(staging) != world:
         raise ValueError(f"custom_all_reduce: {world} signal and {len(staging)} staging pointers; "
