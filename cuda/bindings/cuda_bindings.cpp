@@ -2,13 +2,16 @@
 // Every tensor is passed as an integer device pointer (tensor.data_ptr(), 0 = null) and the
 // stream as an integer (torch.cuda.current_stream().cuda_stream). No torch headers here.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "llmcore_cuda/activation.h"
 #include "llmcore_cuda/attention.h"
 #include "llmcore_cuda/cache.h"
+#include "llmcore_cuda/custom_all_reduce.h"
 #include "llmcore_cuda/norm.h"
 #include "llmcore_cuda/rotary.h"
 #include "llmcore_cuda/sampling.h"
@@ -163,4 +166,75 @@ PYBIND11_MODULE(LLMCORE_MODULE_NAME, m) {
                                 P_<const float>(uniform), seed, offset, S_(stream)),
                 "sample");
         });
+
+  // ---- custom all-reduce (llmcore.ops.custom_all_reduce) and its IPC buffers
+  m.attr("AR_MAX_RANKS") = llmcore::kArMaxRanks;
+  m.attr("AR_MAX_BLOCKS") = llmcore::kArMaxBlocks;
+  m.attr("AR_THREADS") = llmcore::kArThreads;
+  m.attr("AR_AUTO") = (int)llmcore::kArAuto;
+  m.attr("AR_ONE_SHOT") = (int)llmcore::kArOneShot;
+  m.attr("AR_TWO_SHOT") = (int)llmcore::kArTwoShot;
+  m.attr("AR_SIGNAL_BYTES") = (int64_t)llmcore::ar_signal_bytes();
+  m.attr("AR_COUNTER_OFFSET") = (int64_t)llmcore::ar_counter_offset();
+  m.attr("IPC_HANDLE_BYTES") = llmcore::kIpcHandleBytes;
+
+  m.def("ar_choose_algo", &llmcore::ar_choose_algo);
+  m.def("ar_grid_blocks", &llmcore::ar_grid_blocks);
+
+  m.def("custom_all_reduce",
+        [](ptr_t out, ptr_t in, int64_t numel, int dtype, const std::vector<ptr_t>& signals,
+           const std::vector<ptr_t>& staging, int rank, int64_t staging_bytes, int algo,
+           int max_blocks, ptr_t stream) {
+          if (signals.empty() || signals.size() != staging.size() ||
+              signals.size() > (size_t)llmcore::kArMaxRanks)
+            throw std::invalid_argument("custom_all_reduce: one signal and one staging pointer "
+                                        "per rank, at most 8 ranks");
+          llmcore::ArPeers peers{};
+          for (size_t r = 0; r < signals.size(); ++r) {
+            peers.signal[r] = P_<void>(signals[r]);
+            peers.staging[r] = P_<void>(staging[r]);
+          }
+          check(llmcore::custom_all_reduce(P_<void>(out), P_<const void>(in), numel, dtype, peers,
+                                           (int)signals.size(), rank, staging_bytes, algo,
+                                           max_blocks, S_(stream)),
+                "custom_all_reduce");
+        });
+
+  m.def("ipc_malloc", [](int device, size_t bytes) {
+    void* p = nullptr;
+    check(llmcore::ipc_malloc(device, bytes, &p), "ipc_malloc");
+    return reinterpret_cast<ptr_t>(p);
+  });
+  m.def("ipc_free", [](ptr_t p) { check(llmcore::ipc_free(P_<void>(p)), "ipc_free"); });
+  m.def("ipc_get_handle", [](ptr_t p) {
+    unsigned char h[llmcore::kIpcHandleBytes];
+    check(llmcore::ipc_get_handle(P_<const void>(p), h), "ipc_get_handle");
+    return py::bytes(reinterpret_cast<const char*>(h), sizeof(h));
+  });
+  m.def("ipc_open_handle", [](int device, const py::bytes& handle) {
+    const std::string h = handle;
+    if (h.size() != (size_t)llmcore::kIpcHandleBytes)
+      throw std::invalid_argument("ipc_open_handle: an IPC handle has 64 bytes");
+    void* p = nullptr;
+    check(llmcore::ipc_open_handle(device, reinterpret_cast<const unsigned char*>(h.data()), &p),
+          "ipc_open_handle");
+    return reinterpret_cast<ptr_t>(p);
+  });
+  m.def("ipc_close_handle",
+        [](ptr_t p) { check(llmcore::ipc_close_handle(P_<void>(p)), "ipc_close_handle"); });
+  m.def("device_pci_bus_id", [](int device) {
+    char buf[64] = {0};
+    check(llmcore::device_pci_bus_id(device, buf, (int)sizeof(buf) - 1), "device_pci_bus_id");
+    return std::string(buf);
+  });
+  m.def("device_by_pci_bus_id", [](const std::string& bus_id) {
+    int device = -1;
+    check(llmcore::device_by_pci_bus_id(bus_id.c_str(), &device), "device_by_pci_bus_id");
+    return device;
+  });
+  m.def("can_access_peer", [](int device, int peer) {
+    int can = 0;
+    check(llmcore::can_access_peer(device, peer, &can), "can_access_peer");
+    return can != 0;
+  });
 }

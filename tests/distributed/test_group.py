@@ -1,5 +1,5 @@
-"""TorchDistributedGroup on 2 gloo processes against torch references, and the init
-helpers' errors."""
+"""TorchDistributedGroup on 2 gloo processes against torch references (with the custom
+all-reduce's routing and its start-up agreement on CPU ranks), and the init helpers' errors."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def _rank_main(rank: int, world_size: int, init_method: str, conn) -> None:
         # a non-contiguous input (a transposed view) gathers its values, not its storage
         got = group.all_gather(_part(rank).t(), 0)
         assert torch.equal(got, torch.cat([p.t() for p in parts], dim=0))
+        _custom_all_reduce_checks(rank, world_size, parts)
         # a wrong-rank re-init names both
         try:
             init_distributed((rank + 1) % world_size, world_size, init_method, "gloo")
@@ -46,6 +47,54 @@ def _rank_main(rank: int, world_size: int, init_method: str, conn) -> None:
         conn.send("ok")
     except BaseException:  # noqa: BLE001
         conn.send(traceback.format_exc())
+
+
+class _RecordingCustomAllReduce:
+    """Stands in for CustomAllReduce: takes float32 tensors of fewer than 8 elements and sums
+    them through gloo, recording what it took."""
+
+    def __init__(self):
+        self.taken = []
+
+    def should_use(self, t: torch.Tensor) -> bool:
+        return t.dtype == torch.float32 and t.numel() < 8
+
+    def all_reduce(self, t: torch.Tensor, out=None) -> torch.Tensor:
+        assert out is t   # the group reduces in place
+        self.taken.append(tuple(t.shape))
+        torch.distributed.all_reduce(t)
+        return t
+
+
+def _custom_all_reduce_checks(rank: int, world_size: int, parts) -> None:
+    import llmcore.ops as ops
+    from llmcore.distributed import build_parallel_groups, setup_custom_all_reduce
+
+    # the group sends what the custom all-reduce accepts there, the rest to torch.distributed
+    fake = _RecordingCustomAllReduce()
+    group = TorchDistributedGroup(custom_all_reduce=fake)
+    small = [_part(r, (2, 3)) for r in range(world_size)]
+    y = small[rank].clone()
+    assert group.all_reduce(y) is y
+    torch.testing.assert_close(y, sum(small), rtol=1e-6, atol=1e-6)
+    y = _part(rank).clone()
+    assert group.all_reduce(y) is y
+    torch.testing.assert_close(y, sum(parts), rtol=1e-6, atol=1e-6)
+    assert fake.taken == [(2, 3)]
+    # start-up: every rank gets the same answer, with the first rank's reason
+    gpu = torch.device("cuda", 0)
+    assert setup_custom_all_reduce(None, gpu, disabled=True) == (
+        None, "disabled (--disable-custom-all-reduce)")
+    assert setup_custom_all_reduce(None, torch.device("cpu")) == (
+        None, "the device is cpu, not a CUDA GPU")
+    ops.cuda_available = lambda: False   # as on a machine without the GPU kernels
+    car, why = setup_custom_all_reduce(None, gpu)
+    assert car is None and why == "rank 0: the llmcore GPU kernels are not available", why
+    # CPU ranks build their groups without it
+    groups = build_parallel_groups(world_size, 1, device=torch.device("cpu"))
+    assert groups.tp_group.custom_all_reduce is None
+    y = _part(rank).clone()
+    torch.testing.assert_close(groups.tp_group.all_reduce(y), sum(parts), rtol=1e-6, atol=1e-6)
 
 
 def test_all_reduce_and_all_gather_on_two_gloo_ranks(monkeypatch):

@@ -145,7 +145,8 @@ def test_help_groups_and_defaults():
         assert group in text
     assert "(default: 8000)" in text and "(default: 16)" in text
     flat = " ".join(text.split())
-    assert "custom all-reduce not built yet: NCCL is always used" in flat
+    assert ("Send every tensor-parallel all-reduce through NCCL instead of the custom "
+            "all-reduce" in flat)
 
 
 def _run_cli(*args: str, env_extra=None) -> subprocess.CompletedProcess:

@@ -241,8 +241,10 @@ class EngineArgs:
     ray_workers_use_nsight: bool = arg(False, group=GROUP_PARALLEL,
                                        help="Profile Ray workers with nsight (needs nsys).")
     disable_custom_all_reduce: bool = arg(False, group=GROUP_PARALLEL,
-                                          help="Accepted for compatibility: custom all-reduce "
-                                               "not built yet: NCCL is always used.")
+                                          help="Send every tensor-parallel all-reduce "
+                                               "through NCCL instead of the custom all-reduce "
+                                               "(CUDA IPC buffers between the GPUs of one host, "
+                                               "for messages up to 8 MiB).")
     tokenizer_pool_size: int = arg(0, group=GROUP_PARALLEL,
                                    help="Tokenize prompts and render chat templates (HTTP and gRPC "
                                         "servers) in a pool of this many workers instead of the "

@@ -72,7 +72,8 @@ class ParallelConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     distributed_executor_backend: Optional[str] = None   # "ray" | "mp" | None: this process
-    disable_custom_all_reduce: bool = False   # accepted; NCCL all-reduce is always used
+    # True: every tensor-parallel all-reduce goes through NCCL (no custom all-reduce)
+    disable_custom_all_reduce: bool = False
     ray_workers_use_nsight: bool = False   # Ray workers run under nsys
     # at most this many ranks read weights at once (None: all)
     max_parallel_loading_workers: Optional[int] = None

@@ -269,3 +269,15 @@ def apply_token_bitmask(logits, bitmask, rows=None):
         return
     sub = logits.index_select(0, rows)
     logits.index_copy_(0, rows, sub.masked_fill_(~allowed, float("-inf")))
+
+
+# --------------------------------------------------------------------------- all-reduce
+def all_reduce_sum(inputs):
+    """The custom all-reduce's result for the ranks' tensors ``inputs`` (rank order): summed in
+    float32 in rank order, rounded once to their dtype (what every rank gets)."""
+    if not inputs:
+        raise ValueError("all_reduce_sum needs at least one tensor")
+    acc = inputs[0].float()
+    for x in inputs[1:]:
+        acc = acc + x.float()
+    return acc.to(inputs[0].dtype)

@@ -60,7 +60,10 @@ class Worker:
                 raise ValueError(f"rank {self.rank}: tensor x pipeline size {self.tp_size} x "
                                  f"{self.pp_size} needs torch.distributed initialized first "
                                  "(llmcore.distributed.init_distributed)")
-            groups = build_parallel_groups(self.tp_size, self.pp_size)
+            pc = self.config.parallel_config
+            groups = build_parallel_groups(
+                self.tp_size, self.pp_size, device=self.device,
+                disable_custom_all_reduce=pc.disable_custom_all_reduce)
             self.tp_group, self.pp_group = groups.tp_group, groups.pp_group
 
     def load_model(self) -> tuple[float, float]:
