@@ -261,33 +261,34 @@ case "$SUITE" in
     step structured_output 120 python benchmarks/structured_output.py --model .sotok \
       --load-format dummy --tokenizer .sotok --device cuda --dtype bfloat16 --num-prompts 64 \
       --max-tokens 128 --ttft-repeats 3 --output-json "$OUT/structured_output.json" ;;
-  so1208a)  # guided decoding, call 1 of 2 (the SmolLM2 GGUF travels in two halves, .sow_a
-    # here, .sow_b in so1208b on the same warm machine): GPU tests, the host-sync probe, the
-    # 8B hot path against the previous tree (.base), the guided ratio on the 8B shapes
+  so1208a)  # guided decoding + custom all-reduce, call 1 of 2 (the SmolLM2 GGUF travels in two
+    # halves, .sow_a here, .sow_b in so1208b on the same warm machine): GPU tests, the
+    # host-sync probe, the guided ratio on the 8B shapes against the previous tree (.base)
     kernel_tests gpu_tests 150 -x $K/test_token_bitmask.py $K/test_sampling.py $K/test_gpu_engine.py
+    kernel_tests car_tests 150 $K/test_custom_all_reduce.py tests/distributed/test_custom_all_reduce_logic.py \
+      tests/distributed/test_group.py tests/executor/test_custom_all_reduce_flag.py
     step sync_probe 40 python benchmarks/guided_mask_sync_probe.py --output-json "$OUT/sync_probe.json"
     cp .gpubuild/*.so .base/python/llmcore/ 2>/dev/null
-    lat lat_8b_bs1 60 $M8 --skip-hf
-    thr thr_8b_128 80 128 --skip-hf
-    PYTHONPATH=$PWD/.base/python:/tmp/site thr thr_8b_128_base 80 128 --skip-hf
     python benchmarks/synthetic_tokenizer.py --vocab-size 128256 --out /tmp/tok8b >> "$OUT/setup.log" 2>&1
     for tree in new base; do
       pp=$PYTHONPATH; [ $tree = base ] && pp=$PWD/.base/python:/tmp/site
-      PYTHONPATH=$pp step so_8b_$tree 100 python benchmarks/structured_output.py --model $M8 \
+      PYTHONPATH=$pp step so_8b_$tree 90 python benchmarks/structured_output.py --model $M8 \
         --load-format dummy --tokenizer /tmp/tok8b --device cuda --dtype bfloat16 --backends xgrammar \
         --num-prompts 64 --max-tokens 128 --ttft-repeats 3 --output-json "$OUT/so_8b_$tree.json"
     done ;;
-  so1208b)  # guided decoding, call 2 of 2: SmolLM2's real weights (the GGUF rebuilt from both
-    # halves), every backend on this tree, xgrammar on the previous tree (.base)
+  so1208b)  # call 2 of 2: SmolLM2's real weights (the GGUF rebuilt from both halves), every
+    # backend on this tree, xgrammar on the previous tree (.base); the 8B hot path, both trees
     cat .sow_a/part .sow_b/part > /tmp/smollm2.gguf && ls -la /tmp/smollm2.gguf >> "$OUT/setup.log"
-    cp .sotok/tokenizer* .sotok/chat_template.jinja /tmp/ 2>/dev/null
     for tree in new base; do
       pp=$PYTHONPATH; bk="xgrammar outlines lm-format-enforcer"
       [ $tree = base ] && pp=$PWD/.base/python:/tmp/site && bk=xgrammar
-      PYTHONPATH=$pp step so_smollm2_$tree 200 python benchmarks/structured_output.py \
+      PYTHONPATH=$pp step so_smollm2_$tree 170 python benchmarks/structured_output.py \
         --model /tmp/smollm2.gguf --tokenizer .sotok --device cuda --dtype bfloat16 --backends $bk \
         --num-prompts 64 --max-tokens 128 --ttft-repeats 3 --output-json "$OUT/so_smollm2_$tree.json"
-    done ;;
+    done
+    lat lat_8b_bs1 60 $M8 --skip-hf
+    thr thr_8b_128 80 128 --skip-hf
+    PYTHONPATH=$PWD/.base/python:/tmp/site thr thr_8b_128_base 80 128 --skip-hf ;;
   h200spy)  # H200: rate inf, 1000 prompts, the front-end process's GIL holder sampled with py-spy
     SPY=${SPY:-20} serving "inf 1000" ;;
   *)
