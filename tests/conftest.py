@@ -102,3 +102,19 @@ def smollm2_hf_dir(tmp_path_factory, hf_gguf_model, hf_gguf_tokenizer) -> str:
     save_file(state, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
     hf_gguf_tokenizer.save_pretrained(out)
     return out
+
+
+# ---------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray (2 CPUs, a small object store) for a module's tests: what they start
+    joins it (and leaves it running). Ray starts slowly on a small machine: share it."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 ** 2,
+             logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()

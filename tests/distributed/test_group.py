@@ -3,15 +3,13 @@ all-reduce's routing and its start-up agreement on CPU ranks), and the init help
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import traceback
-
 import pytest
 import torch
 
 from llmcore.distributed import (TorchDistributedGroup, check_visible_devices,
                                  free_tcp_init_method, init_distributed)
+
+from gloo_ranks import run_gloo_ranks
 
 
 def _part(rank: int, shape=(3, 5)) -> torch.Tensor:
@@ -19,34 +17,27 @@ def _part(rank: int, shape=(3, 5)) -> torch.Tensor:
     return torch.randn(shape, generator=g)
 
 
-def _rank_main(rank: int, world_size: int, init_method: str, conn) -> None:
+def _collectives(rank: int, world_size: int, init_method: str) -> None:
+    group = TorchDistributedGroup()
+    assert (group.rank, group.world_size) == (rank, world_size)
+    parts = [_part(r) for r in range(world_size)]
+    x = _part(rank).clone()
+    y = group.all_reduce(x)
+    torch.testing.assert_close(y, sum(parts), rtol=1e-6, atol=1e-6)
+    for dim in (0, 1, -1):
+        got = group.all_gather(_part(rank), dim)
+        assert torch.equal(got, torch.cat(parts, dim=dim)), dim
+    # a non-contiguous input (a transposed view) gathers its values, not its storage
+    got = group.all_gather(_part(rank).t(), 0)
+    assert torch.equal(got, torch.cat([p.t() for p in parts], dim=0))
+    _custom_all_reduce_checks(rank, world_size, parts)
+    # a wrong-rank re-init names both
     try:
-        torch.set_num_threads(1)
-        init_distributed(rank, world_size, init_method, "gloo")
-        group = TorchDistributedGroup()
-        assert (group.rank, group.world_size) == (rank, world_size)
-        parts = [_part(r) for r in range(world_size)]
-        x = _part(rank).clone()
-        y = group.all_reduce(x)
-        torch.testing.assert_close(y, sum(parts), rtol=1e-6, atol=1e-6)
-        for dim in (0, 1, -1):
-            got = group.all_gather(_part(rank), dim)
-            assert torch.equal(got, torch.cat(parts, dim=dim)), dim
-        # a non-contiguous input (a transposed view) gathers its values, not its storage
-        got = group.all_gather(_part(rank).t(), 0)
-        assert torch.equal(got, torch.cat([p.t() for p in parts], dim=0))
-        _custom_all_reduce_checks(rank, world_size, parts)
-        # a wrong-rank re-init names both
-        try:
-            init_distributed((rank + 1) % world_size, world_size, init_method, "gloo")
-        except RuntimeError as e:
-            assert f"rank {rank} of {world_size}" in str(e)
-        else:
-            raise AssertionError("re-init as another rank did not raise")
-        torch.distributed.destroy_process_group()
-        conn.send("ok")
-    except BaseException:  # noqa: BLE001
-        conn.send(traceback.format_exc())
+        init_distributed((rank + 1) % world_size, world_size, init_method, "gloo")
+    except RuntimeError as e:
+        assert f"rank {rank} of {world_size}" in str(e)
+    else:
+        raise AssertionError("re-init as another rank did not raise")
 
 
 class _RecordingCustomAllReduce:
@@ -99,23 +90,7 @@ def _custom_all_reduce_checks(rank: int, world_size: int, parts) -> None:
 
 def test_all_reduce_and_all_gather_on_two_gloo_ranks(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    ctx = mp.get_context("spawn")
-    init_method = free_tcp_init_method()
-    pipes, procs = [], []
-    for rank in range(2):
-        parent, child = ctx.Pipe()
-        p = ctx.Process(target=_rank_main, args=(rank, 2, init_method, child), daemon=True)
-        p.start()
-        child.close()
-        pipes.append(parent)
-        procs.append(p)
-    try:
-        results = [c.recv() for c in pipes]
-    finally:
-        for p in procs:
-            p.join()
-    assert results == ["ok", "ok"], results
-    assert [p.exitcode for p in procs] == [0, 0]
+    run_gloo_ranks(_collectives)
 
 
 def test_single_rank_collectives_are_the_identity():

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import traceback
-
 import pytest
 import torch
 
-from llmcore.distributed import (build_parallel_groups, free_tcp_init_method,
-                                 get_pp_layer_range, init_distributed, rank_coords)
+from llmcore.distributed import build_parallel_groups, get_pp_layer_range, rank_coords
+
+from gloo_ranks import run_gloo_ranks
 
 
 def test_layer_ranges_split_evenly_with_the_remainder_on_the_earliest_stages():
@@ -38,48 +36,27 @@ def test_rank_layout_is_pp_major():
         rank_coords(6, 2, 3)
 
 
-def _stage_main(rank: int, init_method: str, conn) -> None:
-    try:
-        torch.set_num_threads(1)
-        init_distributed(rank, 2, init_method, "gloo")
-        groups = build_parallel_groups(1, 2)
-        pp = groups.pp_group
-        assert (groups.tp_rank, groups.pp_rank) == (0, rank) and groups.tp_group.world_size == 1
-        assert (pp.is_first, pp.is_last, pp.ranks) == (rank == 0, rank == 1, [0, 1])
-        g = torch.Generator().manual_seed(7)
-        hidden, residual = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
-        tokens = torch.tensor([3, 1, 4], dtype=torch.int32)
-        from llmcore.distributed import IntermediateTensors
-        if rank == 0:
-            pp.send_intermediate(IntermediateTensors(hidden, residual.t().contiguous().t()))
-            pending = pp.irecv_tokens_from_last(3, torch.device("cpu"))
-            got = pending.wait()
-            assert got.dtype == torch.int64 and got.tolist() == [3, 1, 4]
-        else:
-            got = pp.recv_intermediate(5, 8, torch.float32, torch.device("cpu"))
-            assert torch.equal(got.hidden_states, hidden) and torch.equal(got.residual, residual)
-            pp.send_tokens_to_first(tokens)
-        torch.distributed.destroy_process_group()
-        conn.send("ok")
-    except BaseException:  # noqa: BLE001
-        conn.send(traceback.format_exc())
+def _stage_messages(rank: int, world_size: int, init_method: str) -> None:
+    from llmcore.distributed import IntermediateTensors
+
+    groups = build_parallel_groups(1, 2)
+    pp = groups.pp_group
+    assert (groups.tp_rank, groups.pp_rank) == (0, rank) and groups.tp_group.world_size == 1
+    assert (pp.is_first, pp.is_last, pp.ranks) == (rank == 0, rank == 1, [0, 1])
+    g = torch.Generator().manual_seed(7)
+    hidden, residual = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    tokens = torch.tensor([3, 1, 4], dtype=torch.int32)
+    if rank == 0:
+        pp.send_intermediate(IntermediateTensors(hidden, residual.t().contiguous().t()))
+        pending = pp.irecv_tokens_from_last(3, torch.device("cpu"))
+        got = pending.wait()
+        assert got.dtype == torch.int64 and got.tolist() == [3, 1, 4]
+    else:
+        got = pp.recv_intermediate(5, 8, torch.float32, torch.device("cpu"))
+        assert torch.equal(got.hidden_states, hidden) and torch.equal(got.residual, residual)
+        pp.send_tokens_to_first(tokens)
 
 
 def test_pipeline_messages_between_two_gloo_stages(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    ctx = mp.get_context("spawn")
-    init_method = free_tcp_init_method()
-    pipes, procs = [], []
-    for rank in range(2):
-        parent, child = ctx.Pipe()
-        p = ctx.Process(target=_stage_main, args=(rank, init_method, child), daemon=True)
-        p.start()
-        child.close()
-        pipes.append(parent)
-        procs.append(p)
-    try:
-        results = [c.recv() for c in pipes]
-    finally:
-        for p in procs:
-            p.join()
-    assert results == ["ok", "ok"], results
+    run_gloo_ranks(_stage_messages)

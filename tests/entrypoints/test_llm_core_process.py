@@ -34,10 +34,11 @@ def in_process():
 def core_process():
     llm = LLM(engine_core_process=True, **ARGS)
     yield llm
-    proc = llm.llm_engine.client._proc
-    llm.llm_engine.shutdown()   # ends the core process
-    proc.join(timeout=60)
-    assert not proc.is_alive()
+    pid = llm.llm_engine.client.core_pid
+    llm.llm_engine.shutdown()   # ends (and joins) the core process
+    assert llm.llm_engine.client.exit_code == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 def test_same_outputs_as_in_process(in_process, core_process):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 import glob
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -15,37 +14,11 @@ import textwrap
 
 import pytest
 
-from llmcore import LLM, SamplingParams
+from llmcore import LLM
 from llmcore.executor import MultiprocExecutor, WorkerFailure
 
-_PROMPTS = [list(range(3, 8)), list(range(10, 27)), [5] * 9, list(range(40, 73))]
-_GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")   # inherited by the spawned workers
-
-
-def _llm(folder: str, tp: int, **kw) -> LLM:
-    return LLM(model=folder, tensor_parallel_size=tp, skip_tokenizer_init=True, device="cpu",
-               dtype="float32", max_model_len=128, cpu_kv_cache_space=0.01, max_num_seqs=8,
-               seed=0, **kw)
-
-
-def _greedy(llm: LLM) -> list:
-    outs = llm.generate(prompt_token_ids=_PROMPTS, sampling_params=_GREEDY, use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outs]
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie, exited but not yet reaped by its new parent, is not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
+from pid_helpers import alive, wait_exited
+from tiny_llama import CPU_ENGINE_ARGS, PROMPTS, cpu_llm, greedy_params, greedy_tokens
 
 
 def _executor(llm: LLM) -> MultiprocExecutor:
@@ -56,60 +29,59 @@ def _executor(llm: LLM) -> MultiprocExecutor:
 
 @pytest.fixture(scope="module")
 def tp1_tokens(tiny_llama) -> list:
-    llm = _llm(tiny_llama, 1)
-    return _greedy(llm)
+    return greedy_tokens(cpu_llm(tiny_llama, 1))
 
 
 def test_tp2_greedy_tokens_equal_tp1_and_shutdown_stops_the_workers(tiny_llama, tp1_tokens):
     want = tp1_tokens
-    llm = _llm(tiny_llama, 2)
+    llm = cpu_llm(tiny_llama, 2)
     ex = _executor(llm)
     pids = ex.worker_pids
-    assert len(pids) == 2 and all(_alive(p) for p in pids)
-    assert _greedy(llm) == want
-    assert _greedy(llm) == want        # the workers' sampling state was released and reused
+    assert len(pids) == 2 and all(alive(p) for p in pids)
+    assert greedy_tokens(llm) == want
+    assert greedy_tokens(llm) == want   # the workers' sampling state was released and reused
     llm.llm_engine.core.shutdown()
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
     with pytest.raises(WorkerFailure, match="shut down"):
-        _greedy(llm)
+        greedy_tokens(llm)
 
 
 def test_a_killed_worker_fails_the_next_step_and_deletion_stops_the_rest(tiny_llama):
-    llm = _llm(tiny_llama, 2)
+    llm = cpu_llm(tiny_llama, 2)
     ex = _executor(llm)
     pids = ex.worker_pids
     os.kill(pids[1], signal.SIGKILL)
     with pytest.raises(WorkerFailure, match=rf"rank 1 died \(pid {pids[1]}, exit code -9\)"):
-        _greedy(llm)
-    assert not any(_alive(p) for p in pids)   # rank 0 (stuck in a collective) was stopped
+        greedy_tokens(llm)
+    assert not any(alive(p) for p in pids)   # rank 0 (stuck in a collective) was stopped
     with pytest.raises(WorkerFailure, match="rank 1 died"):
-        _greedy(llm)                           # and the engine stays failed
+        greedy_tokens(llm)                    # and the engine stays failed
     del llm, ex
     gc.collect()
 
 
 def test_a_worker_that_raises_fails_the_engine_with_its_error(tiny_llama):
-    llm = _llm(tiny_llama, 2)
+    llm = cpu_llm(tiny_llama, 2)
     ex = _executor(llm)
     pids = ex.worker_pids
     blocks = ex.collective_rpc("determine_num_blocks")
     assert len(blocks) == 2 and blocks[0] == blocks[1]    # every rank answers, in rank order
     with pytest.raises(WorkerFailure, match="rank 0 failed: AttributeError: .*no_such_method"):
         ex.collective_rpc("no_such_method")
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
     with pytest.raises(WorkerFailure, match="rank 0 failed"):
-        _greedy(llm)
+        greedy_tokens(llm)
 
 
 def test_async_scheduling_and_deleting_the_llm_stops_its_workers(tiny_llama, tp1_tokens):
     # async: the core launches step k before reading step k-1's answer from the workers
-    llm = _llm(tiny_llama, 2, async_scheduling=True)
+    llm = cpu_llm(tiny_llama, 2, async_scheduling=True)
     assert llm.llm_engine.async_scheduling
     pids = _executor(llm).worker_pids
-    assert _greedy(llm) == tp1_tokens
+    assert greedy_tokens(llm) == tp1_tokens
     del llm
     gc.collect()
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
 
 
 def test_workers_exit_when_their_parent_is_killed(tiny_llama):
@@ -127,28 +99,19 @@ def test_workers_exit_when_their_parent_is_killed(tiny_llama):
         line = parent.stdout.readline()
         assert line, "the parent process failed to start its engine"
         pids = [int(x) for x in line.split()]
-        # pidfds become readable when their process exits: an event, no polling
-        fds = [os.pidfd_open(p) for p in pids]
     finally:
         parent.kill()
         parent.wait()
-    try:
-        pending = set(fds)
-        while pending:
-            ready, _, _ = select.select(list(pending), [], [])
-            pending -= set(ready)
-    finally:
-        for fd in fds:
-            os.close(fd)
-    assert not any(_alive(p) for p in pids)
+    wait_exited(pids)
+    assert not any(alive(p) for p in pids)
 
 
 def test_bad_parallel_settings_fail_before_any_worker_starts(tiny_llama):
     with pytest.raises(ValueError, match="4 attention heads are not divisible by "
                                          "--tensor-parallel-size 3"):
-        _llm(tiny_llama, 3)
+        cpu_llm(tiny_llama, 3)
     with pytest.raises(ValueError, match="pipeline-parallel-size 3 exceeds the model's 2 layers"):
-        _llm(tiny_llama, 2, pipeline_parallel_size=3)
+        cpu_llm(tiny_llama, 2, pp=3)
 
 
 async def test_async_llm_runs_tp2_workers_under_its_engine_core_process(tiny_llama, tp1_tokens):
@@ -156,20 +119,18 @@ async def test_async_llm_runs_tp2_workers_under_its_engine_core_process(tiny_lla
     from llmcore.config import EngineArgs
     from llmcore.engine.async_llm import AsyncLLM
 
-    engine = AsyncLLM(EngineArgs(model=tiny_llama, tensor_parallel_size=2, skip_tokenizer_init=True,
-                                 device="cpu", dtype="float32", max_model_len=128,
-                                 cpu_kv_cache_space=0.01, max_num_seqs=8, seed=0,
+    engine = AsyncLLM(EngineArgs(model=tiny_llama, tensor_parallel_size=2, **CPU_ENGINE_ARGS,
                                  disable_log_stats=True))
     try:
         last = None
-        async for out in engine.generate({"prompt_token_ids": _PROMPTS[1]}, _GREEDY,
+        async for out in engine.generate({"prompt_token_ids": PROMPTS[1]}, greedy_params(),
                                          request_id="r"):
             last = out
         assert list(last.outputs[0].token_ids) == tp1_tokens[1]
-        core_pid = engine.client._proc.pid
+        core_pid = engine.client.core_pid
         workers = [int(pid) for f in glob.glob(f"/proc/{core_pid}/task/*/children")
                    for pid in open(f).read().split()]
-        assert len(workers) == 2 and all(_alive(p) for p in workers)
+        assert len(workers) == 2 and all(alive(p) for p in workers)
     finally:
         engine.shutdown()
-    assert not any(_alive(p) for p in workers)   # the core stopped its workers before exiting
+    assert not any(alive(p) for p in workers)   # the core stopped its workers before exiting

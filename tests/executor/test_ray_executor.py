@@ -1,75 +1,33 @@
 """The Ray executor on the CPU (gloo, fp32) against one module-wide local Ray cluster
-(2 CPUs): TP=2 gives TP=1's greedy tokens, sync and async; deletion leaves no actor and no
-placement group; a killed or raising actor fails the engine naming its rank; joining vs
-starting a cluster; the backend flags resolve as vLLM's."""
+(2 CPUs: the ray_cluster fixture): TP=2 gives TP=1's greedy tokens, sync and async;
+deletion leaves no actor and no placement group; a killed or raising actor fails the
+engine naming its rank; joining vs starting a cluster; the backend flags resolve as
+vLLM's."""
 
 from __future__ import annotations
 
 import gc
 import logging
 import os
-import select
 import signal
 
 import pytest
 
-from llmcore import LLM, SamplingParams
+from llmcore import LLM
 from llmcore.config import EngineArgs
 from llmcore.config.executor_backend import resolve_executor_backend
 from llmcore.executor import RayExecutor, WorkerFailure
 from llmcore.executor.ray_utils import connect_ray
 
+from pid_helpers import wait_exited
+from tiny_llama import cpu_llm, greedy_tokens
+
 ray = pytest.importorskip("ray")
-
-_PROMPTS = [list(range(3, 8)), list(range(10, 27)), [5] * 9, list(range(40, 73))]
-_GREEDY = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-_RAY_CPUS = 2
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray for the module; the executors join it (and leave it running)."""
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=_RAY_CPUS, include_dashboard=False, object_store_memory=80 * 1024 ** 2,
-             logging_level=logging.WARNING)
-    yield
-    ray.shutdown()
-
-
-def _llm(folder: str, tp: int, **kw) -> LLM:
-    return LLM(model=folder, tensor_parallel_size=tp, skip_tokenizer_init=True, device="cpu",
-               dtype="float32", max_model_len=128, cpu_kv_cache_space=0.01, max_num_seqs=8,
-               seed=0, **kw)
-
-
-def _greedy(llm: LLM) -> list:
-    outs = llm.generate(prompt_token_ids=_PROMPTS, sampling_params=_GREEDY, use_tqdm=False)
-    return [list(o.outputs[0].token_ids) for o in outs]
-
 
 def _ray_executor(llm: LLM) -> RayExecutor:
     ex = llm.llm_engine.core.executor
     assert isinstance(ex, RayExecutor)
     return ex
-
-
-def _wait_exited(pids: list) -> None:
-    """Until every pid has exited: pidfds turn readable at exit (an event, no polling)."""
-    fds = []
-    for pid in pids:
-        try:
-            fds.append(os.pidfd_open(pid))
-        except ProcessLookupError:
-            pass   # already gone
-    try:
-        pending = set(fds)
-        while pending:
-            ready, _, _ = select.select(list(pending), [], [])
-            pending -= set(ready)
-    finally:
-        for fd in fds:
-            os.close(fd)
 
 
 def _pg_state(pg) -> str:
@@ -78,14 +36,14 @@ def _pg_state(pg) -> str:
 
 @pytest.fixture(scope="module")
 def tp1_tokens(tiny_llama) -> list:
-    return _greedy(_llm(tiny_llama, 1))
+    return greedy_tokens(cpu_llm(tiny_llama, 1))
 
 
 def test_tp2_greedy_tokens_equal_tp1_and_shutdown_releases_everything(
         ray_cluster, tiny_llama, tp1_tokens):
     # (mp's TP=2 gives TP=1's tokens too: test_multiproc.py; both side by side, with their
     # start-up times: benchmarks/executor_startup.py)
-    llm = _llm(tiny_llama, 2, distributed_executor_backend="ray")
+    llm = cpu_llm(tiny_llama, 2, distributed_executor_backend="ray")
     ex = _ray_executor(llm)
     assert not ex.started_ray                   # it joined the module's cluster
     pids = ex.worker_pids
@@ -93,46 +51,46 @@ def test_tp2_greedy_tokens_equal_tp1_and_shutdown_releases_everything(
     pg = ex.placement_group
     assert _pg_state(pg) == "CREATED"
     assert ray.util.placement_group_table(pg)["strategy"] == "STRICT_PACK"
-    assert _greedy(llm) == tp1_tokens
-    assert _greedy(llm) == tp1_tokens           # sampling state released and reused
+    assert greedy_tokens(llm) == tp1_tokens
+    assert greedy_tokens(llm) == tp1_tokens           # sampling state released and reused
     blocks = ex.collective_rpc("determine_num_blocks")
     assert len(blocks) == 2 and blocks[0] == blocks[1]   # every rank answers, in rank order
 
     del llm, ex                                 # the executor's finalizer releases it all
     gc.collect()
-    _wait_exited(pids)
+    wait_exited(pids)
     assert _pg_state(pg) == "REMOVED"
     assert ray.is_initialized()                 # not ours to shut down
 
 
 def test_async_scheduling_then_a_killed_actor_fails_the_engine_naming_its_rank(
         ray_cluster, tiny_llama, tp1_tokens):
-    llm = _llm(tiny_llama, 2, distributed_executor_backend="ray", async_scheduling=True)
+    llm = cpu_llm(tiny_llama, 2, distributed_executor_backend="ray", async_scheduling=True)
     assert llm.llm_engine.async_scheduling
     ex = _ray_executor(llm)
     pids, pg = ex.worker_pids, ex.placement_group
-    assert _greedy(llm) == tp1_tokens
+    assert greedy_tokens(llm) == tp1_tokens
     os.kill(pids[1], signal.SIGKILL)
     with pytest.raises(WorkerFailure, match=rf"rank 1 died \(Ray actor pid {pids[1]} on "):
-        _greedy(llm)
-    _wait_exited(pids)                          # rank 0 (stuck in a collective) was killed
+        greedy_tokens(llm)
+    wait_exited(pids)                          # rank 0 (stuck in a collective) was killed
     assert _pg_state(pg) == "REMOVED"
     with pytest.raises(WorkerFailure, match="rank 1 died"):
-        _greedy(llm)                            # and the engine stays failed
+        greedy_tokens(llm)                            # and the engine stays failed
     del llm, ex
     gc.collect()
 
 
 def test_an_actor_that_raises_fails_the_engine_with_its_error(ray_cluster, tiny_llama):
-    llm = _llm(tiny_llama, 2, distributed_executor_backend="ray")
+    llm = cpu_llm(tiny_llama, 2, distributed_executor_backend="ray")
     ex = _ray_executor(llm)
     pids, pg = ex.worker_pids, ex.placement_group
     with pytest.raises(WorkerFailure, match=r"rank \d failed: AttributeError: .*no_such_method"):
         ex.collective_rpc("no_such_method")
-    _wait_exited(pids)                          # every actor was stopped
+    wait_exited(pids)                          # every actor was stopped
     assert _pg_state(pg) == "REMOVED"
     with pytest.raises(WorkerFailure, match=r"rank \d failed"):
-        _greedy(llm)
+        greedy_tokens(llm)
     llm.llm_engine.core.shutdown()              # after a failure: nothing left to do, no error
     with pytest.raises(WorkerFailure, match=r"rank \d failed"):
         ex.collective_rpc("determine_num_blocks")
@@ -141,7 +99,7 @@ def test_an_actor_that_raises_fails_the_engine_with_its_error(ray_cluster, tiny_
 def test_more_ranks_than_the_cluster_holds_fail_naming_the_numbers(ray_cluster, tiny_llama):
     with pytest.raises(ValueError, match=r"parallel size 4 needs 4 CPUs, but the Ray cluster "
                                          r"has 2 \(1 node"):
-        _llm(tiny_llama, 4, distributed_executor_backend="ray")
+        cpu_llm(tiny_llama, 4, distributed_executor_backend="ray")
     # nothing reserved: every placement group of the module's tests is removed
     assert all(p["state"] == "REMOVED" for p in ray.util.placement_group_table().values())
 
@@ -174,8 +132,7 @@ def test_worker_use_ray_is_a_deprecated_alias(caplog, tiny_llama):
         resolve_executor_backend("mp", True, 2, "cpu", True)
 
 
-def test_ray_missing_or_nsys_missing_or_engine_use_ray_fail_clearly(tiny_llama, tmp_path,
-                                                                    monkeypatch):
+def test_ray_missing_or_nsys_missing_fail_clearly(tiny_llama, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"needs Ray, which is not installed: pip install ray "
                                          r"\(or pip install 'llmcore\[ray\]'\)"):
         resolve_executor_backend("ray", False, 2, "cpu", False)
@@ -194,9 +151,6 @@ def test_ray_missing_or_nsys_missing_or_engine_use_ray_fail_clearly(tiny_llama, 
     with pytest.raises(ValueError, match="--ray-workers-use-nsight needs the Ray executor"):
         EngineArgs(**args, distributed_executor_backend="mp",
                    ray_workers_use_nsight=True).create_engine_config()
-    with pytest.raises(ValueError, match="--engine-use-ray is not supported: the engine core is "
-                                         "not started as a Ray actor"):
-        EngineArgs(**args, engine_use_ray=True).create_engine_config()
 
 
 class _FakeRay:

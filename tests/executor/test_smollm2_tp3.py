@@ -24,8 +24,7 @@ def _tokens(tp: int) -> list:
         llm.llm_engine.core.shutdown()
 
 
-def test_smollm2_tp3_agrees_with_tp1(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")   # the 3 workers share the cores
+def test_smollm2_tp3_agrees_with_tp1():   # (conftest: one OpenMP thread per worker)
     want = _tokens(1)
     got = _tokens(3)
     agreed = 0

@@ -230,11 +230,11 @@ class EngineArgs:
     worker_use_ray: bool = arg(False, group=GROUP_PARALLEL,
                                help="Deprecated: use --distributed-executor-backend=ray.")
     engine_use_ray: bool = arg(False, group=GROUP_PARALLEL,
-                               unsupported="the engine core is not started as a Ray actor: "
-                                           "llmcore-server already runs it in its own process; "
-                                           "use --distributed-executor-backend ray to run the "
-                                           "workers under Ray",
-                               help="Run the engine in a separate Ray process.")
+                               help="Run the engine core (scheduler, executor, step loop) as a "
+                                    "Ray actor instead of a process of this host (LLM: instead "
+                                    "of this process), placed on the head node when it has "
+                                    "room, in the Ray cluster `ray start` / RAY_ADDRESS names, "
+                                    "else a local one started here.")
     max_parallel_loading_workers: Optional[int] = arg(None, group=GROUP_PARALLEL,
                                                       help="At most this many workers read "
                                                            "weights at once (default: all).")
@@ -405,7 +405,8 @@ class EngineArgs:
         from llmcore.config.engine_config import (
             CacheConfig, DeviceConfig, EngineConfig, LoadConfig, ObservabilityConfig,
             ParallelConfig, SchedulerConfig, StructuredOutputConfig)
-        from llmcore.config.executor_backend import (check_ray_workers_use_nsight,
+        from llmcore.config.executor_backend import (check_engine_use_ray,
+                                                     check_ray_workers_use_nsight,
                                                      ray_installed, resolve_executor_backend)
         from llmcore.model_loader.model_config import load_model_config
 
@@ -421,6 +422,7 @@ class EngineArgs:
             self.distributed_executor_backend, self.worker_use_ray,
             self.tensor_parallel_size * self.pipeline_parallel_size, device.type, ray_installed())
         check_ray_workers_use_nsight(self.ray_workers_use_nsight, backend)
+        check_engine_use_ray(self.engine_use_ray, ray_installed())
         async_sched = (device.type == "cuda" if self.async_scheduling is None
                        else bool(self.async_scheduling))
         config = EngineConfig(
@@ -448,7 +450,8 @@ class EngineArgs:
                 distributed_executor_backend=backend,
                 disable_custom_all_reduce=self.disable_custom_all_reduce,
                 ray_workers_use_nsight=self.ray_workers_use_nsight,
-                max_parallel_loading_workers=self.max_parallel_loading_workers),
+                max_parallel_loading_workers=self.max_parallel_loading_workers,
+                engine_use_ray=self.engine_use_ray),
             load_config=LoadConfig(load_format=self.load_format, download_dir=self.download_dir,
                                    model_loader_extra_config=self.model_loader_extra_config_dict()),
             device_config=device_config,

@@ -77,6 +77,7 @@ class ParallelConfig:
     ray_workers_use_nsight: bool = False   # Ray workers run under nsys
     # at most this many ranks read weights at once (None: all)
     max_parallel_loading_workers: Optional[int] = None
+    engine_use_ray: bool = False   # the engine core runs as a Ray actor (engine/core_ray.py)
 
     @property
     def world_size(self) -> int:

@@ -1,5 +1,5 @@
-"""Which executor runs the workers: `--distributed-executor-backend` and its Ray flags,
-resolved once when the engine config is built (vLLM's rules)."""
+"""Which executor runs the workers: `--distributed-executor-backend` and its Ray flags
+(--engine-use-ray too), resolved once when the engine config is built (vLLM's rules)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,10 @@ def check_ray_workers_use_nsight(enabled: bool, backend: Optional[str]) -> None:
     if shutil.which("nsys") is None:
         raise ValueError("--ray-workers-use-nsight needs NVIDIA Nsight Systems: `nsys` is not on "
                          "PATH (install Nsight Systems, or drop the flag)")
+
+
+def check_engine_use_ray(enabled: bool, ray_is_installed: bool) -> None:
+    """--engine-use-ray starts the engine core as a Ray actor: Ray must be installed."""
+    if enabled and not ray_is_installed:
+        raise ValueError("--engine-use-ray needs Ray, which is not installed: pip install ray "
+                         "(or pip install 'llmcore[ray]')")

@@ -1,6 +1,7 @@
 """AsyncLLM: the servers' engine. The engine core (scheduler, executor, step loop) runs in
-its own process; this front end keeps tokenization, detokenization, stop strings and the
-streams, so HTTP/gRPC work (SSE, JSON, detokenization) never shares a GIL with the steps.
+its own process (a Ray actor with --engine-use-ray); this front end keeps tokenization,
+detokenization, stop strings and the streams, so HTTP/gRPC work (SSE, JSON,
+detokenization) never shares a GIL with the steps.
 
 One output task per event loop reads the core's per-step EngineCoreOutputs, turns them
 into RequestOutput snapshots (EngineFrontend) and hands each to its stream. If the core
@@ -17,10 +18,11 @@ from typing import AsyncIterator, Optional
 
 from llmcore.config import EngineArgs
 from llmcore.engine.beam_driver import BeamSearchRun, run_beam_search_async
-from llmcore.engine.core_client import AsyncMPClient, CoreProcessConfig, EngineDeadError
+from llmcore.engine.core_client import AsyncMPClient, EngineDeadError
 from llmcore.engine.core_types import SchedulerStats
 from llmcore.engine.frontend import EngineFrontend
-from llmcore.engine.llm_engine import load_frontend_tokenizer, served_model_info
+from llmcore.engine.llm_engine import (core_process_config, load_frontend_tokenizer,
+                                       served_model_info)
 from llmcore.engine.snapshot_stream import newest_snapshots
 from llmcore.engine.protocol import EngineStats, PromptType
 from llmcore.engine.stat_logger import StatLogger
@@ -60,9 +62,7 @@ class AsyncLLM:
                                        max_num_seqs=config.scheduler_config.max_num_seqs)
         self.metrics = self.frontend.metrics
         self._stat_logger = stat_logger
-        self.client = AsyncMPClient(CoreProcessConfig(
-            core_factory="llmcore.engine.async_llm:engine_core_from_args",
-            factory_args=(engine_args, eos)))
+        self.client = AsyncMPClient(core_process_config(engine_args, config, eos))
         info = getattr(self.client, "ready_info", None) or {}
         self.frontend.core_stats = SchedulerStats(num_total_blocks=int(info.get("num_device_blocks", 0)),
                                                   num_free_blocks=int(info.get("num_device_blocks", 0)))

@@ -2,12 +2,15 @@
 
 `InprocClient(core)` calls the core directly; `get_output()` runs one step.
 `SyncMPClient` / `AsyncMPClient` start the core in its own `spawn`ed process
-(core_proc.run_engine_core) and talk msgpack over ZeroMQ: by default `ipc://` sockets in a
-fresh private (0700) temp dir, or `tcp://127.0.0.1` — never another interface.
+(core_proc.run_engine_core), or as a Ray actor (`CoreProcessConfig.ray`, core_ray.py), and
+talk msgpack over ZeroMQ: by default `ipc://` sockets in a fresh private (0700) temp dir,
+or `tcp://127.0.0.1`; another interface only for a Ray actor on another host (this host's
+IP as Ray knows it).
 
-Death of the core process (any cause but our own shutdown) is noticed by a thread waiting
-on the process sentinel: from then on every pending and future get_output*/call_utility*
-raises `EngineDeadError`, `errored` is True and `await wait_for_death()` returns.
+Death of the core (any cause but our own shutdown) is noticed by a thread waiting on it
+(the process sentinel, the actor's serving task): from then on every pending and future
+get_output*/call_utility* raises `EngineDeadError`, `errored` is True and
+`await wait_for_death()` returns.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import shutil
 import tempfile
@@ -30,13 +31,11 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from llmcore.engine.core_errors import EngineDeadError, EngineStartupError, UtilityCallError
+from llmcore.engine.core_launcher import CoreLauncher, ProcessCoreLauncher
+from llmcore.engine.core_proc import OUTPUT_FRAME_OUTPUTS, OUTPUT_FRAME_UTILITY
+from llmcore.engine.core_ray import RayCoreActorConfig
 from llmcore.engine.death_waiters import resolve_waiters
-from llmcore.engine.core_proc import (
-    OUTPUT_FRAME_OUTPUTS,
-    OUTPUT_FRAME_UTILITY,
-    ReadyMessage,
-    run_engine_core,
-)
 from llmcore.engine.core_types import (
     EngineCoreOutput,
     EngineCoreOutputs,
@@ -60,20 +59,8 @@ class _UtilityResultWire(msgspec.Struct, array_like=True, gc=False):
     error: Optional[str] = None
 
 
-class EngineDeadError(RuntimeError):
-    """The engine-core process is gone; no request of this client can complete."""
-
-    def __init__(self, exit_code: Optional[int], detail: str = "engine core process died"):
-        self.exit_code = exit_code
-        super().__init__(f"{detail} (exit code {exit_code})")
-
-
-class EngineStartupError(RuntimeError):
-    """The engine core could not be built (the factory's error) or its process died early."""
-
-
-class UtilityCallError(RuntimeError):
-    """A utility method raised in the core (or does not exist); the core keeps running."""
+__all__ = ["AsyncMPClient", "CoreProcessConfig", "EngineCoreClient", "EngineDeadError",
+           "EngineStartupError", "InprocClient", "SyncMPClient", "UtilityCallError"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +73,7 @@ class CoreProcessConfig:
     tcp_ports: Optional[tuple[int, int]] = None  # (input, output); None: ephemeral ports
     startup_timeout_s: Optional[float] = None    # None: wait while the process lives
     shutdown_timeout_s: float = 5.0              # SHUTDOWN grace before terminate/kill
+    ray: Optional[RayCoreActorConfig] = None     # set: the core is a Ray actor, not a process
 
     def __post_init__(self) -> None:
         if self.transport not in ("ipc", "tcp"):
@@ -168,21 +156,24 @@ class InprocClient(EngineCoreClient):
         self.core.shutdown()
 
 
-def _stop_process(proc: multiprocessing.process.BaseProcess, timeout_s: float,
-                  tmpdir: Optional[str]) -> None:
-    """Last resort (also the finalizer): no orphan process, no leftover socket dir."""
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(timeout_s)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
+def _make_launcher(config: CoreProcessConfig) -> CoreLauncher:
+    if config.ray is not None:
+        from llmcore.engine.core_ray import RayCoreLauncher
+        return RayCoreLauncher(config.core_factory, config.factory_args, config.ray)
+    return ProcessCoreLauncher(config.core_factory, config.factory_args,
+                               config.shutdown_timeout_s)
+
+
+def _release_core(launcher: CoreLauncher, tmpdir: Optional[str]) -> None:
+    """Last resort (also the finalizer): no orphan core, no leftover socket dir."""
+    launcher.stop()
     if tmpdir is not None:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 class MPClient(EngineCoreClient):
-    """Starts the core process and watches it; the transport halves are subclasses'."""
+    """Starts the core (through its launcher) and watches it; the transport halves are
+    subclasses'."""
 
     def __init__(self, config: CoreProcessConfig, zmq_ctx: zmq.Context):
         self.config = config
@@ -200,6 +191,11 @@ class MPClient(EngineCoreClient):
 
         self._ctx = zmq_ctx
         self._tmpdir: Optional[str] = None
+        try:
+            self._launcher = _make_launcher(config)
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            raise
         self._input_socket = self._ctx.socket(zmq.PUSH)
         self._output_socket = self._ctx.socket(zmq.PULL)
         for sock in (self._input_socket, self._output_socket):
@@ -207,74 +203,49 @@ class MPClient(EngineCoreClient):
             sock.setsockopt(zmq.RCVHWM, 0)
             sock.setsockopt(zmq.LINGER, 0)
         try:
-            input_addr, output_addr = self._bind()
-            spawn = multiprocessing.get_context("spawn")
-            parent_conn, child_conn = spawn.Pipe(duplex=True)
-            self._proc = spawn.Process(
-                target=run_engine_core, name="llmcore-engine-core", daemon=True,
-                args=(config.core_factory, tuple(config.factory_args), input_addr,
-                      output_addr, child_conn))
-            self._proc.start()
+            input_addr, output_addr = self._bind(self._launcher.place())
+            self._launcher.start(input_addr, output_addr)
         except BaseException:
             self._ctx.destroy(linger=0)
-            if self._tmpdir is not None:
-                shutil.rmtree(self._tmpdir, ignore_errors=True)
+            _release_core(self._launcher, self._tmpdir)
             raise
-        child_conn.close()
-        self._parent_conn = parent_conn  # kept open: its EOF tells the core we are gone
-        self._finalizer = weakref.finalize(self, _stop_process, self._proc, 2.0, self._tmpdir)
+        self._finalizer = weakref.finalize(self, _release_core, self._launcher, self._tmpdir)
         try:
-            ready = self._wait_ready()
+            ready = self._launcher.wait_ready(config.startup_timeout_s)
         except BaseException:
             self._close_transport()
             self._finalizer()
             raise
         self.core_pid: int = ready.pid
         self.ready_info: dict = ready.info or {}
-        threading.Thread(target=self._watch_process, name="core-death-watch",
+        threading.Thread(target=self._watch_core, name="core-death-watch",
                          daemon=True).start()
 
-    # ------------------------------------------------------------------ process life
-    def _bind(self) -> tuple[str, str]:
-        if self.config.transport == "ipc":
+    # ------------------------------------------------------------------ core life
+    def _bind(self, remote_host: Optional[str]) -> tuple[str, str]:
+        """ipc (or loopback tcp) for a core on this host; tcp on `remote_host`, this
+        host's IP, for one elsewhere."""
+        if remote_host is None and self.config.transport == "ipc":
             self._tmpdir = tempfile.mkdtemp(prefix="llmcore-core-")  # mode 0700
             os.chmod(self._tmpdir, 0o700)
             addrs = (f"ipc://{self._tmpdir}/input", f"ipc://{self._tmpdir}/output")
         else:
+            host = remote_host or "127.0.0.1"
             ports = self.config.tcp_ports or (0, 0)
-            addrs = tuple(f"tcp://127.0.0.1:{p or '*'}" for p in ports)
+            addrs = tuple(f"tcp://{host}:{p or '*'}" for p in ports)
         self._input_socket.bind(addrs[0])
         self._output_socket.bind(addrs[1])
         return (self._input_socket.getsockopt_string(zmq.LAST_ENDPOINT),
                 self._output_socket.getsockopt_string(zmq.LAST_ENDPOINT))
 
-    def _wait_ready(self) -> ReadyMessage:
-        ready = multiprocessing.connection.wait(
-            [self._parent_conn, self._proc.sentinel], self.config.startup_timeout_s)
-        if not ready:
-            raise EngineStartupError(
-                f"engine core not ready after {self.config.startup_timeout_s} s")
-        if self._parent_conn in ready:
-            try:
-                msg = msgspec.msgpack.decode(self._parent_conn.recv_bytes(), type=ReadyMessage)
-            except (EOFError, OSError, msgspec.DecodeError):
-                msg = None
-            if msg is not None and msg.ok:
-                return msg
-            if msg is not None:
-                raise EngineStartupError(f"engine core failed to start: {msg.error}")
-        self._proc.join(self.config.shutdown_timeout_s)
-        raise EngineStartupError(
-            f"engine core process exited during start-up (exit code {self._proc.exitcode})")
-
-    def _watch_process(self) -> None:
-        multiprocessing.connection.wait([self._proc.sentinel])
-        self._proc.join()
+    def _watch_core(self) -> None:
+        launcher = self._launcher
+        launcher.wait_exit()
         with self._lock:
             if self._shutting_down:
-                err = EngineDeadError(self._proc.exitcode, "engine core was shut down")
+                err = EngineDeadError(launcher.exit_code, "engine core was shut down")
             else:
-                err = EngineDeadError(self._proc.exitcode)
+                err = EngineDeadError(launcher.exit_code, launcher.death_detail)
                 self.errored = True
             self._dead_error = err
             self._dead.set()
@@ -287,7 +258,7 @@ class MPClient(EngineCoreClient):
 
     @property
     def exit_code(self) -> Optional[int]:
-        return self._proc.exitcode
+        return self._launcher.exit_code
 
     def is_alive(self) -> bool:
         return not self._dead.is_set()
@@ -361,16 +332,16 @@ class MPClient(EngineCoreClient):
             if self._shutting_down:
                 return
             self._shutting_down = True
-        if self._proc.is_alive():
+        if self._launcher.is_alive():
             try:
                 self._send_shutdown_nowait()
             except zmq.ZMQError:
                 pass  # no peer: terminate below
-            self._proc.join(self.config.shutdown_timeout_s)
+            self._launcher.join(self.config.shutdown_timeout_s)
         self._finalizer()  # terminate/kill if still alive, remove the socket dir
         self._dead.wait()  # the watcher has failed what was pending
         self._close_transport()
-        self._parent_conn.close()
+        self._launcher.close()
 
 
 def _fail(fut: Union[asyncio.Future, concurrent.futures.Future], err: BaseException) -> None:

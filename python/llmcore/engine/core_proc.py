@@ -12,6 +12,9 @@ pipe then stays open as a parent-death signal: its EOF means the front end is go
 
 Threads: an input thread receives and decodes frames into a queue, an output thread
 encodes and sends, so socket I/O overlaps the step; the main thread only drives the core.
+
+`start_core` and `CoreRunner` are the process-independent halves: the engine core as a Ray
+actor (core_ray.py) builds and serves its core with them too.
 """
 
 from __future__ import annotations
@@ -298,6 +301,68 @@ def _make_core(core_factory: str, factory_args: tuple) -> tuple[Any, Optional[di
     return core, (ready_info() if callable(ready_info) else None)
 
 
+def start_core(core_factory: str, factory_args: tuple) -> tuple[Optional[Any], ReadyMessage]:
+    """Builds the core: (core, an ok ReadyMessage), or (None, a failed one naming the
+    error). SystemExit (a signal during start-up) passes through."""
+    try:
+        core, info = _make_core(core_factory, factory_args)
+    except SystemExit:
+        raise
+    except BaseException as e:  # every start-up failure is reported
+        logger.error("engine core failed to start:\n%s", traceback.format_exc())
+        return None, ReadyMessage(ok=False, pid=os.getpid(), error=f"{type(e).__name__}: {e}")
+    ready = ReadyMessage(ok=True, pid=os.getpid(), info=info)
+    try:
+        msgspec.msgpack.encode(ready)  # a bad ready_info fails here, before the front end waits
+    except (TypeError, msgspec.EncodeError) as e:
+        _shutdown_core(core)
+        return None, ReadyMessage(ok=False, pid=os.getpid(), error=f"ready_info(): {e}")
+    return core, ready
+
+
+def _shutdown_core(core: Any) -> bool:
+    try:
+        core.shutdown()
+        return True
+    except Exception:
+        logger.error("engine core shutdown failed:\n%s", traceback.format_exc())
+        return False
+
+
+class CoreRunner:
+    """Serves a built core over ZeroMQ: its input and output threads around a CoreServer.
+    `run()` until SHUTDOWN or a _Stop in `inputs`; `close()` always, afterwards."""
+
+    def __init__(self, core: Any, input_addr: str, output_addr: str):
+        self.core = core
+        self._ctx = zmq.Context()
+        self.inputs: "queue.Queue[_InputItem]" = queue.Queue()
+        self._input_thread = _InputThread(self._ctx, input_addr, self.inputs)
+        self._output_thread = _OutputThread(self._ctx, output_addr)
+        self._server = CoreServer(core, self.inputs, self._output_thread.queue)
+
+    def run(self) -> str:
+        """Serves until stopped; returns why."""
+        self._input_thread.start()
+        self._output_thread.start()
+        return self._server.serve()
+
+    def close(self) -> bool:
+        """Shuts the core down, flushes what is queued for the front end, closes the
+        sockets. False when the core's shutdown failed."""
+        self._input_thread.stop()
+        ok = _shutdown_core(self.core)
+        for thread in (self._output_thread, self._input_thread):
+            if thread.is_alive():
+                if thread is self._output_thread:
+                    thread.queue.put(None)   # flush what is queued, then close
+                thread.join()
+            elif thread.ident is None:
+                thread.close_unstarted()
+        self._ctx.term()
+        return ok
+
+
 def run_engine_core(core_factory: str, factory_args: tuple, input_addr: str,
                     output_addr: str, parent_conn: Connection) -> None:
     """Main of the engine-core process (the `spawn` target).
@@ -330,37 +395,21 @@ def run_engine_core(core_factory: str, factory_args: tuple, input_addr: str,
 
     ready_encoder = msgspec.msgpack.Encoder()
     try:
-        core, info = _make_core(core_factory, factory_args)
+        core, ready = start_core(core_factory, factory_args)
     except SystemExit:
         return
-    except BaseException as e:  # every start-up failure is reported, then the process ends
-        logger.error("engine core failed to start:\n%s", traceback.format_exc())
-        _send_ready(parent_conn, ready_encoder,
-                    ReadyMessage(ok=False, pid=os.getpid(), error=f"{type(e).__name__}: {e}"))
+    if core is None:
+        _send_ready(parent_conn, ready_encoder, ready)
         sys.exit(1)
-
-    ctx = zmq.Context()
-    inputs: "queue.Queue[_InputItem]" = queue.Queue()
-    input_thread = _InputThread(ctx, input_addr, inputs)
-    output_thread = _OutputThread(ctx, output_addr)
-    server = CoreServer(core, inputs, output_thread.queue)
+    runner = CoreRunner(core, input_addr, output_addr)
+    _send_ready(parent_conn, ready_encoder, ready)
     exit_code = 0
     try:
-        try:
-            ready = ReadyMessage(ok=True, pid=os.getpid(), info=info)
-            ready_encoder.encode(ready)  # a bad ready_info fails here, before the front end waits
-        except (TypeError, msgspec.EncodeError) as e:
-            ready = ReadyMessage(ok=False, pid=os.getpid(), error=f"ready_info(): {e}")
-            exit_code = 1
-        _send_ready(parent_conn, ready_encoder, ready)
-        if exit_code == 0:
-            input_thread.start()
-            output_thread.start()
-            _ParentWatcher(parent_conn, inputs).start()
-            reason = server.serve()
-            stopping[0] = True
-            parent_gone[0] = parent_gone[0] or reason == _PARENT_GONE
-            logger.info("engine core stopping: %s", reason)
+        _ParentWatcher(parent_conn, runner.inputs).start()
+        reason = runner.run()
+        stopping[0] = True
+        parent_gone[0] = parent_gone[0] or reason == _PARENT_GONE
+        logger.info("engine core stopping: %s", reason)
     except SystemExit:
         pass
     except BaseException:
@@ -368,20 +417,8 @@ def run_engine_core(core_factory: str, factory_args: tuple, input_addr: str,
         exit_code = 1
     finally:
         stopping[0] = True
-        input_thread.stop()
-        try:
-            core.shutdown()
-        except Exception:
-            logger.error("engine core shutdown failed:\n%s", traceback.format_exc())
+        if not runner.close():
             exit_code = exit_code or 1
-        for thread in (output_thread, input_thread):
-            if thread.is_alive():
-                if thread is output_thread:
-                    output_thread.queue.put(None)   # flush what is queued, then close
-                thread.join()
-            elif thread.ident is None:
-                thread.close_unstarted()
-        ctx.term()
         if parent_gone[0]:
             _remove_orphaned_socket_dir(input_addr, output_addr)
     sys.exit(exit_code)

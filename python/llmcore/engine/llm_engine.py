@@ -4,11 +4,13 @@ A front end (EngineFrontend: validation, tokenization, detokenization, stop stri
 an engine core: in this process by default (called directly, one call per step), so one
 step = core.step() -> front-end processing -> RequestOutputs; or, with
 `engine_core_process=True`, in its own process through `SyncMPClient` (the servers' IPC
-contract), where a step is the next batch of outputs the core sent.
+contract), where a step is the next batch of outputs the core sent; with
+`engine_use_ray=True`, the same through a Ray actor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Iterable, Optional, Union
 
@@ -37,6 +39,20 @@ def served_model_info(config: EngineConfig) -> ServedModelInfo:
         task=config.task, hidden_size=mc.hidden_size)
 
 
+def core_process_config(args: EngineArgs, config: EngineConfig,
+                        eos_token_id: Optional[int]) -> CoreProcessConfig:
+    """How a front end starts its engine core out of its process: a process of this host,
+    or a Ray actor (--engine-use-ray), which builds the core from the same flags."""
+    ray = None
+    if config.parallel_config.engine_use_ray:
+        from llmcore.engine.core_ray import ray_core_actor_config
+        ray = ray_core_actor_config(config)
+        # the actor may run on another node: the device resolved here, not "auto" there
+        args = dataclasses.replace(args, device=config.device.type)
+    return CoreProcessConfig(core_factory="llmcore.engine.async_llm:engine_core_from_args",
+                             factory_args=(args, eos_token_id), ray=ray)
+
+
 def load_frontend_tokenizer(config: EngineConfig, args: EngineArgs):
     """(tokenizer or None, EOS id) — the front end's; the core gets only the id."""
     mc = config.model_config
@@ -55,10 +71,8 @@ class LLMEngine:
         self.eos_token_id = eos
         self.client: Optional[SyncMPClient] = None
         self.core: Optional[EngineCore] = None
-        if engine_args.engine_core_process:
-            self.client = SyncMPClient(CoreProcessConfig(
-                core_factory="llmcore.engine.async_llm:engine_core_from_args",
-                factory_args=(engine_args, eos)))
+        if engine_args.engine_core_process or config.parallel_config.engine_use_ray:
+            self.client = SyncMPClient(core_process_config(engine_args, config, eos))
             info = self.client.ready_info
             self._num_blocks = (int(info.get("num_device_blocks", 0)),
                                 int(info.get("num_cpu_blocks", 0)))
@@ -89,7 +103,8 @@ class LLMEngine:
     def _local_core(self) -> EngineCore:
         if self.core is None:
             raise RuntimeError("the engine core runs in its own process (engine_core_process="
-                               "True): its scheduler and runner are not reachable from here")
+                               "True or engine_use_ray=True): its scheduler and runner are not "
+                               "reachable from here")
         return self.core
 
     @property

@@ -8,7 +8,8 @@ on one host or several. All implement the same calls; the engine core cannot tel
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, NoReturn, Optional
 
 from llmcore.config.engine_config import EngineConfig
 from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
@@ -16,6 +17,56 @@ from llmcore.model_runner.step_io import PendingRunnerOutput, StepInput
 
 class WorkerFailure(RuntimeError):
     """A worker of a multi-process executor died or raised; the executor cannot go on."""
+
+
+@dataclass(frozen=True)
+class RankReply:
+    """One rank's answer to a call: its value, or the executor's message for its failure."""
+
+    rank: int
+    value: Any = None
+    error: Optional[str] = None   # set: the call failed on this rank (died or raised)
+    fatal: bool = False           # with error: fail now, without waiting for other ranks
+
+
+def gather_replies(ranks: list[int],
+                   next_replies: Callable[[set[int], bool], Iterable[RankReply]],
+                   fail: Callable[[str], NoReturn], fail_fast: bool) -> list:
+    """One answer from every rank of `ranks`, in that order, or `fail(message)` (which
+    raises) once a rank died or raised.
+
+    next_replies(waiting, block) yields replies of ranks in `waiting` (a live view: a rank
+    leaves it as soon as its reply is taken, before the next is asked for): at least one
+    when `block`, else only those already there. A `fatal` reply fails at once. Otherwise
+    failures are reported for the lowest failed rank: with `fail_fast`, as soon as one is
+    seen, among the ranks that have answered by then (the others may wait forever in a
+    collective for the failed one); without, once every rank has answered."""
+    waiting = set(ranks)
+    results: dict = {}
+    errors: dict = {}
+
+    def take(replies: Iterable[RankReply]) -> int:
+        n = 0
+        for reply in replies:
+            n += 1
+            waiting.discard(reply.rank)
+            if reply.error is None:
+                results[reply.rank] = reply.value
+                continue
+            if reply.fatal:
+                fail(reply.error)
+            errors[reply.rank] = reply.error
+        return n
+
+    while waiting:
+        taken = take(next_replies(waiting, True))
+        if errors and fail_fast:
+            while waiting and taken:   # the answers already there, without waiting
+                taken = take(next_replies(waiting, False))
+            fail(errors[min(errors)])
+    if errors:
+        fail(errors[min(errors)])
+    return [results[rank] for rank in ranks]
 
 
 def loading_waves(world_size: int, max_parallel: Optional[int]) -> list[list[int]]:

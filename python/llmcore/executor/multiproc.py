@@ -30,7 +30,8 @@ import traceback
 import weakref
 from typing import Any, Optional
 
-from llmcore.executor.base import Executor, WorkerFailure, loading_waves
+from llmcore.executor.base import (Executor, RankReply, WorkerFailure, gather_replies,
+                                   loading_waves)
 from llmcore.model_runner.step_io import ModelRunnerOutput, StepInput
 
 logger = logging.getLogger(__name__)
@@ -156,34 +157,33 @@ class MultiprocExecutor(Executor):
         sentinels together."""
         self._check()
         ranks = list(range(self.world_size)) if ranks is None else ranks
-        results: list = [None] * self.world_size
-        errors: dict = {}   # rank -> error text: reported for the lowest rank, once all answered
-        waiting = {self._conns[rank]: rank for rank in ranks}
         sentinels = {p.sentinel: rank for rank, p in enumerate(self._procs)}
-        while waiting:
-            for ready in mpc.wait(list(waiting) + list(sentinels)):
+
+        def next_replies(waiting: set, block: bool):
+            conns = [self._conns[rank] for rank in waiting]
+            for ready in mpc.wait(conns + list(sentinels)):
                 if ready in sentinels:
                     rank = sentinels.pop(ready)
-                    conn = self._conns[rank]
-                    if conn in waiting and not conn.poll():
-                        self._fail(f"worker rank {rank} died "
-                                   f"({self._exit_text(rank)})")
+                    if rank in waiting and not self._conns[rank].poll():
+                        yield self._died(rank)
                     continue
-                if ready not in waiting:
+                rank = self._conns.index(ready)
+                if rank not in waiting:
                     continue   # already answered; its sentinel may be handled above
-                rank = waiting.pop(ready)
                 try:
                     status, value = ready.recv()
                 except (EOFError, OSError):
-                    self._fail(f"worker rank {rank} died "
-                               f"({self._exit_text(rank)})")
-                if status != "ok":
-                    errors[rank] = value
-                results[rank] = value
-        if errors:
-            rank = min(errors)
-            self._fail(f"worker rank {rank} failed: {errors[rank]}")
-        return [results[rank] for rank in ranks]
+                    yield self._died(rank)
+                    continue
+                yield RankReply(rank, value, None if status == "ok"
+                                else f"worker rank {rank} failed: {value}")
+
+        # a rank that raised answered: the others are waited for (they answer or die)
+        return gather_replies(ranks, next_replies, self._fail, fail_fast=False)
+
+    def _died(self, rank: int) -> RankReply:
+        return RankReply(rank, error=f"worker rank {rank} died ({self._exit_text(rank)})",
+                         fatal=True)
 
     def _exit_text(self, rank: int) -> str:
         p = self._procs[rank]

@@ -21,8 +21,9 @@ import logging
 import weakref
 from typing import Any, Optional
 
-from llmcore.executor.base import Executor, WorkerFailure, loading_waves
-from llmcore.executor.ray_utils import RayWorkerWrapper, connect_ray, import_ray
+from llmcore.executor.base import (Executor, RankReply, WorkerFailure, gather_replies,
+                                   loading_waves)
+from llmcore.executor.ray_utils import RayWorkerWrapper, connect_ray, first_line, import_ray
 from llmcore.model_runner.step_io import ModelRunnerOutput, StepInput
 
 logger = logging.getLogger(__name__)
@@ -184,27 +185,29 @@ class RayExecutor(Executor):
         soon as one fails: the others may wait in a collective for it forever."""
         ray = self._ray
         ranks = list(range(len(refs))) if ranks is None else ranks
-        pending = dict(zip(refs, ranks))
-        results = {}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            errors = {}
-            while ready:
-                for ref in ready:
-                    rank = pending.pop(ref)
-                    try:
-                        results[rank] = ray.get(ref)
-                    except ray.exceptions.RayTaskError as e:
-                        errors[rank] = f"failed: {_task_error_text(e)}"
-                    except ray.exceptions.RayError as e:
-                        errors[rank] = f"died ({self._actor_text(rank)}): {_first_line(e)}"
-                # fail with the lowest failed rank among those done by now
-                ready = (ray.wait(list(pending), num_returns=len(pending), timeout=0)[0]
-                         if errors and pending else [])
-            if errors:
-                rank = min(errors)
-                self._fail(f"tensor-parallel worker rank {rank} {errors[rank]}")
-        return [results[r] for r in ranks]
+        ref_of = dict(zip(ranks, refs))
+
+        def next_replies(waiting: set, block: bool):
+            pending = [ref_of[r] for r in ranks if r in waiting]
+            if block:
+                ready = ray.wait(pending, num_returns=1)[0]
+            else:
+                ready = ray.wait(pending, num_returns=len(pending), timeout=0)[0]
+            rank_of = {ref_of[r]: r for r in waiting}
+            for ref in ready:
+                yield self._reply(rank_of[ref], ref)
+
+        return gather_replies(ranks, next_replies, self._fail, fail_fast=True)
+
+    def _reply(self, rank: int, ref: Any) -> RankReply:
+        ray = self._ray
+        try:
+            return RankReply(rank, ray.get(ref))
+        except ray.exceptions.RayTaskError as e:
+            error = f"failed: {_task_error_text(e)}"
+        except ray.exceptions.RayError as e:
+            error = f"died ({self._actor_text(rank)}): {first_line(e)}"
+        return RankReply(rank, error=f"tensor-parallel worker rank {rank} {error}")
 
     def _actor_text(self, rank: int) -> str:
         if rank < len(self._infos):
@@ -242,11 +245,6 @@ def _task_error_text(e: Exception) -> str:
     if cause is None:
         return str(e)
     return f"{type(cause).__name__}: {cause}\n{e}"
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _release(ray: Any, actors: list, state: dict) -> None:

@@ -1,5 +1,6 @@
-"""Ray plumbing of the Ray executor: importing Ray, joining or starting a cluster, and the
-actor class that holds one rank's Worker.
+"""Ray plumbing of the Ray executor (and of the engine core's actor, engine/core_ray.py):
+importing Ray, joining or starting a cluster, and the actor class that holds one rank's
+Worker.
 
 This module imports Ray only inside its functions, so llmcore imports without Ray; the
 actor class is a plain class made remote at start-up, and each actor process imports this
@@ -20,16 +21,22 @@ RAY_INSTALL_HINT = "pip install ray (or pip install 'llmcore[ray]')"
 _LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
 
-def import_ray() -> Any:
+def import_ray(flag: str = "--distributed-executor-backend ray") -> Any:
     try:
         import ray
     except ImportError as e:
-        raise RuntimeError(f"--distributed-executor-backend ray needs Ray, which is not "
-                           f"installed ({e}): {RAY_INSTALL_HINT}") from None
+        raise RuntimeError(f"{flag} needs Ray, which is not installed ({e}): "
+                           f"{RAY_INSTALL_HINT}") from None
     return ray
 
 
-def connect_ray(ray: Any, num_cpus: int) -> bool:
+def first_line(e: BaseException) -> str:
+    """The first line of a (Ray) error's text: its tracebacks follow."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def connect_ray(ray: Any, num_cpus: int, user: str = "Ray executor") -> bool:
     """Join the Ray cluster this process already joined, or the one `ray start` / RAY_ADDRESS
     names (ray.init(address="auto")); else start a local one with `num_cpus` CPUs.
     True when the cluster was started here (and is ours to shut down)."""
@@ -38,7 +45,7 @@ def connect_ray(ray: Any, num_cpus: int) -> bool:
     quiet = dict(logging_level=logging.WARNING, configure_logging=True)
     try:
         ray.init(address="auto", **quiet)
-        logger.info("Ray executor: joined the running Ray cluster")
+        logger.info("%s: joined the running Ray cluster", user)
         return False
     except ConnectionError as e:
         # RAY_ADDRESS is Ray's own setting: a cluster named there and not reachable is an
@@ -52,7 +59,7 @@ def connect_ray(ray: Any, num_cpus: int) -> bool:
     except Exception as e:
         raise RuntimeError(f"could not start a local Ray cluster ({num_cpus} CPUs): "
                            f"{type(e).__name__}: {e}") from e
-    logger.info("Ray executor: started a local Ray cluster (%d CPUs)", num_cpus)
+    logger.info("%s: started a local Ray cluster (%d CPUs)", user, num_cpus)
     return True
 
 
