@@ -331,9 +331,13 @@ class EngineCore:
         if g_rows:
             # the matchers now hold step k-1's tokens: the mask of step k, then its sampling
             # (rows of sequences that stopped in k-1 are discarded: allowed everything)
-            bitmask = self.grammars.fill_bitmask(
-                [None if (normal[i][1].finished or normal[i][0].finished) else normal[i][1].matcher
-                 for i in g_rows])
+            try:
+                bitmask = self.grammars.fill_bitmask(
+                    [None if (normal[i][1].finished or normal[i][0].finished)
+                     else normal[i][1].matcher for i in g_rows])
+            except BaseException:
+                self.executor.sample_deferred(None, g_rows_np)   # release the device first
+                raise
             pending = self.executor.sample_deferred(bitmask, g_rows_np)
         self._stats.prompt_tokens_total += int(qsl[plan.num_prefill_seqs])
         if not normal:  # only prefill chunks that sample nothing

@@ -404,8 +404,8 @@ class ModelRunner:
         mask (model_runner/grammar_mask.py); None where the sampling would sync the host (it
         then runs when the mask comes)."""
         if self.device.type != "cuda" or not ops.cuda_available() or step.grammar_rows is None \
-                or not len(step.grammar_rows) or self.pp is not None:
-            return None
+                or not len(step.grammar_rows) or self.pp is not None or step.prompt_logprob_jobs:
+            return None   # (prompt logprobs copy their targets with a sync)
         slots = [self._slot_of[sid] for sid in step.sample_seq_ids]
         if not self.sampler.launch_is_sync_free(self.sampling_state, slots):
             return None
