@@ -35,24 +35,19 @@ __device__ inline uint32_t load_volatile(const uint32_t* p) {
   return *reinterpret_cast<const volatile uint32_t*>(p);
 }
 
-// Nanoseconds of a clock that ticks at a fixed rate (not the SM clock, which varies).
-__device__ inline unsigned long long now_ns() {
-#if defined(__HIP_PLATFORM_AMD__)
-  // the shader clock; ~1-2 GHz on CDNA parts (the timeout is a guard, not a measurement)
+// Cycles of this SM's clock, monotonic within the one-thread kernel. The timeout is a
+// guard against a host that never publishes, not a measurement: it counts cycles at an
+// assumed 2 GHz (a slower clock only makes the guard longer).
+__device__ inline unsigned long long now_cycles() {
   return static_cast<unsigned long long>(clock64());
-#else
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-#endif
 }
 
 __global__ void wait_host_flag_kernel(const uint32_t* flag, uint32_t target,
-                                      unsigned long long timeout_ns, uint32_t* timed_out) {
-  const unsigned long long start = now_ns();
+                                      unsigned long long timeout_cycles, uint32_t* timed_out) {
+  const unsigned long long start = now_cycles();
   // (int32)(flag - target) < 0: the host's counter has not reached target yet, across wrap
   while (static_cast<int32_t>(load_volatile(flag) - target) < 0) {
-    if (now_ns() - start > timeout_ns) {
+    if (now_cycles() - start > timeout_cycles) {
       if (timed_out != nullptr) *timed_out = 1u;
       return;
     }
@@ -96,7 +91,7 @@ cudaError_t wait_host_flag(const uint32_t* flag, uint32_t target, uint32_t timeo
                            uint32_t* timed_out, cudaStream_t stream) {
   if (flag == nullptr) return cudaErrorInvalidValue;
   wait_host_flag_kernel<<<1, 1, 0, stream>>>(
-      flag, target, static_cast<unsigned long long>(timeout_ms) * 1000000ull, timed_out);
+      flag, target, static_cast<unsigned long long>(timeout_ms) * 2000000ull, timed_out);
   return cudaGetLastError();
 }
 

@@ -513,7 +513,7 @@ def wait_host_flag(flag_device_ptr: int, target: int, device: torch.device,
     an int32 [1] device tensor set to 1 if ``timeout_ms`` passes first."""
     ptr = 0
     if timed_out is not None:
-        _index(timed_out, "timed_out", torch.int32, 1, device)
+        _index(timed_out, "timed_out", torch.int32, 1, None)
         ptr = timed_out.data_ptr()
     _C().wait_host_flag(int(flag_device_ptr), int(target) & 0xFFFFFFFF, int(timeout_ms), ptr,
                         torch.cuda.current_stream(device).cuda_stream)
