@@ -52,6 +52,33 @@ def probe(name: str, fn, watchdog_s: float) -> dict:
                 blocked=rescued.is_set())
 
 
+def channel_check(hold_s: float = 0.2) -> dict:
+    """The runner's HostMaskChannel on the current stream: is the device still held after
+    `hold_s` (read on a side stream, which the held stream does not block), and does the
+    published mask reach the logits?"""
+    import numpy as np
+    from llmcore.model_runner.grammar_mask import HostMaskChannel
+    dev = torch.device("cuda")
+    ch = HostMaskChannel(dev, 4, rows=2)
+    logits = torch.zeros(2, 128, device=dev)
+    ticket = ch.launch(logits, None, 2)
+    done = torch.cuda.Event()
+    done.record()
+    time.sleep(hold_s)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        seen = ch.timed_out.to("cpu", non_blocking=True)
+    side.synchronize()
+    held = not done.query()
+    mask = np.zeros((2, 4), dtype=np.int32)
+    mask[:, 0] = 1                                   # token 0 only
+    ch.publish(ticket, mask)
+    done.synchronize()
+    ok = bool(torch.isfinite(logits[:, 0]).all() and torch.isinf(logits[:, 1:]).all())
+    return dict(held_after_s=hold_s, device_held=held, timed_out_while_held=int(seen[0]),
+                mask_applied=ok, timed_out_at_end=int(ch.timed_out.item()))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,9 +100,12 @@ def main() -> None:
     print(f"{'host call while the device waits for the host':45s} {'ms':>9s}  blocked")
     for r in rows:
         print(f"{r['call']:45s} {r['call_ms']:9.2f}  {r['blocked']}")
+    channel = channel_check()
+    print("mask channel:", channel)
     if a.output_json:
         with open(a.output_json, "w") as f:
-            json.dump(dict(device=torch.cuda.get_device_name(), probes=rows), f, indent=1)
+            json.dump(dict(device=torch.cuda.get_device_name(), probes=rows, channel=channel),
+                      f, indent=1)
 
 
 if __name__ == "__main__":
