@@ -289,6 +289,17 @@ case "$SUITE" in
     lat lat_8b_bs1 60 $M8 --skip-hf
     thr thr_8b_128 80 128 --skip-hf
     PYTHONPATH=$PWD/.base/python:/tmp/site thr thr_8b_128_base 80 128 --skip-hf ;;
+  so1208c)  # one call: the mask-channel probe and tests, then the guided ratio on SmolLM2's
+    # shapes (dummy weights, its tokenizer in .sotok), this tree and the previous one (.base)
+    step sync_probe 40 python benchmarks/guided_mask_sync_probe.py --output-json "$OUT/sync_probe.json"
+    kernel_tests bitmask_tests 90 -x $K/test_token_bitmask.py
+    cp .gpubuild/*.so .base/python/llmcore/ 2>/dev/null
+    for tree in new base; do
+      pp=$PYTHONPATH; [ $tree = base ] && pp=$PWD/.base/python:/tmp/site
+      PYTHONPATH=$pp step so_sm_$tree 80 python benchmarks/structured_output.py --model .sotok \
+        --load-format dummy --tokenizer .sotok --device cuda --dtype bfloat16 --backends xgrammar \
+        --num-prompts 64 --max-tokens 128 --ttft-repeats 3 --output-json "$OUT/so_sm_$tree.json"
+    done ;;
   h200spy)  # H200: rate inf, 1000 prompts, the front-end process's GIL holder sampled with py-spy
     SPY=${SPY:-20} serving "inf 1000" ;;
   *)
