@@ -54,8 +54,7 @@ def probe(name: str, fn, watchdog_s: float) -> dict:
 
 def channel_check(hold_s: float = 0.2) -> dict:
     """The runner's HostMaskChannel on the current stream: is the device still held after
-    `hold_s` (read on a side stream, which the held stream does not block), and does the
-    published mask reach the logits?"""
+    `hold_s`, and does the published mask reach the logits?"""
     import numpy as np
     from llmcore.model_runner.grammar_mask import HostMaskChannel
     dev = torch.device("cuda")
@@ -65,18 +64,14 @@ def channel_check(hold_s: float = 0.2) -> dict:
     done = torch.cuda.Event()
     done.record()
     time.sleep(hold_s)
-    side = torch.cuda.Stream()
-    with torch.cuda.stream(side):
-        seen = ch.timed_out.to("cpu", non_blocking=True)
-    side.synchronize()
     held = not done.query()
     mask = np.zeros((2, 4), dtype=np.int32)
     mask[:, 0] = 1                                   # token 0 only
     ch.publish(ticket, mask)
     done.synchronize()
     ok = bool(torch.isfinite(logits[:, 0]).all() and torch.isinf(logits[:, 1:]).all())
-    return dict(held_after_s=hold_s, device_held=held, timed_out_while_held=int(seen[0]),
-                mask_applied=ok, timed_out_at_end=int(ch.timed_out.item()))
+    return dict(held_after_s=hold_s, device_held=held, mask_applied=ok,
+                timed_out=int(ch.timed_out.item()))
 
 
 def main() -> None:

@@ -49,6 +49,9 @@ __device__ __host__ inline hip_bfloat16 __float2bfloat16_rn(float v) { return hi
 #define cudaDeviceProp hipDeviceProp_t
 #define cudaGetDeviceProperties hipGetDeviceProperties
 #define cudaHostGetDevicePointer hipHostGetDevicePointer
+#define cudaHostAlloc hipHostMalloc
+#define cudaHostAllocMapped hipHostMallocMapped
+#define cudaFreeHost hipHostFree
 
 // Memory, devices and IPC (the custom all-reduce's shared buffers).
 #define cudaMalloc hipMalloc

@@ -143,6 +143,13 @@ PYBIND11_MODULE(LLMCORE_MODULE_NAME, m) {
           "wait_host_flag");
   });
 
+  m.def("host_alloc_mapped", [](size_t bytes) {
+    void *host = nullptr, *dev = nullptr;
+    check(llmcore::host_alloc_mapped(&host, &dev, bytes), "host_alloc_mapped");
+    return py::make_tuple(reinterpret_cast<ptr_t>(host), reinterpret_cast<ptr_t>(dev));
+  });
+  m.def("host_free", [](ptr_t host_ptr) { check(llmcore::host_free(P_<void>(host_ptr)), "host_free"); });
+
   m.def("host_device_pointer", [](ptr_t host_ptr) {
     void* dev = nullptr;
     check(llmcore::host_device_pointer(&dev, P_<void>(host_ptr)), "host_device_pointer");

@@ -99,4 +99,14 @@ cudaError_t host_device_pointer(void** device_ptr, void* host_ptr) {
   return cudaHostGetDevicePointer(device_ptr, host_ptr, 0);
 }
 
+cudaError_t host_alloc_mapped(void** host_ptr, void** device_ptr, size_t bytes) {
+  cudaError_t e = cudaHostAlloc(host_ptr, bytes, cudaHostAllocMapped);
+  if (e != cudaSuccess) return e;
+  e = cudaHostGetDevicePointer(device_ptr, *host_ptr, 0);
+  if (e != cudaSuccess) cudaFreeHost(*host_ptr);
+  return e;
+}
+
+cudaError_t host_free(void* host_ptr) { return cudaFreeHost(host_ptr); }
+
 }  // namespace llmcore

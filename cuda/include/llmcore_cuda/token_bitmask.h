@@ -22,4 +22,8 @@ cudaError_t wait_host_flag(const uint32_t* flag, uint32_t target, uint32_t timeo
                            uint32_t* timed_out, cudaStream_t stream);
 // The device address of page-locked host memory (cudaHostGetDevicePointer).
 cudaError_t host_device_pointer(void** device_ptr, void* host_ptr);
+// A page-locked, device-mapped host allocation of its own (cudaHostAlloc, mapped) and its
+// device address: for a flag the device polls, whose address must be exactly this buffer.
+cudaError_t host_alloc_mapped(void** host_ptr, void** device_ptr, size_t bytes);
+cudaError_t host_free(void* host_ptr);
 }  // namespace llmcore

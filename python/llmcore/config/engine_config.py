@@ -106,6 +106,9 @@ class StructuredOutputConfig:
     # threads filling a batch's token bitmask (xgrammar's batch matcher; 0: half the cores,
     # at most 8; the other backends fill row by row)
     fill_threads: int = 0
+    # GPUs: queue a guided step's sampling behind a device-side wait for the host's mask
+    # (model_runner/grammar_mask.py). Off: unverified on a GPU since its last fix.
+    overlap_mask_wait: bool = False
 
 
 @dataclass

@@ -12,6 +12,10 @@ and the host, once it has the mask, writes the slot and sets the flag (`publish`
 step is queued behind all of it, so the device runs forward, sampling and the next forward
 back to back, and the mask is filled while the forward runs.
 
+Off by default (`StructuredOutputConfig.overlap_mask_wait`): on an H100 the device's wait
+was not released by the host's publish (2026-12-07); the flag now has an allocation of its
+own, not yet run on a GPU.
+
 The one hazard: a host call that waits for the device (a sync) between the launch and the
 publish would wait forever (the device waits for the host). The sampler says which batches
 it launches without one (`Sampler.launch_is_sync_free`); the launch runs under torch's
@@ -49,9 +53,12 @@ class HostMaskChannel:
         self.device = device
         self.width = int(width)
         self.timeout_ms = int(timeout_ms)
-        self._flag = torch.zeros(1, dtype=torch.int32, pin_memory=True)
-        self._flag_np = self._flag.numpy().view(np.uint32)
-        self._flag_dev = ops.host_device_pointer(self._flag)
+        # its own mapped allocation: a flag in torch's pinned pool polled through
+        # cudaHostGetDevicePointer never released the device on an H100 (the address did not
+        # match the tensor's), while a tensor at the start of its block did
+        self._flag = ops.MappedHostFlag()
+        self._flag_np = self._flag.value
+        self._flag_dev = self._flag.device_ptr
         self.timed_out = torch.zeros(1, dtype=torch.int32, device=device)
         self._seq = 0
         self._open: Optional[MaskTicket] = None

@@ -80,6 +80,8 @@ class ModelRunner:
         # the sampling is queued behind the mask already (GPU)
         self._deferred = None
         self._mask_channel: Optional[HostMaskChannel] = None
+        so = getattr(config, "structured_output_config", None)
+        self._overlap_mask_wait = bool(so is not None and so.overlap_mask_wait)
         self.pooler = Pooler()          # embeddings (--task embed): partial pools per sequence
 
     # ------------------------------------------------------------------ sizing
@@ -403,7 +405,8 @@ class ModelRunner:
         """On a GPU, queue the sampling now, held on the device until the host publishes the
         mask (model_runner/grammar_mask.py); None where the sampling would sync the host (it
         then runs when the mask comes)."""
-        if self.device.type != "cuda" or not ops.cuda_available() or step.grammar_rows is None \
+        if not self._overlap_mask_wait or self.device.type != "cuda" or not ops.cuda_available() \
+                or step.grammar_rows is None \
                 or not len(step.grammar_rows) or self.pp is not None or step.prompt_logprob_jobs:
             return None   # (prompt logprobs copy their targets with a sync)
         slots = [self._slot_of[sid] for sid in step.sample_seq_ids]

@@ -506,6 +506,31 @@ def host_device_pointer(host: torch.Tensor) -> int:
     return _C().host_device_pointer(host.data_ptr())
 
 
+class MappedHostFlag:
+    """One uint32 in page-locked, device-mapped host memory of its own (not torch's pinned
+    pool, whose blocks hold several tensors): `value` is the host's view, `device_ptr` the
+    address a kernel polls (:func:`wait_host_flag`)."""
+
+    def __init__(self):
+        import ctypes
+
+        import numpy as np
+        self._host, self.device_ptr = _C().host_alloc_mapped(64)
+        self.value = np.ctypeslib.as_array((ctypes.c_uint32 * 1).from_address(self._host))
+        self.value[0] = 0
+
+    def close(self) -> None:
+        if self._host:
+            _C().host_free(self._host)
+            self._host = 0
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
 def wait_host_flag(flag_device_ptr: int, target: int, device: torch.device,
                    timeout_ms: int = 60_000, timed_out: Optional[torch.Tensor] = None) -> None:
     """Queue on the current stream a wait until the uint32 host flag (device address from
