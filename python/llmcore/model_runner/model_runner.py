@@ -352,11 +352,13 @@ class ModelRunner:
         t = torch.from_numpy(bitmask)
         if self.device.type == "cuda":
             t = t.pin_memory().to(self.device, non_blocking=True)
+        apply_token_bitmask_(logits, t, self._grammar_row_index(rows))
+
+    def _grammar_row_index(self, rows: np.ndarray) -> Optional[torch.Tensor]:
+        """None for rows 0..n-1 (sorted, distinct: the mask applies to a view, no gather),
+        else the rows as a device index."""
         n = len(rows)
-        if int(rows[0]) == 0 and int(rows[-1]) == n - 1:  # rows 0..n-1 (sorted, distinct)
-            apply_token_bitmask_(logits, t)               # in place on a view: no gather
-        else:
-            apply_token_bitmask_(logits, t, self.index_tensor(rows))
+        return None if (int(rows[0]) == 0 and int(rows[-1]) == n - 1) else self.index_tensor(rows)
 
     # ------------------------------------------------------------------ one step
     @torch.inference_mode()
@@ -418,7 +420,7 @@ class ModelRunner:
         ch = self._mask_channel
         rows = step.grammar_rows
         n = len(rows)
-        rows_t = None if (int(rows[0]) == 0 and int(rows[-1]) == n - 1) else self.index_tensor(rows)
+        rows_t = self._grammar_row_index(rows)
         ticket = ch.launch(logits, rows_t, n)
         try:
             with sync_debug_error():
