@@ -19,7 +19,7 @@ step() {  # step NAME MAX_SECONDS CMD...
   echo "--- $name rc=$rc $(( $(date +%s) - s )) s" | tee -a "$OUT/summary.log"
   tail -n 12 "$OUT/$name.log" >> "$OUT/summary.log"
 }
-pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl > "$OUT/setup.log" 2>&1
+[ -d .whl ] && pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl > "$OUT/setup.log" 2>&1
 export PYTHONPATH=$PWD/python:/tmp/site
 cp .gpubuild/*.so python/llmcore/ 2>/dev/null
 { python -V; nvidia-smi --query-gpu=name,memory.total --format=csv; git rev-parse --short HEAD; } >> "$OUT/setup.log" 2>&1
@@ -300,6 +300,27 @@ case "$SUITE" in
         --load-format dummy --tokenizer .sotok --device cuda --dtype bfloat16 --backends xgrammar \
         --num-prompts 64 --max-tokens 128 --ttft-repeats 3 --output-json "$OUT/so_sm_$tree.json"
     done ;;
+  so1209a)  # guided decoding, call 1 of 2: the mask channel's tests (its flag now in a mapped
+    # allocation of its own), then SmolLM2's shapes (dummy weights, .sotok) with the channel off
+    # and on, each with a cProfile of its runs; stages .sotok and the GGUF's first part (.sow_a)
+    # in /tmp for call 2, which carries only the second part
+    mkdir -p /tmp/sotok /tmp/gguf && cp .sotok/* /tmp/sotok/ && cp .sow_a/part /tmp/gguf/a
+    kernel_tests bitmask_tests 120 -x $K/test_token_bitmask.py
+    for ov in off on; do
+      flag=; [ $ov = on ] && flag=--guided-decoding-overlap
+      step so_sm_$ov 100 python benchmarks/structured_output.py --model /tmp/sotok --load-format dummy \
+        --tokenizer /tmp/sotok --device cuda --dtype bfloat16 --backends xgrammar --num-prompts 64 \
+        --max-tokens 128 --ttft-repeats 3 $flag --profile-dir "$OUT/prof_$ov" --output-json "$OUT/so_sm_$ov.json"
+    done ;;
+  so1209b)  # call 2 of 2 on the same warm machine: SmolLM2's real weights (the GGUF rebuilt
+    # from /tmp/gguf/a and .sow_b), xgrammar with the channel off, then every backend with it on
+    cat /tmp/gguf/a .sow_b/part > /tmp/smollm2.gguf && ls -la /tmp/smollm2.gguf >> "$OUT/setup.log"
+    step so_real_off 120 python benchmarks/structured_output.py --model /tmp/smollm2.gguf \
+      --tokenizer /tmp/sotok --device cuda --dtype bfloat16 --backends xgrammar --num-prompts 64 \
+      --max-tokens 128 --ttft-repeats 3 --output-json "$OUT/so_real_off.json"
+    step so_real_on 200 python benchmarks/structured_output.py --model /tmp/smollm2.gguf \
+      --tokenizer /tmp/sotok --device cuda --dtype bfloat16 --num-prompts 64 --max-tokens 128 \
+      --ttft-repeats 3 --guided-decoding-overlap --output-json "$OUT/so_real_on.json" ;;
   h200spy)  # H200: rate inf, 1000 prompts, the front-end process's GIL holder sampled with py-spy
     SPY=${SPY:-20} serving "inf 1000" ;;
   *)

@@ -59,10 +59,25 @@ def guided(schema: dict, backend: str):
     return GuidedDecodingParams(json=schema, backend=backend)
 
 
-def timed_generate(llm, ps, params) -> tuple:
+def timed_generate(llm, ps, params, profile_to: str = "") -> tuple:
+    """(seconds, outputs); with profile_to, the call runs under cProfile (slower: compare
+    only profiled runs with each other) and its top functions are written there."""
+    prof = None
+    if profile_to:
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
     start = time.perf_counter()
     outs = llm.generate(ps, params, use_tqdm=False)
-    return time.perf_counter() - start, outs
+    elapsed = time.perf_counter() - start
+    if prof is not None:
+        prof.disable()
+        import pstats
+        with open(profile_to, "w") as f:
+            f.write(f"{elapsed:.3f} s under cProfile\n")
+            for key in ("tottime", "cumulative"):
+                pstats.Stats(prof, stream=f).sort_stats(key).print_stats(45)
+    return elapsed, outs
 
 
 def run_backend(llm, backend: str, args) -> dict:
@@ -89,6 +104,10 @@ def run_backend(llm, backend: str, args) -> dict:
             for i, n in enumerate(lens)]
     t_free, fouts = timed_generate(llm, ps, free)
     assert [len(o.outputs[0].token_ids) for o in fouts] == lens
+    if args.profile_dir:   # the same two runs again, under cProfile (not in the figures)
+        os.makedirs(args.profile_dir, exist_ok=True)
+        timed_generate(llm, ps, cons, os.path.join(args.profile_dir, f"{backend}_guided.txt"))
+        timed_generate(llm, ps, free, os.path.join(args.profile_dir, f"{backend}_free.txt"))
     tokens = sum(lens)
     ttft = measure_ttft(llm, backend, args)
     return dict(backend=backend, backend_init_s=init_s, output_tokens=tokens,
@@ -137,11 +156,17 @@ def main(argv=None) -> int:
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     p.add_argument("--ttft-repeats", type=int, default=3)
+    p.add_argument("--guided-decoding-overlap", action="store_true",
+                   help="The engine flag: sampling queued behind a device-side mask wait (GPUs)")
+    p.add_argument("--profile-dir", default="",
+                   help="Also run each backend's two runs under cProfile; top functions there")
     p.add_argument("--output-json", default="benchmarks/results/structured_output.json")
     args = p.parse_args(argv)
     from llmcore import LLM
     kwargs = dict(model=args.model, device=args.device, dtype=args.dtype,
                   max_model_len=args.max_model_len, max_num_seqs=max(args.num_prompts, 1))
+    if args.guided_decoding_overlap:
+        kwargs["guided_decoding_overlap"] = True
     if args.async_scheduling is not None:
         kwargs["async_scheduling"] = args.async_scheduling
     if args.load_format is not None:   # dummy: random weights of the model's shapes (no GPU

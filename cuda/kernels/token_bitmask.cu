@@ -46,6 +46,8 @@ __global__ void wait_host_flag_kernel(const uint32_t* flag, uint32_t target,
                                       unsigned long long timeout_cycles, uint32_t* timed_out) {
   const unsigned long long start = now_cycles();
   // (int32)(flag - target) < 0: the host's counter has not reached target yet, across wrap
+  // timed_out reports this wait only: the flag of every wait is written (0 or 1), in stream
+  // order, so a step's copy of it is never a stale 1 from an earlier one
   while (static_cast<int32_t>(load_volatile(flag) - target) < 0) {
     if (now_cycles() - start > timeout_cycles) {
       if (timed_out != nullptr) *timed_out = 1u;
@@ -57,6 +59,7 @@ __global__ void wait_host_flag_kernel(const uint32_t* flag, uint32_t target,
     __nanosleep(500);
 #endif
   }
+  if (timed_out != nullptr) *timed_out = 0u;
 }
 
 }  // namespace

@@ -131,6 +131,11 @@ class EngineArgs:
                                             "that ask for JSON / regex / choice / grammar output and "
                                             "name none themselves. xgrammar also takes EBNF grammars; "
                                             "lm-format-enforcer is the slowest per token.")
+    guided_decoding_overlap: Optional[bool] = arg(
+        None, group=GROUP_MODEL,
+        help="GPUs with async scheduling: queue a guided step's sampling right behind its "
+             "forward, held on the device until the host has filled the grammar mask, so the "
+             "next step is queued meanwhile (llmcore-specific). Default: off.")
     task: str = arg("auto", group=GROUP_MODEL, choices=["auto", "generate", "embed"],
                     help="What the model serves: generate (text) or embed (pooled hidden states: "
                          "/v1/embeddings, LLM.embed). auto: generate.")
@@ -455,7 +460,9 @@ class EngineArgs:
             load_config=LoadConfig(load_format=self.load_format, download_dir=self.download_dir,
                                    model_loader_extra_config=self.model_loader_extra_config_dict()),
             device_config=device_config,
-            structured_output_config=StructuredOutputConfig(backend=self.guided_decoding_backend),
+            structured_output_config=StructuredOutputConfig(
+                backend=self.guided_decoding_backend,
+                overlap_mask_wait=bool(self.guided_decoding_overlap)),
             observability_config=ObservabilityConfig(
                 disable_log_stats=self.disable_log_stats,
                 disable_log_requests=self.disable_log_requests, max_log_len=self.max_log_len),
