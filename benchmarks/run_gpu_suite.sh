@@ -321,6 +321,17 @@ case "$SUITE" in
     step so_real_on 200 python benchmarks/structured_output.py --model /tmp/smollm2.gguf \
       --tokenizer /tmp/sotok --device cuda --dtype bfloat16 --num-prompts 64 --max-tokens 128 \
       --ttft-repeats 3 --guided-decoding-overlap --output-json "$OUT/so_real_on.json" ;;
+  so1209c)  # the mask channel: each way of holding a stream for the host (its own process
+    # each), the bitmask tests, then SmolLM2's shapes with the channel off and on (profiled)
+    step wait_variants 260 python benchmarks/guided_mask_sync_probe.py --variants \
+      --output-json "$OUT/wait_variants.json"
+    kernel_tests bitmask_tests 120 -x $K/test_token_bitmask.py
+    for ov in off on; do
+      flag=; [ $ov = on ] && flag=--guided-decoding-overlap
+      step so_sm_$ov 100 python benchmarks/structured_output.py --model .sotok --load-format dummy \
+        --tokenizer .sotok --device cuda --dtype bfloat16 --backends xgrammar --num-prompts 64 \
+        --max-tokens 128 --ttft-repeats 3 $flag --profile-dir "$OUT/prof_$ov" --output-json "$OUT/so_sm_$ov.json"
+    done ;;
   h200spy)  # H200: rate inf, 1000 prompts, the front-end process's GIL holder sampled with py-spy
     SPY=${SPY:-20} serving "inf 1000" ;;
   *)

@@ -143,6 +143,10 @@ PYBIND11_MODULE(LLMCORE_MODULE_NAME, m) {
           "wait_host_flag");
   });
 
+  m.def("stream_wait_value_geq", [](ptr_t flag, uint32_t target, ptr_t stream) {
+    return llmcore::stream_wait_value_geq(P_<const uint32_t>(flag), target, S_(stream)) ==
+           cudaSuccess;   // False: not offered by this driver (nothing was queued)
+  });
   m.def("host_alloc_mapped", [](size_t bytes) {
     void *host = nullptr, *dev = nullptr;
     check(llmcore::host_alloc_mapped(&host, &dev, bytes), "host_alloc_mapped");

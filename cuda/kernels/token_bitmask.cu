@@ -2,6 +2,10 @@
 // wait for the host's mask (see llmcore_cuda/token_bitmask.h).
 #include "llmcore_cuda/token_bitmask.h"
 
+#if !defined(__HIP_PLATFORM_AMD__)
+#include <cuda.h>  // the driver API's types only: its function is looked up at run time
+#endif
+
 namespace llmcore {
 namespace {
 
@@ -96,6 +100,29 @@ cudaError_t wait_host_flag(const uint32_t* flag, uint32_t target, uint32_t timeo
   wait_host_flag_kernel<<<1, 1, 0, stream>>>(
       flag, target, static_cast<unsigned long long>(timeout_ms) * 2000000ull, timed_out);
   return cudaGetLastError();
+}
+
+cudaError_t stream_wait_value_geq(const uint32_t* flag, uint32_t target, cudaStream_t stream) {
+#if defined(__HIP_PLATFORM_AMD__)
+  return hipStreamWaitValue32(stream, const_cast<uint32_t*>(flag), target, hipStreamWaitValueGte,
+                              0xFFFFFFFFu);
+#else
+  // the driver's stream memory operation, reached through the runtime (no libcuda link)
+  using Fn = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
+  static const Fn fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuStreamWaitValue32", &p, 12000, cudaEnableDefault,
+                                         &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      return static_cast<Fn>(nullptr);
+    return reinterpret_cast<Fn>(p);
+  }();
+  if (fn == nullptr) return cudaErrorNotSupported;
+  const CUresult r = fn(reinterpret_cast<CUstream>(stream), reinterpret_cast<CUdeviceptr>(flag),
+                        target, CU_STREAM_WAIT_VALUE_GEQ);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorNotSupported;
+#endif
 }
 
 cudaError_t host_device_pointer(void** device_ptr, void* host_ptr) {

@@ -78,6 +78,12 @@ def test_mask_channel_applies_the_published_mask_behind_later_work(ops):
     V = 1000
     dev = torch.device("cuda")
     ch = HostMaskChannel(dev, (V + 31) // 32, rows=2)
+    # the kernels queued behind the wait are launched once first: CUDA's lazy loading of a
+    # kernel at its first launch may wait for the held device (the runner does the same)
+    warm = torch.randn(4, V, device=dev)
+    ops.apply_token_bitmask(warm, _mask(3, V).to(dev), torch.tensor([3, 0, 1], device=dev))
+    warm.argmax(-1)
+    torch.cuda.synchronize()
     for step in range(5):                          # slots alternate; grows past 2 rows
         n = 3
         logits = torch.randn(4, V, device=dev)

@@ -20,6 +20,10 @@ cudaError_t apply_token_bitmask(void* logits, int64_t logits_stride, const int32
 // that died mid-step cannot wedge the device forever.
 cudaError_t wait_host_flag(const uint32_t* flag, uint32_t target, uint32_t timeout_ms,
                            uint32_t* timed_out, cudaStream_t stream);
+// stream_wait_value_geq: the same hold as a stream memory operation (cuStreamWaitValue32,
+// GEQ, wrap-around safe; hipStreamWaitValue32 on AMD): no kernel, no SM, no timeout.
+// cudaErrorNotSupported where the driver does not offer it.
+cudaError_t stream_wait_value_geq(const uint32_t* flag, uint32_t target, cudaStream_t stream);
 // The device address of page-locked host memory (cudaHostGetDevicePointer).
 cudaError_t host_device_pointer(void** device_ptr, void* host_ptr);
 // A page-locked, device-mapped host allocation of its own (cudaHostAlloc, mapped) and its

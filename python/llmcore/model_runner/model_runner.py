@@ -80,6 +80,7 @@ class ModelRunner:
         # the sampling is queued behind the mask already (GPU)
         self._deferred = None
         self._mask_channel: Optional[HostMaskChannel] = None
+        self._mask_channel_kinds: set = set()   # (random rows?, rows 0..n-1?) sampled once
         so = getattr(config, "structured_output_config", None)
         self._overlap_mask_wait = bool(so is not None and so.overlap_mask_wait)
         self.pooler = Pooler()          # embeddings (--task embed): partial pools per sequence
@@ -414,11 +415,20 @@ class ModelRunner:
         slots = [self._slot_of[sid] for sid in step.sample_seq_ids]
         if not self.sampler.launch_is_sync_free(self.sampling_state, slots):
             return None
+        # CUDA loads a kernel at its first launch (lazy loading), which may wait for the
+        # device to go idle: a first launch behind a held stream would wait for the host's
+        # mask, which waits for it. The first step of each kind samples after the mask, so
+        # every kernel the channel queues has been loaded before a hold.
+        rows = step.grammar_rows
+        random = self.sampling_state._random_slots
+        kind = (any(sl in random for sl in slots), int(rows[0]) == 0 and int(rows[-1]) == len(rows) - 1)
+        if kind not in self._mask_channel_kinds:
+            self._mask_channel_kinds.add(kind)
+            return None
         if self._mask_channel is None:
             self._mask_channel = HostMaskChannel(self.device, bitmask_width(logits.shape[1]),
                                                  rows=max(64, len(step.grammar_rows)))
         ch = self._mask_channel
-        rows = step.grammar_rows
         n = len(rows)
         rows_t = self._grammar_row_index(rows)
         ticket = ch.launch(logits, rows_t, n)

@@ -22,7 +22,7 @@ __all__ = [
     "cuda_available", "reshape_and_cache", "paged_attention_decode", "prefill_attention",
     "rms_norm", "fused_add_rms_norm", "rotary_embedding", "silu_and_mul", "argmax", "sample",
     "compute_cos_sin_cache", "reference", "apply_token_bitmask", "host_device_pointer",
-    "wait_host_flag",
+    "wait_host_flag", "stream_wait_value_geq",
 ]
 
 _MOD = None
@@ -529,6 +529,14 @@ class MappedHostFlag:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
+
+
+def stream_wait_value_geq(flag_device_ptr: int, target: int, device: torch.device) -> bool:
+    """Queue on the current stream a stream memory operation (cuStreamWaitValue32) that holds
+    it until the uint32 host flag reaches ``target``: no kernel and no timeout. False (and
+    nothing queued) where the driver does not offer it."""
+    return bool(_C().stream_wait_value_geq(int(flag_device_ptr), int(target) & 0xFFFFFFFF,
+                                           torch.cuda.current_stream(device).cuda_stream))
 
 
 def wait_host_flag(flag_device_ptr: int, target: int, device: torch.device,
