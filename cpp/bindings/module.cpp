@@ -6,4 +6,5 @@ PYBIND11_MODULE(_core, m) {
   llmcore::bind_scheduler(m);
   llmcore::bind_cpu_attention(m);
   llmcore::bind_cpu_token_bitmask(m);
+  llmcore::bind_cpu_sampling(m);
 }

@@ -45,6 +45,8 @@ batch is > 0. This keeps an all-greedy batch at ~ one argmax.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -105,15 +107,17 @@ class Sampler:
         want_lp = max_k >= 0 or self.always_compute_logprobs
         need_x = want_lp and self.logprobs_mode == "processed"
         x, is_rand, cand = self._process(logits, slots, state, need_x, slots_host)
+        lse_of_x: list = [None]   # the CPU draw's per-row log-sum-exp of x, when it has all rows
         if is_rand is None:
             token_ids = x.argmax(dim=-1)
         else:
-            token_ids = self._sample_random(x, slots, is_rand, cand, state)
+            token_ids = self._sample_random(x, slots, is_rand, cand, state, lse_of_x)
         if not want_lp:
             return SamplerOutput(token_ids=token_ids)
 
         lp_src = logits if self.logprobs_mode == "raw" else x
-        lse = torch.logsumexp(lp_src, dim=-1)
+        lse = lse_of_x[0] if lp_src is x and lse_of_x[0] is not None \
+            else torch.logsumexp(lp_src, dim=-1)
         tok_logit = lp_src.gather(1, token_ids.unsqueeze(1)).squeeze(1)
         token_logprobs = tok_logit - lse
         ranks = topk_ids = topk_logprobs = None
@@ -354,19 +358,32 @@ class Sampler:
         return q
 
     @classmethod
-    def _sample_inverse_cdf(cls, xr: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor,
-                            seeded_b: Optional[torch.Tensor], state: SamplingBatchState
-                            ) -> torch.Tensor:
-        """Exact draw from softmax(xr) with one uniform per row: the first token whose
-        cumulative (unnormalised) probability exceeds u * total. About 3 passes over the
-        vocabulary and no per-token noise (on 2 CPU cores, 64 x 49k: 2.8 ms vs 11.8 ms for
-        the Gumbel race). Seeded rows draw their one value from their own generator, so
-        their token does not depend on the batch."""
+    def _sample_inverse_cdf(cls, x: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor,
+                            seeded_b: Optional[torch.Tensor], state: SamplingBatchState,
+                            lse_of_x: list) -> torch.Tensor:
+        """Exact draw from softmax(x[rows]) with one uniform per row: the first token whose
+        cumulative (unnormalised) probability exceeds u * total. Seeded rows draw their one
+        value from their own generator, so their token does not depend on the batch.
+        fp32 rows go to the C++ kernel (llmcore._core, cpu_sampling.h: one exp pass, masked
+        -inf tokens at vector speed where torch's exp takes a slow path on them, and the
+        rows' log-sum-exp for the logprobs, stored in lse_of_x[0] when `rows` is every row);
+        anything else to torch (about 3 passes over the vocabulary)."""
+        u = cls._uniform(rows, 1, slots, seeded_b, state)
+        N, V = x.shape
+        if x.dtype == torch.float32 and x.stride(1) == 1 and _core_sampler() is not None:
+            rows = rows.contiguous()
+            tok = torch.empty(rows.numel(), dtype=torch.int64)
+            lse = torch.empty(rows.numel(), dtype=torch.float32)
+            _core_sampler()(x.data_ptr(), x.stride(0), rows.data_ptr(), rows.numel(), V,
+                            u.data_ptr(), tok.data_ptr(), lse.data_ptr(), torch.get_num_threads())
+            if rows.numel() == N:   # sorted distinct rows (arange / nonzero()): row i is i
+                lse_of_x[0] = lse
+            return tok
+        xr = x if rows.numel() == N else x[rows]
         m = xr.amax(dim=-1, keepdim=True)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         cdf = torch.sub(xr, m).exp_().cumsum_(dim=-1)
         total = cdf[:, -1:]
-        u = cls._uniform(rows, 1, slots, seeded_b, state)
         # u < 1 strictly, and `right=True` skips zero-probability tokens (flat cdf runs)
         target = torch.minimum(u * total, total * (1.0 - 1e-6))
         tok = torch.searchsorted(cdf, target, right=True).squeeze(1)
@@ -374,7 +391,7 @@ class Sampler:
 
     @classmethod
     def _sample_random(cls, x: torch.Tensor, slots: torch.Tensor, is_rand: torch.Tensor,
-                       cand, state: SamplingBatchState) -> torch.Tensor:
+                       cand, state: SamplingBatchState, lse_of_x: list) -> torch.Tensor:
         # Exponential race: argmax(l - log E), E = -log U ~ Exp(1) i.i.d. per token, is
         # a draw from softmax(l). (uniform_ + 2 logs is ~6x faster than exponential_.)
         N, V = x.shape
@@ -414,8 +431,7 @@ class Sampler:
             nofilt = (state.top_k[fs] >= V) & (state.top_p[fs] >= 1.0)
             if bool(nofilt.any()):
                 ht = full_rows if bool(nofilt.all()) else full_rows[nofilt]
-                xr = x if ht.numel() == N else x[ht]
-                token_ids[ht] = cls._sample_inverse_cdf(xr, ht, slots, seeded_b, state)
+                token_ids[ht] = cls._sample_inverse_cdf(x, ht, slots, seeded_b, state, lse_of_x)
                 full_rows = full_rows[~nofilt]
         if full_rows.numel():
             # rows with top-k/top-p not resolved by candidates: token-indexed noise over V
@@ -427,6 +443,16 @@ class Sampler:
 
 
 # ---------------------------------------------------------------------- helpers
+@functools.lru_cache(maxsize=1)
+def _core_sampler():
+    """llmcore._core.sample_inverse_cdf_f32, or None where the native module lacks it."""
+    try:
+        from llmcore import _core
+        return _core.sample_inverse_cdf_f32
+    except (ImportError, AttributeError):
+        return None
+
+
 @torch.no_grad()
 def compute_prompt_logprobs(logits: torch.Tensor, next_token_ids: IndexLike, k: int
                             ) -> Tuple[torch.Tensor, Optional[torch.Tensor],
