@@ -323,6 +323,7 @@ case "$SUITE" in
       --ttft-repeats 3 --guided-decoding-overlap --output-json "$OUT/so_real_on.json" ;;
   so1209c)  # the mask channel: each way of holding a stream for the host (its own process
     # each), the bitmask tests, then SmolLM2's shapes with the channel off and on (profiled)
+    [ -f .gprof/replay.py ] && step fill_replay 60 python .gprof/replay.py .sotok
     step wait_variants 260 python benchmarks/guided_mask_sync_probe.py --variants \
       --output-json "$OUT/wait_variants.json"
     kernel_tests bitmask_tests 120 -x $K/test_token_bitmask.py
@@ -331,6 +332,13 @@ case "$SUITE" in
       step so_sm_$ov 100 python benchmarks/structured_output.py --model .sotok --load-format dummy \
         --tokenizer .sotok --device cuda --dtype bfloat16 --backends xgrammar --num-prompts 64 \
         --max-tokens 128 --ttft-repeats 3 $flag --profile-dir "$OUT/prof_$ov" --output-json "$OUT/so_sm_$ov.json"
+    done
+    python benchmarks/synthetic_tokenizer.py --vocab-size 128256 --out /tmp/tok8b >> "$OUT/setup.log" 2>&1
+    for ov in off on; do   # Llama-3-8B's shapes: a step long enough to hide the host's mask work
+      flag=; [ $ov = on ] && flag=--guided-decoding-overlap
+      step so_8b_$ov 120 python benchmarks/structured_output.py --model $M8 --load-format dummy \
+        --tokenizer /tmp/tok8b --device cuda --dtype bfloat16 --backends xgrammar --num-prompts 64 \
+        --max-tokens 128 --ttft-repeats 3 $flag --output-json "$OUT/so_8b_$ov.json"
     done ;;
   h200spy)  # H200: rate inf, 1000 prompts, the front-end process's GIL holder sampled with py-spy
     SPY=${SPY:-20} serving "inf 1000" ;;
