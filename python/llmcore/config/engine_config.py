@@ -107,7 +107,7 @@ class StructuredOutputConfig:
     # at most 8; the other backends fill row by row)
     fill_threads: int = 0
     # GPUs: queue a guided step's sampling behind a device-side wait for the host's mask
-    # (model_runner/grammar_mask.py). Off: unverified on a GPU since its last fix.
+    # (model_runner/grammar_mask.py; --guided-decoding-overlap). Opt-in: see that module.
     overlap_mask_wait: bool = False
 
 
