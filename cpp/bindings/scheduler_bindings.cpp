@@ -75,6 +75,7 @@ void bind_scheduler(py::module_& m) {
       .def_readwrite("enable_prefix_caching", &SchedulerConfig::enable_prefix_caching)
       .def_readwrite("watermark", &SchedulerConfig::watermark)
       .def_readwrite("delay_factor", &SchedulerConfig::delay_factor)
+      .def_readwrite("num_micro_batches", &SchedulerConfig::num_micro_batches)
       .def_property(
           "preemption_mode",
           [](const SchedulerConfig& c) { return mode_name(c.preemption_mode); },
@@ -94,7 +95,8 @@ void bind_scheduler(py::module_& m) {
                ", enable_chunked_prefill=" + (c.enable_chunked_prefill ? "True" : "False") +
                ", enable_prefix_caching=" + (c.enable_prefix_caching ? "True" : "False") +
                ", preemption_mode='" + mode_name(c.preemption_mode) +
-               "', watermark=" + std::to_string(c.watermark) + ")";
+               "', watermark=" + std::to_string(c.watermark) +
+               ", num_micro_batches=" + std::to_string(c.num_micro_batches) + ")";
       });
 
   py::class_<SchedulerOutput, std::shared_ptr<SchedulerOutput>>(m, "SchedulerOutput")
@@ -213,6 +215,24 @@ void bind_scheduler(py::module_& m) {
             s.set_last_tokens(seq_ids.data(), token_ids.data(), static_cast<size_t>(seq_ids.size()));
           },
           py::arg("seq_ids"), py::arg("token_ids"))
+      .def(
+          "mark_in_flight",
+          [](Scheduler& s, const I64Array& seq_ids) {
+            if (seq_ids.ndim() != 1)
+              throw py::value_error("mark_in_flight: seq_ids must be one-dimensional");
+            s.mark_in_flight(seq_ids.data(), static_cast<size_t>(seq_ids.size()));
+          },
+          py::arg("seq_ids"))
+      .def(
+          "clear_in_flight",
+          [](Scheduler& s, const I64Array& seq_ids) {
+            if (seq_ids.ndim() != 1)
+              throw py::value_error("clear_in_flight: seq_ids must be one-dimensional");
+            s.clear_in_flight(seq_ids.data(), static_cast<size_t>(seq_ids.size()));
+          },
+          py::arg("seq_ids"))
+      .def("is_in_flight", &Scheduler::is_in_flight, py::arg("seq_id"))
+      .def("num_in_flight", &Scheduler::num_in_flight)
       .def("finish_seq", &Scheduler::finish_seq, py::arg("seq_id"))
       .def("abort_request", &Scheduler::abort_request, py::arg("request_id"))
       .def("schedule", &Scheduler::schedule, py::arg("now") = 0.0)

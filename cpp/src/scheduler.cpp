@@ -27,6 +27,7 @@ void SchedulerConfig::validate() const {
   if (!(watermark >= 0.0 && watermark < 1.0))
     throw std::invalid_argument("watermark must be in [0, 1)");
   if (!(delay_factor >= 0.0)) throw std::invalid_argument("delay_factor must be >= 0");
+  if (num_micro_batches < 1) throw std::invalid_argument("num_micro_batches must be >= 1");
   if (preemption_mode != PreemptionMode::kRecompute &&
       preemption_mode != PreemptionMode::kSwap)
     throw std::invalid_argument("bad preemption_mode");
@@ -104,6 +105,7 @@ void Scheduler::commit_tokens(Sequence* s, int32_t n) {
   (prefill ? prefills_ : decodes_).push_back(Scheduled{s, c, n});
   s->num_computed = c + n;
   if (cfg_.enable_prefix_caching) register_full_blocks(s);
+  if (cfg_.num_micro_batches > 1) set_in_flight(s, true);
 }
 
 Scheduler::RunResult Scheduler::schedule_running(Request* r, bool allow_preempt) {
@@ -114,6 +116,7 @@ Scheduler::RunResult Scheduler::schedule_running(Request* r, bool allow_preempt)
   int seqs_left = seq_budget_;
   int need = 0;
   for (Sequence* s : r->seqs) {
+    if (s->in_flight) continue;  // its micro-batch has not come back
     const int32_t c = s->num_computed;
     const int32_t rem = static_cast<int32_t>(s->tokens.size()) - c;
     if (rem <= 0) continue;  // waiting for its sampled token
@@ -141,8 +144,9 @@ Scheduler::RunResult Scheduler::schedule_running(Request* r, bool allow_preempt)
     need += std::min(p.second, alloc_.ref_count(p.first) - 1);
 
   while (!alloc_.can_allocate(need)) {
-    if (!allow_preempt || running_.empty()) return RunResult::kSkipped;
-    Request* victim = running_.back();
+    if (!allow_preempt) return RunResult::kSkipped;
+    Request* victim = pick_victim(r);
+    if (victim == nullptr) return RunResult::kSkipped;
     preempt(victim);
     if (victim == r) return RunResult::kSelfPreempted;
   }
@@ -154,6 +158,20 @@ Scheduler::RunResult Scheduler::schedule_running(Request* r, bool allow_preempt)
 
 // ---------------------------------------------------------------------------
 // Preemption
+
+Request* Scheduler::pick_victim(const Request* r) const {
+  // The last running request (lowest priority, latest arrival) that holds no in-flight
+  // sequence, never one before r. r itself is the last resort, but not while a request
+  // after it is in flight: r waits for that one to come back (and be the victim) instead.
+  bool behind_in_flight = false;
+  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+    Request* v = *it;
+    if (v == r) return (behind_in_flight || v->num_in_flight) ? nullptr : v;
+    if (v->num_in_flight == 0) return v;
+    behind_in_flight = true;
+  }
+  return nullptr;
+}
 
 void Scheduler::preempt(Request* victim) {
   auto it = std::find(running_.rbegin(), running_.rend(), victim);
@@ -286,7 +304,10 @@ bool Scheduler::try_swap_in(Request* r) {
 bool Scheduler::try_admit(Request* r) {
   const int bs = cfg_.block_size;
   const int nseq = static_cast<int>(r->seqs.size());
-  if (num_running_seqs_ + nseq > cfg_.max_num_seqs || nseq > seq_budget_) return false;
+  if (num_running_seqs_ + nseq > cfg_.max_num_seqs) return false;
+  // a request of more sequences than a micro-batch's share (a preempted n > 1 group) is
+  // admitted into a micro-batch of its own rather than never
+  if (nseq > seq_budget_ && seq_budget_ != step_seq_budget_) return false;
   plan_.clear();
   hit_scratch_.clear();
   const bool cache = caching_for(r);
@@ -377,6 +398,17 @@ std::shared_ptr<SchedulerOutput> Scheduler::schedule(double now) {
   decodes_.clear();
   token_budget_ = cfg_.max_num_batched_tokens;
   seq_budget_ = cfg_.max_num_seqs;
+  if (cfg_.num_micro_batches > 1) {
+    // About 1/M of the live sequences (running, and one per waiting or swapped request),
+    // so that M micro-batches share them evenly. The token budget stays whole: it bounds
+    // one forward's activations, and each micro-batch is one forward.
+    const int m = cfg_.num_micro_batches;
+    const int live = std::min(cfg_.max_num_seqs,
+                              num_running_seqs_ + static_cast<int>(waiting_.size()) +
+                                  static_cast<int>(swapped_.size()));
+    seq_budget_ = std::max(1, (live + m - 1) / m);
+  }
+  step_seq_budget_ = seq_budget_;
   preempted_this_step_ = false;
 
   // 1. Running requests (decodes and continuing prefill chunks) first.

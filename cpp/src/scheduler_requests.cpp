@@ -78,7 +78,41 @@ void Scheduler::fork(int64_t parent_seq_id, int64_t child_seq_id) {
   p->req->seqs.push_back(c);
   ++num_running_seqs_;
   seqs_.emplace(child_seq_id, std::move(child));
+  // forked from a sample of a launched step: the child's first token comes with it
+  if (p->in_flight) set_in_flight(c, true);
 }
+
+void Scheduler::set_in_flight(Sequence* s, bool on) {
+  if (s->in_flight == on) return;
+  s->in_flight = on;
+  const int d = on ? 1 : -1;
+  s->req->num_in_flight += d;
+  num_in_flight_ += d;
+}
+
+void Scheduler::mark_in_flight(const int64_t* seq_ids, size_t n) {
+  resolve_seqs(seq_ids, n);
+  const uint32_t stamp = ++op_stamp_;
+  for (size_t i = 0; i < n; ++i) {
+    Sequence* s = update_scratch_[i];
+    const std::string sid = "mark_in_flight: seq " + std::to_string(seq_ids[i]);
+    if (s->op_stamp == stamp) throw std::invalid_argument(sid + " given twice");
+    s->op_stamp = stamp;
+    if (s->in_flight) throw std::invalid_argument(sid + " is in flight already");
+    if (s->req->state != RequestState::kRunning)
+      throw std::invalid_argument(sid + " is not running");
+  }
+  for (size_t i = 0; i < n; ++i) set_in_flight(update_scratch_[i], true);
+}
+
+void Scheduler::clear_in_flight(const int64_t* seq_ids, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    auto it = seqs_.find(seq_ids[i]);
+    if (it != seqs_.end()) set_in_flight(it->second.get(), false);
+  }
+}
+
+bool Scheduler::is_in_flight(int64_t seq_id) const { return find_seq(seq_id)->in_flight; }
 
 void Scheduler::remove_from_queue(Request* r) {
   switch (r->state) {
@@ -99,6 +133,7 @@ void Scheduler::remove_from_queue(Request* r) {
 void Scheduler::finish_seq(int64_t seq_id) {
   Sequence* s = find_seq(seq_id);
   Request* r = s->req;
+  set_in_flight(s, false);  // its blocks go now (see mark_in_flight in scheduler.h)
   free_seq_blocks(s);
   if (r->state == RequestState::kRunning) --num_running_seqs_;
   r->seqs.erase(std::find(r->seqs.begin(), r->seqs.end(), s));
@@ -120,6 +155,7 @@ std::vector<int64_t> Scheduler::abort_request(int64_t request_id) {
     num_running_seqs_ -= static_cast<int>(r->seqs.size());
   for (Sequence* s : r->seqs) {
     removed.push_back(s->seq_id);
+    set_in_flight(s, false);  // its blocks go now (see mark_in_flight in scheduler.h)
     free_seq_blocks(s);
   }
   for (int64_t sid : removed) seqs_.erase(sid);
@@ -154,6 +190,7 @@ void Scheduler::check_invariants() const {
   std::vector<int32_t> cpu_owners(static_cast<size_t>(cfg_.num_cpu_blocks), 0);
   size_t nseqs = 0;
   int running_seqs = 0;
+  int in_flight = 0;
   for (const auto& kv : requests_) {
     const Request* r = kv.second.get();
     const std::string rid = "request " + std::to_string(r->request_id);
@@ -173,6 +210,13 @@ void Scheduler::check_invariants() const {
         if (!swapped_.count(rp)) violation(rid + " is swapped but not in the swapped queue");
         break;
     }
+    int req_in_flight = 0;
+    for (const Sequence* s : r->seqs)
+      if (s->in_flight) ++req_in_flight;
+    if (req_in_flight != r->num_in_flight) violation(rid + " in-flight counter is off");
+    if (req_in_flight && r->state != RequestState::kRunning)
+      violation(rid + " holds an in-flight sequence but is not running");
+    in_flight += req_in_flight;
     for (const Sequence* s : r->seqs) {
       ++nseqs;
       const std::string sid = "seq " + std::to_string(s->seq_id);
@@ -233,6 +277,7 @@ void Scheduler::check_invariants() const {
   if (waiting_.size() + running_.size() + swapped_.size() != requests_.size())
     violation("queue sizes do not add up to the number of requests");
   if (running_seqs != num_running_seqs_) violation("running sequence counter is off");
+  if (in_flight != num_in_flight_) violation("in-flight sequence counter is off");
   for (size_t i = 1; i < running_.size(); ++i)
     if (RunOrder()(running_[i], running_[i - 1])) violation("running queue out of order");
   for (int b = 0; b < cfg_.num_device_blocks; ++b)

@@ -31,6 +31,13 @@ struct SchedulerConfig {
   // step that admitted prompts, so that arrivals batch into fewer prefill steps and decodes
   // are not interrupted by every single one. 0 = admit at once.
   double delay_factor = 0.0;
+  // Pipeline parallelism: up to this many micro-batches in flight at once, each holding a
+  // disjoint set of sequences (vLLM's virtual engines; = the pipeline-parallel size). With
+  // more than one, schedule() marks every sequence it schedules in flight (see
+  // mark_in_flight) and gives each micro-batch about 1/num_micro_batches of the live
+  // sequences, so that the micro-batches stay balanced. 1: every step is complete before
+  // the next is scheduled (nothing is marked).
+  int num_micro_batches = 1;
 
   // Throws std::invalid_argument on a bad configuration.
   void validate() const;
@@ -139,6 +146,21 @@ class Scheduler {
   void finish_seq(int64_t seq_id);
   std::vector<int64_t> abort_request(int64_t request_id);
 
+  // Micro-batches (pipeline parallelism). An in-flight sequence is one whose step was
+  // launched and has not come back: schedule() skips it, and never preempts (recompute or
+  // swap) a request holding one. schedule() marks what it schedules itself when
+  // num_micro_batches > 1; a fork inherits its parent's mark. mark_in_flight validates
+  // every id first (unknown, given twice, already in flight or not running:
+  // std::invalid_argument). clear_in_flight, when the step came back, skips ids no longer
+  // live (finished or aborted meanwhile) and ids not in flight. finish_seq /
+  // abort_request release an in-flight sequence's blocks at once: every pipeline stage
+  // runs the micro-batches in launch order, so a later micro-batch that reuses the blocks
+  // writes them only after the in-flight one is done with them on that stage.
+  void mark_in_flight(const int64_t* seq_ids, size_t n);
+  void clear_in_flight(const int64_t* seq_ids, size_t n);
+  bool is_in_flight(int64_t seq_id) const;
+  int num_in_flight() const { return num_in_flight_; }
+
   // The returned object is recycled by a later schedule() once the caller
   // dropped every reference to it. now: the caller's clock, on the scale of the
   // arrival times (the scheduler reads no clock); only delay_factor > 0 uses it.
@@ -199,6 +221,8 @@ class Scheduler {
   void register_full_blocks(Sequence* s);
 
   RunResult schedule_running(Request* r, bool allow_preempt);
+  Request* pick_victim(const Request* r) const;  // nullptr: none may be preempted
+  void set_in_flight(Sequence* s, bool on);
   bool try_swap_in(Request* r);
   bool try_admit(Request* r);
   void commit_tokens(Sequence* s, int32_t n);  // allocation (+CoW) done by caller
@@ -228,6 +252,7 @@ class Scheduler {
   int num_running_seqs_ = 0;
   uint64_t next_seqno_ = 0;
   int64_t num_preemptions_ = 0;
+  int num_in_flight_ = 0;
   // delay_factor: when the last step that admitted prompts was scheduled, and its latency
   bool prev_step_admitted_ = false;
   double prev_schedule_time_ = 0.0;
@@ -242,6 +267,7 @@ class Scheduler {
   int last_pooled_ = -1;
   int token_budget_ = 0;
   int seq_budget_ = 0;
+  int step_seq_budget_ = 0;  // seq_budget_ at the start of the step
   bool preempted_this_step_ = false;
   std::vector<Planned> plan_;
   std::vector<Scheduled> prefills_;

@@ -19,6 +19,7 @@ struct Sequence {
   int32_t num_registered = 0;        // leading full blocks offered to the prefix cache
   int32_t num_placeholders = 0;      // trailing window that may hold unknown values
   bool is_new = true;                // next scheduling must (re)build runner state
+  bool in_flight = false;            // in a launched micro-batch that has not come back
   uint32_t op_stamp = 0;             // duplicate-id detection in batched calls
   uint64_t table_version = 0;        // changes whenever block_table changes other than by appends
   std::vector<int32_t> block_table;      // device blocks (running)
@@ -34,6 +35,7 @@ struct Request {
   bool allow_prefix_cache = true;
   bool front = false;  // recompute-preempted: goes before equal-priority waiters
   uint64_t seqno = 0;  // add order, final tie break
+  int32_t num_in_flight = 0;  // live sequences with in_flight set: never preempted
   RequestState state = RequestState::kWaiting;
   std::vector<Sequence*> seqs;  // live sequences
 };
