@@ -65,6 +65,10 @@ class SchedulerConfig:
     preemption_mode: str              # "recompute" | "swap"
     async_scheduling: bool            # resolved: overlap the host side with the device
     scheduler_delay_factor: float = 0.0
+    # Internal (no flag): steps in flight at once, each a disjoint micro-batch of sequences
+    # (engine/micro_batches.py). None: the pipeline-parallel size, as vLLM; 1 forces one
+    # step at a time (a benchmark's baseline).
+    num_micro_batches: Optional[int] = None
 
 
 @dataclass

@@ -18,6 +18,13 @@ token: in the pipelined loop the runner launches step k's forward and waits to s
 (defer_sampling) until the core, having read step k-1's tokens meanwhile, sends the mask.
 Executors that cannot defer (multiprocess) run synchronous steps while a constrained
 request is live.
+
+Pipeline parallelism (M stages): up to M synchronous steps ("micro-batches", disjoint sets
+of sequences) are in flight at once, so that every stage has work (engine/micro_batches.py);
+a step() launches micro-batches until M are out or nothing more can be scheduled, then
+completes the oldest. Every kind of request runs in them: a sequence's grammar mask is
+filled when its micro-batch is launched, from the tokens it had when its previous one came
+back. Async scheduling (device-side tokens) is not used with M > 1.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from llmcore.config.engine_config import EngineConfig
 from llmcore.config.pooler_config import PoolerConfig, check_task
 from llmcore.engine.core_state import CoreRequest, CoreSeq, OutputBatch
 from llmcore.engine.core_types import EngineCoreOutputs, EngineCoreRequest, SchedulerStats
+from llmcore.engine.micro_batches import LaunchedStep, MicroBatchQueue
 from llmcore.executor import Executor
 from llmcore.model_runner.step_io import NewSeq, PoolingJob, PromptLogprobJob, StepInput
 from llmcore.structured_output.manager import StructuredOutputManager
@@ -51,6 +59,12 @@ def _grammar_manager(config: EngineConfig, eos_token_id: Optional[int]) -> Struc
     stop = ([eos_token_id] if eos_token_id is not None else []) + list(mc.eos_token_ids or [])
     return StructuredOutputManager(config.structured_output_config, load, mc.vocab_size,
                                    list(dict.fromkeys(stop)))
+
+
+def _moves_blocks(plan) -> bool:
+    """Whether a plan that runs no sequence still swaps or copies blocks."""
+    return bool(len(plan.blocks_to_swap_in) or len(plan.blocks_to_swap_out)
+                or len(plan.blocks_to_copy))
 
 
 class EngineCore:
@@ -79,7 +93,15 @@ class EngineCore:
         cfg.enable_prefix_caching = cc.enable_prefix_caching
         cfg.preemption_mode = sc.preemption_mode
         cfg.delay_factor = sc.scheduler_delay_factor
+        # micro-batches in flight: one per pipeline stage (SchedulerConfig.num_micro_batches
+        # overrides it, e.g. 1 for a benchmark's baseline)
+        m = sc.num_micro_batches
+        cfg.num_micro_batches = m = config.parallel_config.pipeline_parallel_size if m is None \
+            else m
+        if m < 1:
+            raise ValueError(f"num_micro_batches must be >= 1, got {m}")
         self.scheduler = _core.Scheduler(cfg)
+        self._micro_batches = MicroBatchQueue(m) if m > 1 else None
         self.num_device_blocks, self.num_cpu_blocks = num_device, num_cpu
         self.max_model_len = sc.max_model_len
         self.async_scheduling = sc.async_scheduling
@@ -210,7 +232,7 @@ class EngineCore:
         if self._awaiting_grammar:
             self._admit_compiled(batch)
             if self._awaiting_grammar and len(self._awaiting_grammar) == len(self.requests) \
-                    and self._inflight is None:
+                    and self._inflight is None and not self._micro_batches:
                 # nothing else to run: wait for a compile instead of spinning
                 self.grammars.wait_any([r.grammar for r in self._awaiting_grammar.values()],
                                        timeout=0.05)
@@ -219,7 +241,9 @@ class EngineCore:
                     self._update_stats()
                     return EngineCoreOutputs(outputs=batch.finish(), stats=self._stats,
                                              timestamp=time.time())
-        if self.async_scheduling and self._num_unpipelinable == 0:
+        if self._micro_batches is not None:
+            self._step_micro_batches(batch)
+        elif self.async_scheduling and self._num_unpipelinable == 0:
             self._step_pipelined(batch)
         else:
             if self._inflight is not None:
@@ -242,14 +266,34 @@ class EngineCore:
         return StepInput(plan=plan, new_seqs=new, finished_seq_ids=gone, **kw)
 
     def _step_sync(self, batch: OutputBatch) -> None:
+        launched = self._prepare_step()
+        if launched is not None:
+            self._complete_step(launched, batch)
+
+    def _step_micro_batches(self, batch: OutputBatch) -> None:
+        """Launch micro-batches until M are in flight or nothing more can be scheduled,
+        then complete the oldest (its outputs are this step's)."""
+        queue = self._micro_batches
+        while not queue.full:
+            launched = self._prepare_step()
+            if launched is None:
+                break
+            queue.push(launched)
+        if queue:
+            self._complete_step(queue.pop_oldest(), batch)
+
+    def _prepare_step(self) -> Optional[LaunchedStep]:
+        """Schedule and launch a synchronous step; None when it holds no sequence."""
         plan = self.scheduler.schedule(time.time())
+        micro = self._micro_batches is not None
         if plan.num_seqs == 0:
-            self.executor.execute_model(self._step_input(plan))  # swaps only, if any
-            return
+            if not micro or _moves_blocks(plan):
+                self.executor.execute_model(self._step_input(plan))  # swaps only, if any
+            return None
         seq_ids = np.asarray(plan.seq_ids)
         qsl = np.asarray(plan.query_start_loc)
         sample_pos = np.flatnonzero(np.asarray(plan.do_sample))
-        normal, normal_rows = [], []
+        normal, normal_rows, forked = [], [], []
         for pos, sid in zip(sample_pos.tolist(), seq_ids[sample_pos].tolist()):
             req, seq = self._seqs[sid]
             row = int(qsl[pos + 1] - 1)
@@ -257,7 +301,9 @@ class EngineCore:
                 continue  # pooled below, not sampled
             if req.pending_fork:
                 req.pending_fork = False
-                for child in [seq] + self._fork_children(req, seq):
+                children = self._fork_children(req, seq)
+                forked += children
+                for child in [seq] + children:
                     normal.append((req, child))
                     normal_rows.append(row)
             else:
@@ -273,19 +319,41 @@ class EngineCore:
                                 prompt_logprob_jobs=jobs, grammar_bitmask=bitmask,
                                 grammar_rows=np.asarray(g_rows, dtype=np.int64) if g_rows else None,
                                 pooling_jobs=self._pooling_jobs(plan, seq_ids, qsl))
-        out = self.executor.execute_model(step).get()
+        launched = LaunchedStep(self.executor.execute_model(step), normal, jobs,
+                                step.pooling_jobs)
+        if micro:
+            # (copies: the plan's arrays are views of an output the scheduler recycles)
+            launched.in_flight_seq_ids = np.concatenate(
+                [seq_ids, np.asarray([c.seq_id for c in forked], dtype=np.int64)])
+            launched.job_requests = [self.requests[j.request_id] for j in jobs]
+        self._stats.prompt_tokens_total += int(qsl[plan.num_prefill_seqs])
+        return launched
+
+    def _complete_step(self, launched: LaunchedStep, batch: OutputBatch) -> None:
+        """Wait for a launched step's output; its tokens, stops and scheduler updates."""
+        out = launched.pending.get()
+        jobs = launched.prompt_logprob_jobs
+        micro = launched.in_flight_seq_ids is not None
+        if micro:
+            self.scheduler.clear_in_flight(launched.in_flight_seq_ids)
+            # before the samples, which may finish the request; a request aborted while
+            # the micro-batch was out gets nothing
+            for job, req, res in zip(jobs, launched.job_requests, out.prompt_logprobs):
+                if not req.finished:
+                    batch.prompt_logprobs(job, res, req.seqs[0])
         if out.pooled is not None:
-            self._finish_pooled(step.pooling_jobs, out.pooled, batch)
+            self._finish_pooled(launched.pooling_jobs, out.pooled, batch)
         upd_ids: list = []
         upd_tokens: list = []
-        if normal:
-            self._process_samples(normal, out, batch, upd_ids, upd_tokens)
-        for job, res in zip(jobs, out.prompt_logprobs):
-            batch.prompt_logprobs(job, res, self._sample0(job.request_id))
+        if launched.normal:
+            self._process_samples(launched.normal, out, batch, upd_ids, upd_tokens,
+                                  skip_aborted=micro)
+        if not micro:
+            for job, res in zip(jobs, out.prompt_logprobs):
+                batch.prompt_logprobs(job, res, self._sample0(job.request_id))
         if upd_ids:
             self.scheduler.update(np.asarray(upd_ids, dtype=np.int64),
                                   np.asarray(upd_tokens, dtype=np.int32))
-        self._stats.prompt_tokens_total += int(qsl[plan.num_prefill_seqs])
 
     # ---------------------------------------------------------------- pipelined step
     def _step_pipelined(self, batch: OutputBatch) -> None:
@@ -439,9 +507,12 @@ class EngineCore:
             return "length", None
         return None, None
 
-    def _process_samples(self, normal, out, batch, upd_ids, upd_tokens) -> None:
+    def _process_samples(self, normal, out, batch, upd_ids, upd_tokens,
+                         skip_aborted: bool = False) -> None:
         tokens, lps, top = out.sampled_token_ids, out.logprobs, out.topk
         for i, (req, seq) in enumerate(normal):
+            if skip_aborted and req.finished:
+                continue  # aborted while its micro-batch was in flight
             tok = tokens[i]
             self._append_token(req, seq, tok, lps[i], top, i, batch)
             if seq.finished:
@@ -514,7 +585,10 @@ class EngineCore:
         """The vectors of the pooling requests whose prompt ended this step finish them."""
         done = [j for j in jobs if j.last]
         for job, vec in zip(done, pooled):
-            req, seq = self._seqs[job.seq_id]
+            entry = self._seqs.get(job.seq_id)
+            if entry is None:
+                continue  # aborted while its micro-batch was in flight
+            req, seq = entry
             batch.pooled(req, np.ascontiguousarray(vec, dtype="<f4").tobytes())
             seq.finished = True
             self._finish_seq(req, seq)
