@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+from typing import Optional
 
 import pytest
 
@@ -83,3 +84,76 @@ def test_bad_pipeline_settings_fail_before_any_worker_starts(tiny_llama3):
     with pytest.raises(ValueError, match="intermediate size 131 is not divisible by "
                                          "--tensor-parallel-size 2"):
         cfg.validate()
+
+
+def _mixed_requests() -> list:
+    """8 prompts of different lengths: greedy, one with n = 2 (seeded sampling), one with
+    prompt logprobs."""
+    from llmcore import SamplingParams
+    out = []
+    for i in range(8):
+        prompt = list(range(3 + 11 * i, 3 + 11 * i + 5 + 9 * (i % 4)))
+        kw = dict(temperature=0.0, max_tokens=10 + 2 * (i % 5), ignore_eos=True)
+        if i == 2:
+            kw.update(temperature=1.0, seed=3, n=2)
+        if i == 5:
+            kw.update(prompt_logprobs=1)
+        out.append((str(i), prompt, SamplingParams(**kw)))
+    return out
+
+
+def _run_mixed(llm, abort: Optional[str] = None) -> dict:
+    """request id -> (token ids of each sample, prompt logprob keys); `abort` is aborted at
+    the first step end where one of its sequences is in a micro-batch in flight."""
+    eng = llm.llm_engine
+    for rid, prompt, params in _mixed_requests():
+        req = eng.make_request(rid, {"prompt_token_ids": prompt}, params)
+        req.stream_outputs = False
+        eng.add_processed_request(req)
+    core, final, steps = eng.core, {}, 0
+    while eng.has_unfinished_requests():
+        for out in eng.step():
+            if out.finished:
+                pl = [None if p is None else sorted(p) for p in (out.prompt_logprobs or [])]
+                final[out.request_id] = ([list(c.token_ids) for c in out.outputs], pl)
+        steps += 1
+        req = core.requests.get(abort) if abort is not None and steps >= 2 else None
+        if req is not None and any(core.scheduler.is_in_flight(s.seq_id) for s in req.seqs):
+            eng.abort_request(abort)
+            final["aborted in flight"] = True
+        assert steps < 400
+    return final
+
+
+def test_pipeline_micro_batches_many_requests(tiny_llama3):
+    # a small KV pool: preemption (recompute) too; chunked prefill with small chunks
+    kw = dict(num_gpu_blocks_override=14, block_size=8, enable_chunked_prefill=True,
+              max_num_batched_tokens=32)
+    ref_llm = cpu_llm(tiny_llama3, 1, 1, **kw)
+    ref = _run_mixed(ref_llm)
+    del ref_llm
+    llm = cpu_llm(tiny_llama3, 1, 2, **kw)
+    core = llm.llm_engine.core
+    ex = core.executor
+    assert core.scheduler.config.num_micro_batches == 2
+    launch, most = ex.execute_model, []
+
+    def counting(step):
+        out = launch(step)
+        most.append(len(ex._unread))
+        return out
+
+    ex.execute_model = counting
+    got = _run_mixed(llm, abort="6")
+    assert got.pop("aborted in flight") and "6" not in got
+    ref.pop("6")
+    assert got == ref
+    assert len(got["2"][0]) == 2 and got["2"][0][0] != got["2"][0][1]
+    assert max(most) == 2                          # two micro-batches were out at once
+    assert core.scheduler.num_preemptions() > 0
+    s = core.scheduler
+    assert s.num_in_flight() == 0 and not s.has_unfinished()
+    assert s.num_free_device_blocks() == core.num_device_blocks   # no leaked block
+    s.check_invariants()
+    del llm, core, ex
+    gc.collect()

@@ -1,6 +1,9 @@
 """Guided decoding with tensor parallelism (the multiprocess executor): the mask travels in
 the step input to every worker. A scripted backend (token 10 + i at step i) on a tiny random
-Llama needs no tokenizer; a free request in the same batch keeps its TP=1 tokens."""
+Llama needs no tokenizer; a free request in the same batch keeps its TP=1 tokens. With
+pipeline parallelism the steps are micro-batches in flight two at a time: each guided
+sequence's mask is filled when its micro-batch is launched, after its previous token came
+back."""
 
 from __future__ import annotations
 
@@ -56,15 +59,16 @@ def tiny_llama(tmp_path, monkeypatch):
     return str(tmp_path)
 
 
-def _run(folder, tp):
-    llm = LLM(model=folder, tensor_parallel_size=tp, skip_tokenizer_init=True, device="cpu",
-              dtype="float32", max_model_len=128, cpu_kv_cache_space=0.01, max_num_seqs=8, seed=0)
+def _run(folder, tp, pp=1, copies=1):
+    llm = LLM(model=folder, tensor_parallel_size=tp, pipeline_parallel_size=pp,
+              skip_tokenizer_init=True, device="cpu", dtype="float32", max_model_len=128,
+              cpu_kv_cache_space=0.01, max_num_seqs=8, seed=0)
     try:
         free = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
         guided = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True,
                                 guided_decoding=GuidedDecodingParams(regex="scripted"))
-        outs = llm.generate(prompt_token_ids=[list(range(3, 9)), list(range(20, 31))],
-                            sampling_params=[free, guided], use_tqdm=False)
+        outs = llm.generate(prompt_token_ids=[list(range(3, 9)), list(range(20, 31))] * copies,
+                            sampling_params=[free, guided] * copies, use_tqdm=False)
         return [list(o.outputs[0].token_ids) for o in outs]
     finally:
         llm.llm_engine.core.shutdown()
@@ -76,3 +80,10 @@ def test_tp2_mask_reaches_the_workers(tiny_llama):
     assert tp1[1] == tp2[1] == list(range(10, 16))
     assert tp2[0] == tp1[0]
     assert not np.array_equal(tp1[0], list(range(10, 16)))
+
+
+def test_pp2_micro_batches_fill_each_mask_after_the_previous_token(tiny_llama):
+    pp1 = _run(tiny_llama, 1, copies=2)
+    pp2 = _run(tiny_llama, 1, pp=2, copies=2)
+    assert pp2 == pp1
+    assert pp2[1] == pp2[3] == list(range(10, 16))
