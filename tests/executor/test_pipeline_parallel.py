@@ -145,6 +145,7 @@ def test_pipeline_micro_batches_many_requests(tiny_llama3):
 
     ex.execute_model = counting
     got = _run_mixed(llm, abort="6")
+    del ex.execute_model, counting, launch   # (they hold the executor)
     assert got.pop("aborted in flight") and "6" not in got
     ref.pop("6")
     assert got == ref
@@ -155,5 +156,7 @@ def test_pipeline_micro_batches_many_requests(tiny_llama3):
     assert s.num_in_flight() == 0 and not s.has_unfinished()
     assert s.num_free_device_blocks() == core.num_device_blocks   # no leaked block
     s.check_invariants()
-    del llm, core, ex
+    pids = ex.worker_pids
+    del llm, core, ex, s
     gc.collect()
+    assert not any(alive(p) for p in pids)

@@ -1,5 +1,6 @@
 """The Ray executor on the CPU (gloo, fp32) against one module-wide local Ray cluster
-(2 CPUs: the ray_cluster fixture): TP=2 gives TP=1's greedy tokens, sync and async;
+(2 CPUs: the ray_cluster fixture): TP=2 gives TP=1's greedy tokens, sync and async, and so
+does PP=2 with two micro-batches in flight;
 deletion leaves no actor and no placement group; a killed or raising actor fails the
 engine naming its rank; joining vs starting a cluster; the backend flags resolve as
 vLLM's."""
@@ -61,6 +62,28 @@ def test_tp2_greedy_tokens_equal_tp1_and_shutdown_releases_everything(
     wait_exited(pids)
     assert _pg_state(pg) == "REMOVED"
     assert ray.is_initialized()                 # not ours to shut down
+
+
+def test_pp2_micro_batches_two_in_flight_give_tp1_tokens(ray_cluster, tiny_llama, tp1_tokens):
+    # pipeline stages as actors: two micro-batches out at once, answered in launch order
+    llm = cpu_llm(tiny_llama, 1, 2, distributed_executor_backend="ray")
+    ex = _ray_executor(llm)
+    assert llm.llm_engine.core.scheduler.config.num_micro_batches == 2
+    launch, most = ex.execute_model, []
+
+    def counting(step):
+        out = launch(step)
+        most.append(len(ex._unread))
+        return out
+
+    ex.execute_model = counting
+    assert greedy_tokens(llm) == tp1_tokens
+    assert max(most) == 2
+    del ex.execute_model, counting, launch   # (they hold the executor)
+    pids = ex.worker_pids
+    del llm, ex
+    gc.collect()
+    wait_exited(pids)
 
 
 def test_async_scheduling_then_a_killed_actor_fails_the_engine_naming_its_rank(
