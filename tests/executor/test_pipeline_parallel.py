@@ -1,8 +1,10 @@
 """Pipeline (and tensor x pipeline) parallelism with the mp executor on the CPU (gloo,
 fp32): a tiny random Llama of 3 layers (stages of 2 + 1 layers, 4 heads, 2 KV heads)
-gives the single-process greedy tokens with PP=2 and TP=2 x PP=2, sync and async
-scheduling; --max-parallel-loading-workers sequences the ranks' weight loading; no
-worker outlives deletion or a killed peer."""
+gives the single-process greedy tokens with PP=2 and TP=2 x PP=2 (two micro-batches in
+flight; async scheduling is not used with them), also for a mix of many requests with an
+abort, preemption and chunked prefill, and with one step at a time (async: the sampled
+ids go back from the last stage to the first); --max-parallel-loading-workers sequences
+the ranks' weight loading; no worker outlives deletion or a killed peer."""
 
 from __future__ import annotations
 
@@ -63,6 +65,35 @@ def test_pipeline_greedy_tokens_equal_one_process(tiny_llama3, reference_tokens,
     del llm, ex
     gc.collect()
     assert not any(alive(p) for p in pids)
+
+
+def test_pipeline_one_micro_batch_async_keeps_the_device_token_path(tiny_llama3,
+                                                                      reference_tokens):
+    # num_micro_batches = 1 (internal): one step at a time, as before micro-batches; with
+    # async scheduling the last stage sends the sampled ids back to stage 0
+    from llmcore.config import EngineArgs
+    from llmcore.engine.core import EngineCore
+    from llmcore.engine.core_types import EngineCoreRequest
+    from tiny_llama import CPU_ENGINE_ARGS, PROMPTS, greedy_params
+
+    cfg = EngineArgs(model=tiny_llama3, pipeline_parallel_size=2, async_scheduling=True,
+                     **CPU_ENGINE_ARGS).create_engine_config()
+    cfg.scheduler_config.num_micro_batches = 1
+    core = EngineCore(cfg, eos_token_id=None)
+    try:
+        assert core._micro_batches is None
+        params = greedy_params(_MAX_TOKENS)
+        for i, p in enumerate(PROMPTS):
+            core.add_request(EngineCoreRequest(str(i), p, params, _MAX_TOKENS, 0.0))
+        tokens, pipelined = {str(i): [] for i in range(len(PROMPTS))}, 0
+        while core.has_unfinished_requests():
+            for o in core.step().outputs:
+                tokens[o.request_id] += o.new_token_ids
+            pipelined += core._inflight is not None
+        assert [tokens[str(i)] for i in range(len(PROMPTS))] == reference_tokens
+        assert pipelined > 0 and core.scheduler.num_in_flight() == 0
+    finally:
+        core.shutdown()
 
 
 def test_loading_waves():
