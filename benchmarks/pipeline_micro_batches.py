@@ -4,8 +4,9 @@ at a time (SchedulerConfig.num_micro_batches = 1, the engine before micro-batche
 same random prompts, greedy; the tokens of every pass are compared. Both engines are up at
 once and their passes alternate, so that a drift in a shared machine's load hits both.
 
-    python benchmarks/pipeline_micro_batches.py                  # SmolLM2-135M's shapes, dummy weights
-    python benchmarks/pipeline_micro_batches.py --pp 2 --num-prompts 32 --input-len 32 --output-len 64
+    python benchmarks/pipeline_micro_batches.py     # SmolLM2-135M's shapes, dummy weights
+    python benchmarks/pipeline_micro_batches.py --pp 2 --num-prompts 32 --input-len 32 \
+        --output-len 64 --repeats 3
 
 On the CPU each stage's process gets cpu_count / world_size threads (rank_worker.py).
 Prints a table and writes JSON (--output-json).
