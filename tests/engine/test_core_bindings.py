@@ -236,3 +236,23 @@ def test_block_allocator_binding():
     a.decref(b)
     assert a.num_free_blocks() == 4
     a.check_invariants()
+
+
+def test_micro_batch_in_flight_bindings():
+    cfg = make_cfg(num_micro_batches=2)
+    assert cfg.num_micro_batches == 2 and "num_micro_batches=2" in repr(cfg)
+    s = Scheduler(cfg)
+    for r in range(3):
+        s.add_request(r, r, np.arange(4, dtype=np.int32) + 10 * r)
+    a = s.schedule()
+    ids_a = a.seq_ids.tolist()
+    assert len(ids_a) == 2 and s.num_in_flight() == 2 and all(s.is_in_flight(i) for i in ids_a)
+    b = s.schedule()
+    assert not set(b.seq_ids.tolist()) & set(ids_a)
+    s.clear_in_flight(np.array(ids_a + [99], dtype=np.int64))   # 99: no longer live, skipped
+    assert s.num_in_flight() == 1
+    with pytest.raises(ValueError, match="in flight already"):
+        s.mark_in_flight(np.array(b.seq_ids, dtype=np.int64))
+    with pytest.raises(ValueError, match="one-dimensional"):
+        s.clear_in_flight(np.zeros((1, 1), dtype=np.int64))
+    s.check_invariants()
