@@ -113,10 +113,11 @@ def _run(core: EngineCore, requests: list, abort: tuple = ()) -> dict:
     while core.has_unfinished_requests():
         for o in core.step().outputs:
             got[(o.request_id, o.index)] += o.new_token_ids
-            if o.prompt_logprobs is not None:   # position -> target (a preempted chunked
-                # prefill may send positions again: pre-existing, not micro-batch specific)
+            if o.prompt_logprobs is not None:   # position -> target, each sent once (also
+                # when a preemption by recompute restarts a chunked prefill)
                 pl = got.setdefault(o.request_id, {})
                 for i, t in enumerate(o.prompt_logprobs.token_ids):
+                    assert o.prompt_logprobs_start + i not in pl, "a prompt position sent twice"
                     pl[o.prompt_logprobs_start + i] = t
         steps += 1
         req = core.requests.get(abort[1]) if abort and steps >= abort[0] else None

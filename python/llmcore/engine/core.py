@@ -555,11 +555,15 @@ class EngineCore:
             if req.prompt_logprobs_done or seq.index != 0:
                 continue
             plen = len(req.prompt_token_ids)
-            first, last = int(ctx[pos]), min(int(ctx[pos] + ntok[pos]), plen - 1)
+            start = int(ctx[pos])
+            first = max(start, req.prompt_logprobs_next)
+            last = min(start + int(ntok[pos]), plen - 1)
             if last > first:  # positions p predict prompt token p+1
-                jobs.append(PromptLogprobJob(req.request_id, first, last, int(qsl[pos]),
+                jobs.append(PromptLogprobJob(req.request_id, first, last,
+                                             int(qsl[pos]) + first - start,
                                              req.prompt_token_ids[first + 1:last + 1],
                                              req.params.prompt_logprobs))
+                req.prompt_logprobs_next = last
             if ctx[pos] + ntok[pos] >= plen:
                 req.prompt_logprobs_done = True
         return jobs

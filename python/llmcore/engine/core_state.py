@@ -30,6 +30,9 @@ class CoreRequest:
     seqs: list = field(default_factory=list)
     pending_fork: bool = False         # n/best_of > 1: children are forked at the first sample
     prompt_logprobs_done: bool = True
+    # prompt positions below this have had their logprobs sent (a preemption by recompute
+    # restarts the prefill from position 0; those positions are not sent again)
+    prompt_logprobs_next: int = 0
     finished: bool = False
     grammar: Any = None                # GrammarHandle under guided decoding, else None
     arrival_time: float = 0.0
