@@ -55,9 +55,8 @@ class HostMaskChannel:
         self.device = device
         self.width = int(width)
         self.timeout_ms = int(timeout_ms)
-        # its own mapped allocation: a flag in torch's pinned pool polled through
-        # cudaHostGetDevicePointer never released the device on an H100 (the address did not
-        # match the tensor's), while a tensor at the start of its block did
+        # a mapped allocation of its own (a flag in torch's pinned pool works too: the
+        # H100 failures blamed on it came from CUDA's lazy loading, see the module docstring)
         self._flag = ops.MappedHostFlag()
         self._flag_np = self._flag.value
         self._flag_dev = self._flag.device_ptr

@@ -356,10 +356,9 @@ class ModelRunner:
         apply_token_bitmask_(logits, t, self._grammar_row_index(rows))
 
     def _grammar_row_index(self, rows: np.ndarray) -> Optional[torch.Tensor]:
-        """None for rows 0..n-1 (sorted, distinct: the mask applies to a view, no gather),
-        else the rows as a device index."""
-        n = len(rows)
-        return None if (int(rows[0]) == 0 and int(rows[-1]) == n - 1) else self.index_tensor(rows)
+        """None for rows 0..n-1 (the mask applies to a view, no gather), else the rows as a
+        device index."""
+        return None if _rows_are_prefix(rows) else self.index_tensor(rows)
 
     # ------------------------------------------------------------------ one step
     @torch.inference_mode()
@@ -421,7 +420,7 @@ class ModelRunner:
         # every kernel the channel queues has been loaded before a hold.
         rows = step.grammar_rows
         random = self.sampling_state._random_slots
-        kind = (any(sl in random for sl in slots), int(rows[0]) == 0 and int(rows[-1]) == len(rows) - 1)
+        kind = (any(sl in random for sl in slots), _rows_are_prefix(rows))
         if kind not in self._mask_channel_kinds:
             self._mask_channel_kinds.add(kind)
             return None
@@ -490,3 +489,8 @@ class ModelRunner:
             prompt.append(compute_prompt_logprobs(logits[off:off + n], targets, j.k))
             off += n
         return PendingRunnerOutput(tensors, prompt)
+
+
+def _rows_are_prefix(rows: np.ndarray) -> bool:
+    """Sorted, distinct guided rows that are exactly 0..n-1."""
+    return int(rows[0]) == 0 and int(rows[-1]) == len(rows) - 1

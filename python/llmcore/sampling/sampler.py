@@ -46,7 +46,6 @@ batch is > 0. This keeps an all-greedy batch at ~ one argmax.
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
