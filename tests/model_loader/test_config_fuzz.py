@@ -90,6 +90,9 @@ def test_garbage_config_bytes(raw):
     ("architectures", [["LlamaForCausalLM"]], "architectures must be a list"),
     ("sliding_window", "wide", "sliding_window must be"),
     ("rope_scaling", {"rope_type": "linear", "factor": 1e9}, "factor must be <="),
+    # hypothesis found this one: the type check named the config's rope_scaling, not the file
+    ("rope_scaling", {"type": None, "factor": 2.0}, "RoPE scaling type None is not supported"),
+    ("rope_scaling", {"rope_type": "warp", "factor": 2.0}, "type 'warp' is not supported"),
 ])
 def test_regression_config_is_refused_naming_the_field(key, value, match):
     """These loaded (or failed later with an unhashable-type TypeError, or sized the rotary

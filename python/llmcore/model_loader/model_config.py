@@ -389,7 +389,14 @@ def load_model_config(engine_args, device="cpu") -> ModelConfig:
             hf_config.original_max_position_embeddings)
     if scaling is not None:
         from llmcore.layers.rotary import check_rope_scaling
-        check_rope_scaling(scaling, from_flag=flag_scaling is not None)
+        try:
+            check_rope_scaling(scaling, from_flag=flag_scaling is not None)
+        except ValueError as e:
+            if flag_scaling is not None:
+                raise
+            # name the file, as check_hf_config does for every other field
+            source = model_path if is_gguf else os.path.join(model_path, "config.json")
+            raise ValueError(f"{source}: {e}") from None
     if engine_args.rope_theta is not None or flag_scaling is not None:
         _set_rope_params(hf_config, theta, scaling)
 
