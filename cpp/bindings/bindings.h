@@ -8,4 +8,5 @@ void bind_scheduler(pybind11::module_& m);
 void bind_cpu_attention(pybind11::module_& m);
 void bind_cpu_token_bitmask(pybind11::module_& m);
 void bind_cpu_sampling(pybind11::module_& m);
+void bind_ffi_call(pybind11::module_& m);
 }  // namespace llmcore

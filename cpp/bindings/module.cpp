@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   llmcore::bind_cpu_attention(m);
   llmcore::bind_cpu_token_bitmask(m);
   llmcore::bind_cpu_sampling(m);
+  llmcore::bind_ffi_call(m);
 }

@@ -165,11 +165,17 @@ def test_async_scheduling_same_outputs(guided_llm):
     """The pipelined loop (forward of step k launched before step k-1's tokens are read,
     sampling deferred until the mask is filled) gives the sync loop's outputs."""
     from llmcore import LLM
-    prompts = ["Write a JSON object (person):\n", "Phone:", "Once upon a time", "Pick one:"]
+    prompts = ["Write a JSON object (person):\n", "Phone:", "Once upon a time", "Pick one:",
+               "Pick again:"]
+    # the last one's grammar ends before min_tokens lets EOS through: a row with every token
+    # masked, whose token the grammar refuses (the sequence stops there)
+    refused = SamplingParams(temperature=0, max_tokens=8, min_tokens=6, guided_decoding=(
+        GuidedDecodingParams(choice=["cat", "dog"], backend="xgrammar")))
     params = [_greedy(GuidedDecodingParams(json=SCHEMAS["person"], backend="xgrammar"), 40),
               _greedy(GuidedDecodingParams(regex=r"\d{3}-\d{4}", backend="outlines"), 16),
               SamplingParams(temperature=0, max_tokens=10),
-              _greedy(GuidedDecodingParams(choice=["cat", "dog"], backend="xgrammar"), 6)]
+              _greedy(GuidedDecodingParams(choice=["cat", "dog"], backend="xgrammar"), 6),
+              refused]
     expected = [(o.outputs[0].text, o.outputs[0].finish_reason)
                 for o in guided_llm.generate(prompts, params, use_tqdm=False)]
     llm = LLM(max_model_len=512, cpu_kv_cache_space=0.25, swap_space=0, async_scheduling=True)

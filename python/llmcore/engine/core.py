@@ -387,25 +387,38 @@ class EngineCore:
                                 sample_seq_lens=lens, prompt_logprob_jobs=jobs,
                                 use_device_tokens=True, defer_sampling=bool(g_rows),
                                 grammar_rows=g_rows_np)
-        pending = self.executor.execute_model(step)
-        # the device runs step k; the host finishes step k-1 meanwhile
-        if prev is not None:
-            try:
-                self._finish_inflight(prev, batch)
-            except BaseException:
-                if g_rows:  # a device held behind step k's mask must not wait forever
-                    self.executor.sample_deferred(None, g_rows_np)
-                raise
+        verdicts, fill = None, None
         if g_rows:
-            # the matchers now hold step k-1's tokens: the mask of step k, then its sampling
-            # (rows of sequences that stopped in k-1 are discarded: allowed everything)
-            try:
-                bitmask = self.grammars.fill_bitmask(
-                    [None if (normal[i][1].finished or normal[i][0].finished)
-                     else normal[i][1].matcher for i in g_rows])
-            except BaseException:
-                self.executor.sample_deferred(None, g_rows_np)   # release the device first
-                raise
+            # Step k's mask needs step k-1's tokens in the matchers. They are on the host
+            # already (k-1's sampling went out at the end of the last step): feed them to
+            # the grammars now and fill k's mask (off this thread where the backend can)
+            # while this thread launches k and processes k-1 (rows of sequences that stop
+            # in k-1 are discarded: allowed everything).
+            verdicts = self._accept_inflight(prev) if prev is not None else None
+            fill = self.grammars.start_fill(
+                [self._fill_matcher(req, seq, verdicts) for req, seq in
+                 (normal[i] for i in g_rows)])
+        try:
+            pending = self.executor.execute_model(step)
+        except BaseException:
+            if fill is not None:
+                fill.wait()   # the mask's fill must not outlive the step
+            raise
+        try:
+            # the device runs step k; the host finishes step k-1 meanwhile
+            if prev is not None:
+                self._finish_inflight(prev, batch, verdicts)
+            if g_rows:
+                bitmask = fill.result()
+                for j, i in enumerate(g_rows):
+                    if normal[i][1].finished or normal[i][0].finished:
+                        bitmask[j] = -1
+        except BaseException:
+            if g_rows:  # a device held behind step k's mask must not wait forever
+                fill.wait()   # nor may the mask's fill outlive the step
+                self.executor.sample_deferred(None, g_rows_np)
+            raise
+        if g_rows:
             pending = self.executor.sample_deferred(bitmask, g_rows_np)
         self._stats.prompt_tokens_total += int(qsl[plan.num_prefill_seqs])
         if not normal:  # only prefill chunks that sample nothing
@@ -442,8 +455,34 @@ class EngineCore:
                 out_lens.append(n)
         return out_normal, np.asarray(out_rows, dtype=np.int64), np.asarray(out_lens, dtype=np.int64)
 
-    def _finish_inflight(self, inflight, batch: OutputBatch) -> None:
-        """Process a launched step's sampled tokens (waits for them)."""
+    def _accept_inflight(self, inflight) -> Optional[dict]:
+        """Feed a launched step's sampled tokens to its sequences' grammars (waits for the
+        tokens): {index in the step: (accepted, terminated)}, which _finish_inflight then
+        reads instead of asking the matchers."""
+        _, normal, _, _ = inflight
+        idx = [i for i, (req, seq) in enumerate(normal)
+               if seq.matcher is not None and not (seq.finished or req.finished)]
+        if not idx:
+            return None
+        tokens = inflight[0].get().sampled_token_ids
+        verdicts = self.grammars.accept_tokens([normal[i][1].matcher for i in idx],
+                                               [tokens[i] for i in idx])
+        return {seq_id: v for seq_id, v in zip((normal[i][1].seq_id for i in idx), verdicts)}
+
+    @staticmethod
+    def _fill_matcher(req: CoreRequest, seq: CoreSeq, verdicts: Optional[dict]):
+        """The matcher whose next mask this row needs; None (allow all) for a sequence that
+        stops on its last token, whose row is discarded."""
+        if seq.finished or req.finished:
+            return None
+        v = verdicts.get(seq.seq_id) if verdicts else None
+        return None if v is not None and (not v[0] or v[1]) else seq.matcher
+
+    def _finish_inflight(self, inflight, batch: OutputBatch, verdicts: Optional[dict] = None
+                         ) -> None:
+        """Process a launched step's sampled tokens (waits for them). verdicts: the
+        grammars' (accepted, terminated) per sequence id, where _accept_inflight fed them
+        already."""
         pending, normal, placeholders, jobs = inflight
         out = pending.get()
         for job, res in zip(jobs, out.prompt_logprobs):
@@ -454,7 +493,8 @@ class EngineCore:
             if seq.finished or req.finished:
                 continue
             tok = tokens[i]
-            self._append_token(req, seq, tok, lps[i], top, i, batch)
+            self._append_token(req, seq, tok, lps[i], top, i, batch,
+                               verdicts.get(seq.seq_id) if verdicts else None)
             if seq.seq_id in placeholders:
                 fix_ids.append(seq.seq_id)
                 fix_tokens.append(tok)
@@ -466,27 +506,31 @@ class EngineCore:
 
     # ---------------------------------------------------------------- tokens
     def _append_token(self, req: CoreRequest, seq: CoreSeq, tok: int, lp: float, top, row: int,
-                      batch: OutputBatch) -> None:
+                      batch: OutputBatch, verdict: Optional[tuple] = None) -> None:
         seq.output_token_ids.append(tok)
         reason, stop_reason = self._check_stop(req, seq, tok)
         if seq.matcher is not None:
-            reason, stop_reason = self._advance_grammar(req, seq, tok, reason, stop_reason)
+            reason, stop_reason = self._advance_grammar(req, seq, tok, reason, stop_reason,
+                                                        verdict)
         if reason is not None:
             seq.finished = True
         self._stats.generation_tokens_total += 1
         batch.token(req, seq, tok, lp, top, row, reason, stop_reason)
 
-    def _advance_grammar(self, req: CoreRequest, seq: CoreSeq, tok: int, reason, stop_reason):
-        """Feed the sampled token to the sequence's matcher: the grammar's end (a stop token
-        accepted) stops the sequence. A token the grammar refuses can only come from a
-        row whose every token was masked (e.g. min_tokens banning the EOS the grammar
-        requires): the sequence stops there."""
-        m = seq.matcher
-        if not m.accept_token(tok):
+    def _advance_grammar(self, req: CoreRequest, seq: CoreSeq, tok: int, reason, stop_reason,
+                         verdict: Optional[tuple] = None):
+        """Feed the sampled token to the sequence's matcher (verdict: the (accepted,
+        terminated) of a token fed already): the grammar's end (a stop token accepted)
+        stops the sequence. A token the grammar refuses can only come from a row whose
+        every token was masked (e.g. min_tokens banning the EOS the grammar requires): the
+        sequence stops there."""
+        accepted, terminated = verdict if verdict is not None else \
+            self.grammars.accept_tokens([seq.matcher], [tok])[0]
+        if not accepted:
             logger.warning("request %s: token %d does not match its grammar; stopping",
                            req.request_id, tok)
             return "stop", None
-        if m.is_terminated() and reason != "stop":
+        if terminated and reason != "stop":
             return "stop", None
         return reason, stop_reason
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -81,6 +81,21 @@ class StructuredOutputBackend(ABC):
         a backend with a batched, multi-threaded fill overrides it."""
         for m, r in zip(matchers, rows):
             m.fill_bitmask(bitmask, r)
+
+    def start_fill_batch(self, matchers: list, bitmask: np.ndarray, rows: list
+                         ) -> Optional["FillJob"]:
+        """fill_bitmask_batch, started off the calling thread without the GIL (the caller
+        runs meanwhile and touches neither these matchers nor bitmask until the job's
+        wait()); None where the backend cannot, and the caller fills synchronously."""
+        return None
+
+
+class FillJob(ABC):
+    """A started start_fill_batch."""
+
+    @abstractmethod
+    def wait(self) -> None:
+        """Block until the fill is done; RuntimeError if it failed."""
 
 
 # name -> "module:Class", imported on first use (each backend pulls in its library)

@@ -36,6 +36,34 @@ class GrammarHandle:
     deadline: float                  # time.monotonic() past which a pending compile fails
 
 
+class PendingMask:
+    """A step's grammar bitmask being filled (StructuredOutputManager.start_fill)."""
+
+    def __init__(self, bitmask: np.ndarray):
+        self.bitmask = bitmask
+        self.jobs: list = []              # backends' fills still running
+
+    def result(self) -> np.ndarray:
+        """The filled bitmask; RuntimeError if a backend's fill failed."""
+        jobs, self.jobs = self.jobs, []
+        errors = []
+        for job in jobs:
+            try:
+                job.wait()
+            except Exception as e:  # noqa: BLE001 - every job is waited for first
+                errors.append(e)
+        if errors:
+            raise errors[0]
+        return self.bitmask
+
+    def wait(self) -> None:
+        """Wait for every fill and drop any error (a step that is failing anyway)."""
+        try:
+            self.result()
+        except Exception:  # noqa: BLE001
+            pass
+
+
 class StructuredOutputManager:
     def __init__(self, config: StructuredOutputConfig, load_tokenizer: Callable[[], Any],
                  vocab_size: int, stop_token_ids: list):
@@ -45,6 +73,7 @@ class StructuredOutputManager:
         self._load_tokenizer = load_tokenizer
         self._stop_ids = [int(t) for t in stop_token_ids if t is not None]
         self._vocab: Optional[VocabInfo] = None
+        self._stop_set: frozenset = frozenset()   # the vocabulary's, once it is built
         self._backends: dict[str, StructuredOutputBackend] = {}
         self._lock = threading.Lock()          # backends and the vocabulary are built once
         self._cache: collections.OrderedDict = collections.OrderedDict()  # key -> Future
@@ -105,6 +134,7 @@ class StructuredOutputManager:
                         raise ValueError("guided decoding needs the model's tokenizer")
                     stop = self._stop_ids or [tok.eos_token_id]
                     self._vocab = VocabInfo(tok, self.vocab_size, stop)
+                    self._stop_set = frozenset(int(t) for t in stop if t is not None)
                 backend = get_backend_class(name)(self._vocab, fill_threads=self._fill_threads)
                 self._backends[name] = backend
             return backend
@@ -120,6 +150,13 @@ class StructuredOutputManager:
         """int32 [len(matchers), width]: row i allows what matchers[i] allows next; a None
         matcher (a sequence that stopped while its row was in flight) allows everything.
         Each backend fills its rows in one batched call."""
+        return self.start_fill(matchers).result()
+
+    def start_fill(self, matchers: list) -> "PendingMask":
+        """fill_bitmask, with the rows of a backend that can fill off this thread (xgrammar:
+        a native thread, without the GIL) still filling when it returns, so that the step's
+        other host work runs meanwhile. Nothing may touch these matchers until the result
+        (or wait) returns."""
         bitmask = np.zeros((len(matchers), self.width), dtype=np.int32)
         groups: dict = {}
         for i, m in enumerate(matchers):
@@ -129,9 +166,30 @@ class StructuredOutputManager:
                 groups.setdefault(type(m), ([], []))
                 groups[type(m)][0].append(m)
                 groups[type(m)][1].append(i)
-        for ms, rows in groups.values():
-            self._backend_of(ms[0]).fill_bitmask_batch(ms, bitmask, rows)
-        return bitmask
+        pending = PendingMask(bitmask)
+        try:
+            for ms, rows in groups.values():
+                backend = self._backend_of(ms[0])
+                job = backend.start_fill_batch(ms, bitmask, rows)
+                if job is None:
+                    backend.fill_bitmask_batch(ms, bitmask, rows)
+                else:
+                    pending.jobs.append(job)
+        except BaseException:
+            pending.wait()
+            raise
+        return pending
+
+    def accept_tokens(self, matchers: list, tokens: list) -> list:
+        """Advance each matcher by its sampled token: (accepted, terminated) per matcher. A
+        grammar terminates only on accepting a stop token, so only those ask the matcher
+        (a call saved per token)."""
+        stop = self._stop_set
+        out = []
+        for m, tok in zip(matchers, tokens):
+            ok = m.accept_token(tok)
+            out.append((ok, ok and tok in stop and m.is_terminated()))
+        return out
 
     def _backend_of(self, matcher: GrammarMatcher) -> StructuredOutputBackend:
         return self._backend_of_type[type(matcher)]

@@ -4,23 +4,28 @@ the fastest mask fill of the three (a few microseconds a row)."""
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+from typing import Any, Optional
 
 import numpy as np
 
-from llmcore.structured_output.backend import (GrammarCompileError, GrammarMatcher,
+from llmcore.structured_output.backend import (FillJob, GrammarCompileError, GrammarMatcher,
                                                StructuredOutputBackend, VocabInfo)
 from llmcore.structured_output.spec import GrammarSpec
 
+logger = logging.getLogger(__name__)
+
 
 class XGrammarMatcher(GrammarMatcher):
-    __slots__ = ("_m",)
+    __slots__ = ("_m", "_accept")
 
     def __init__(self, matcher: Any):
         self._m = matcher
+        # the FFI method itself: xgrammar's Python wrapper around it costs as much again
+        self._accept = matcher._handle.accept_token
 
     def accept_token(self, token_id: int) -> bool:
-        return bool(self._m.accept_token(int(token_id)))
+        return bool(self._accept(int(token_id), False))
 
     def fill_bitmask(self, bitmask: np.ndarray, row: int) -> None:
         self._m.fill_next_token_bitmask(bitmask, row)
@@ -45,6 +50,7 @@ class XGrammarBackend(StructuredOutputBackend):
         self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
         # the step's rows filled by C++ threads in one call (no Python per row)
         self._batch = xgr.BatchGrammarMatcher(max_threads=max(1, int(fill_threads)))
+        self._native = None               # _NativeBatchFill once tried; False: none here
 
     def compile(self, spec: GrammarSpec) -> Any:
         c = self._compiler
@@ -72,3 +78,64 @@ class XGrammarBackend(StructuredOutputBackend):
     def fill_bitmask_batch(self, matchers: list, bitmask: np.ndarray, rows: list) -> None:
         self._batch.batch_fill_next_token_bitmask([m._m for m in matchers], bitmask,
                                                   [int(r) for r in rows])
+
+    def start_fill_batch(self, matchers: list, bitmask: np.ndarray, rows: list
+                         ) -> Optional[FillJob]:
+        if self._native is None:
+            self._native = _NativeBatchFill.create(self._batch)
+        if not self._native or self._native.pending:
+            return None   # no native thread here, or one fill is out already: fill inline
+        return self._native.start([m._m for m in matchers], bitmask, rows)
+
+
+class _NativeBatchFill(FillJob):
+    """xgrammar's batch fill called on a native thread (llmcore._core.FfiCallThread,
+    through tvm-ffi's C ABI). xgrammar fills without the GIL either way, but a Python
+    thread would first have to take the GIL from the busy step loop (every 5 ms at most):
+    a native thread starts at once, and the fill runs while the loop launches the next
+    forward and processes the last step's tokens."""
+
+    def __init__(self, batch: Any, func: Any, thread: Any):
+        import tvm_ffi
+        self._tvm_ffi = tvm_ffi
+        self._batch, self._func, self._thread = batch, func, thread
+        self._args = None                 # alive until wait(): the thread reads them
+
+    @classmethod
+    def create(cls, batch: Any):
+        """The native fill of `batch` (an xgrammar.BatchGrammarMatcher), or False where
+        this build or this xgrammar has none."""
+        try:
+            import tvm_ffi
+
+            from llmcore import _core
+            info = type(batch._handle).__tvm_ffi_type_info__
+            func = next(m.func for m in info.methods if m.name == "batch_fill_next_token_bitmask")
+            thread = _core.FfiCallThread(tvm_ffi.libinfo.find_libtvm_ffi())
+        except Exception as e:  # noqa: BLE001 - any mismatch: the Python call, inline
+            logger.info("xgrammar mask fill stays on the step loop's thread (%s: %s)",
+                        type(e).__name__, e)
+            return False
+        return cls(batch, func, thread)
+
+    @property
+    def pending(self) -> bool:
+        return self._args is not None
+
+    def start(self, matchers: list, bitmask: np.ndarray, rows: list) -> "_NativeBatchFill":
+        ffi = self._tvm_ffi
+        # (the arguments xgrammar's Python wrapper would pass: its batch object, an array
+        # of matchers, the bitmask as a tensor, the row indices, no debug print)
+        args = [self._batch._handle, ffi.convert([m._handle for m in matchers]),
+                ffi.from_dlpack(bitmask), ffi.convert([int(r) for r in rows]), False]
+        self._thread.start(self._func, args)
+        self._args = (args, bitmask)
+        return self
+
+    def wait(self) -> None:
+        if self._args is None:
+            return
+        err = self._thread.wait()
+        self._args = None
+        if err:
+            raise RuntimeError(f"xgrammar's mask fill failed: {err}")

@@ -1,0 +1,60 @@
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "bindings.h"
+#include "llmcore/ffi_call.h"
+
+namespace py = pybind11;
+
+namespace llmcore {
+
+namespace {
+
+// A tvm-ffi object from Python (tvm_ffi.Object, Function, Tensor, Array, ...): its address.
+void* object_handle(const py::handle& obj) {
+  return reinterpret_cast<void*>(obj.attr("__chandle__")().cast<uintptr_t>());
+}
+
+FfiAny to_arg(const py::handle& item) {
+  if (item.is_none()) return FfiAny{};
+  if (py::isinstance<py::bool_>(item)) return ffi_bool_arg(item.cast<bool>());
+  if (py::isinstance<py::int_>(item)) return ffi_int_arg(item.cast<int64_t>());
+  if (py::hasattr(item, "__chandle__")) return ffi_object_arg(object_handle(item));
+  throw py::type_error("FfiCallThread.start: an argument is not None, bool, int or a tvm-ffi object");
+}
+
+}  // namespace
+
+void bind_ffi_call(py::module_& m) {
+  py::class_<FfiCallThread>(m, "FfiCallThread",
+                            "One native thread calling tvm-ffi functions without the GIL "
+                            "(see ffi_call.h). Keep the function and its object arguments "
+                            "alive until wait() returns.")
+      .def(py::init([](const std::string& library_path) {
+             return std::make_unique<FfiCallThread>(load_ffi_api(library_path));
+           }),
+           py::arg("library_path"))
+      .def(
+          "start",
+          [](FfiCallThread& t, const py::handle& func, const py::list& args) {
+            std::vector<FfiAny> a;
+            a.reserve(args.size());
+            for (const auto& item : args) a.push_back(to_arg(item));
+            t.start(object_handle(func), std::move(a));
+          },
+          py::arg("func"), py::arg("args"))
+      .def("wait",
+           [](FfiCallThread& t) {
+             std::string err;
+             {
+               py::gil_scoped_release release;
+               err = t.wait();
+             }
+             return err;
+           },
+           "Wait for the started call: '' on success, else its error.")
+      .def_property_readonly("pending", &FfiCallThread::pending);
+}
+
+}  // namespace llmcore
