@@ -346,6 +346,48 @@ case "$SUITE" in
     thr thr_8b_128 70 128 --skip-hf
     PYTHONPATH=$PWD/.base/python:/tmp/site thr thr_8b_128_base 70 128 --skip-hf
     lat lat_8b_bs1 50 $M8 --skip-hf ;;
+  so1210a)  # guided decoding's mask filled off the loop's thread (native xgrammar fill), call 1
+    # of 2: its tests, the host-only guided benchmark and SmolLM2's shapes (dummy weights)
+    # for this tree and the previous one (.base), then the hot path; stages .sotok and the
+    # GGUF's first part (.sow_a) in /tmp for call 2
+    mkdir -p /tmp/sotok /tmp/gguf && cp .sotok/* /tmp/sotok/ && cp .sow_a/part /tmp/gguf/a
+    cp .gpubuild/*.so .base/python/llmcore/ 2>/dev/null; rm -rf /tmp/basepy; cp -r .base/python /tmp/basepy
+    kernel_tests guided_tests 150 -x tests/structured_output/test_native_fill.py \
+      $K/test_token_bitmask.py
+    for tree in new base; do
+      pp=$PYTHONPATH; [ $tree = base ] && pp=$PWD/.base/python:/tmp/site
+      PYTHONPATH=$pp step guided_host_$tree 60 python benchmarks/bench_guided_host.py \
+        --model /tmp/sotok --num-prompts 256 --output-json "$OUT/guided_host_$tree.json"
+      for ov in off on; do
+        flag=; [ $ov = on ] && flag=--guided-decoding-overlap
+        PYTHONPATH=$pp step so_sm_${tree}_$ov 90 python benchmarks/structured_output.py \
+          --model /tmp/sotok --load-format dummy --tokenizer /tmp/sotok --device cuda --dtype bfloat16 \
+          --backends xgrammar --num-prompts 64 --max-tokens 128 --ttft-repeats 3 $flag \
+          --output-json "$OUT/so_sm_${tree}_$ov.json"
+      done
+    done
+    thr thr_8b_128 70 128 --skip-hf
+    PYTHONPATH=$PWD/.base/python:/tmp/site thr thr_8b_128_base 70 128 --skip-hf
+    lat lat_8b_bs1 50 $M8 --skip-hf ;;
+  so1210b)  # call 2 of 2 on the same warm machine: SmolLM2's real weights (the GGUF rebuilt
+    # from /tmp/gguf/a and .sow_b), xgrammar, this tree and .base, the channel off and on,
+    # twice each (the runs vary), then every backend on this tree
+    cat /tmp/gguf/a .sow_b/part > /tmp/smollm2.gguf && ls -la /tmp/smollm2.gguf >> "$OUT/setup.log"
+    for rep in 1 2; do
+      for tree in new base; do
+        pp=$PYTHONPATH; [ $tree = base ] && pp=/tmp/basepy:/tmp/site
+        for ov in off on; do
+          flag=; [ $ov = on ] && flag=--guided-decoding-overlap
+          PYTHONPATH=$pp step so_real_${tree}_${ov}_$rep 70 python benchmarks/structured_output.py \
+            --model /tmp/smollm2.gguf --tokenizer /tmp/sotok --device cuda --dtype bfloat16 \
+            --backends xgrammar --num-prompts 64 --max-tokens 128 --ttft-repeats 3 $flag \
+            --output-json "$OUT/so_real_${tree}_${ov}_$rep.json"
+        done
+      done
+    done
+    step so_real_all 150 python benchmarks/structured_output.py --model /tmp/smollm2.gguf \
+      --tokenizer /tmp/sotok --device cuda --dtype bfloat16 --num-prompts 64 --max-tokens 128 \
+      --ttft-repeats 3 --output-json "$OUT/so_real_all.json" ;;
   h200spy)  # H200: rate inf, 1000 prompts, the front-end process's GIL holder sampled with py-spy
     SPY=${SPY:-20} serving "inf 1000" ;;
   *)
