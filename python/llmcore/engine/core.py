@@ -459,15 +459,20 @@ class EngineCore:
         """Feed a launched step's sampled tokens to its sequences' grammars (waits for the
         tokens): {index in the step: (accepted, terminated)}, which _finish_inflight then
         reads instead of asking the matchers."""
-        _, normal, _, _ = inflight
-        idx = [i for i, (req, seq) in enumerate(normal)
-               if seq.matcher is not None and not (seq.finished or req.finished)]
-        if not idx:
+        pending, normal, _, _ = inflight
+        matchers, tokens, seq_ids = [], [], []
+        sampled = None
+        for i, (req, seq) in enumerate(normal):
+            if seq.matcher is None or seq.finished or req.finished:
+                continue
+            if sampled is None:
+                sampled = pending.get().sampled_token_ids
+            matchers.append(seq.matcher)
+            tokens.append(sampled[i])
+            seq_ids.append(seq.seq_id)
+        if not matchers:
             return None
-        tokens = inflight[0].get().sampled_token_ids
-        verdicts = self.grammars.accept_tokens([normal[i][1].matcher for i in idx],
-                                               [tokens[i] for i in idx])
-        return {seq_id: v for seq_id, v in zip((normal[i][1].seq_id for i in idx), verdicts)}
+        return dict(zip(seq_ids, self.grammars.accept_tokens(matchers, tokens)))
 
     @staticmethod
     def _fill_matcher(req: CoreRequest, seq: CoreSeq, verdicts: Optional[dict]):
