@@ -149,26 +149,21 @@ class StructuredOutputManager:
     def fill_bitmask(self, matchers: list) -> np.ndarray:
         """int32 [len(matchers), width]: row i allows what matchers[i] allows next; a None
         matcher (a sequence that stopped while its row was in flight) allows everything.
-        Each backend fills its rows in one batched call."""
-        return self.start_fill(matchers).result()
+        Each backend fills its rows in one batched call, on this thread."""
+        bitmask, groups = self._layout(matchers)
+        for ms, rows in groups:
+            self._backend_of(ms[0]).fill_bitmask_batch(ms, bitmask, rows)
+        return bitmask
 
     def start_fill(self, matchers: list) -> "PendingMask":
         """fill_bitmask, with the rows of a backend that can fill off this thread (xgrammar:
         a native thread, without the GIL) still filling when it returns, so that the step's
         other host work runs meanwhile. Nothing may touch these matchers until the result
         (or wait) returns."""
-        bitmask = np.zeros((len(matchers), self.width), dtype=np.int32)
-        groups: dict = {}
-        for i, m in enumerate(matchers):
-            if m is None:
-                bitmask[i] = -1
-            else:
-                groups.setdefault(type(m), ([], []))
-                groups[type(m)][0].append(m)
-                groups[type(m)][1].append(i)
+        bitmask, groups = self._layout(matchers)
         pending = PendingMask(bitmask)
         try:
-            for ms, rows in groups.values():
+            for ms, rows in groups:
                 backend = self._backend_of(ms[0])
                 job = backend.start_fill_batch(ms, bitmask, rows)
                 if job is None:
@@ -179,6 +174,22 @@ class StructuredOutputManager:
             pending.wait()
             raise
         return pending
+
+    def _layout(self, matchers: list) -> tuple:
+        """A zeroed bitmask with the None rows allowing everything, and the other rows
+        grouped by backend: [(matchers, rows)]."""
+        bitmask = np.zeros((len(matchers), self.width), dtype=np.int32)
+        groups: dict = {}
+        for i, m in enumerate(matchers):
+            if m is None:
+                bitmask[i] = -1
+            else:
+                group = groups.get(type(m))
+                if group is None:
+                    group = groups[type(m)] = ([], [])
+                group[0].append(m)
+                group[1].append(i)
+        return bitmask, list(groups.values())
 
     def accept_tokens(self, matchers: list, tokens: list) -> list:
         """Advance each matcher by its sampled token: (accepted, terminated) per matcher. A
