@@ -37,13 +37,24 @@ void bind_ffi_call(py::module_& m) {
            py::arg("library_path"))
       .def(
           "start",
-          [](FfiCallThread& t, const py::handle& func, const py::list& args) {
-            std::vector<FfiAny> a;
-            a.reserve(args.size());
-            for (const auto& item : args) a.push_back(to_arg(item));
-            t.start(object_handle(func), std::move(a));
+          [](FfiCallThread& t, const py::list& calls) {
+            std::vector<FfiCall> job;
+            job.reserve(calls.size());
+            for (const auto& item : calls) {
+              auto pair = item.cast<py::tuple>();
+              if (pair.size() != 2) {
+                throw py::type_error("FfiCallThread.start: each call is (function, [args])");
+              }
+              FfiCall c;
+              c.func = object_handle(pair[0]);
+              auto args = pair[1].cast<py::list>();
+              c.args.reserve(args.size());
+              for (const auto& a : args) c.args.push_back(to_arg(a));
+              job.push_back(std::move(c));
+            }
+            t.start(std::move(job));
           },
-          py::arg("func"), py::arg("args"))
+          py::arg("calls"), "Start [(function, [args]), ...]: called in order on the thread.")
       .def("wait",
            [](FfiCallThread& t) {
              std::string err;

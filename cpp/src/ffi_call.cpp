@@ -98,13 +98,14 @@ FfiCallThread::~FfiCallThread() {
   thread_.join();   // a running call ends first: its arguments are still alive
 }
 
-void FfiCallThread::start(void* func, std::vector<FfiAny> args) {
-  if (func == nullptr) throw std::invalid_argument("FfiCallThread::start: null function");
+void FfiCallThread::start(std::vector<FfiCall> calls) {
+  for (const auto& c : calls) {
+    if (c.func == nullptr) throw std::invalid_argument("FfiCallThread::start: null function");
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!waited_) throw std::logic_error("FfiCallThread::start: the last call was not waited for");
-    func_ = func;
-    args_ = std::move(args);
+    if (!waited_) throw std::logic_error("FfiCallThread::start: the last job was not waited for");
+    calls_ = std::move(calls);
     has_job_ = true;
     done_ = false;
     waited_ = false;
@@ -126,37 +127,42 @@ bool FfiCallThread::pending() const {
   return !waited_;
 }
 
+std::string FfiCallThread::call(FfiCall& c) {
+  FfiAny result;
+  int rc = api_.function_call(c.func, c.args.data(), static_cast<int32_t>(c.args.size()), &result);
+  if (rc == 0) {
+    if (result.type_index >= kFfiStaticObjectBegin && result.value != 0) {
+      api_.object_dec_ref(reinterpret_cast<void*>(static_cast<uintptr_t>(result.value)));
+    }
+    return {};
+  }
+  // the error is in this thread's TLS: take it (and its reference) here
+  void* err = nullptr;
+  api_.error_move_from_raised(&err);
+  if (err == nullptr) return "tvm-ffi call failed with code " + std::to_string(rc);
+  const auto* cell = reinterpret_cast<const FfiErrorCell*>(static_cast<const char*>(err) +
+                                                           sizeof(FfiObjectHeader));
+  std::string error(cell->kind.data, cell->kind.size);
+  error += ": ";
+  error.append(cell->message.data, cell->message.size);
+  api_.object_dec_ref(err);
+  return error;
+}
+
 void FfiCallThread::run() {
   for (;;) {
-    void* func;
-    std::vector<FfiAny> args;
+    std::vector<FfiCall> calls;
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [this] { return has_job_ || stop_; });
       if (!has_job_) return;   // stop_ with nothing queued
-      func = func_;
-      args = std::move(args_);
+      calls = std::move(calls_);
       has_job_ = false;
     }
-    FfiAny result;
     std::string error;
-    int rc = api_.function_call(func, args.data(), static_cast<int32_t>(args.size()), &result);
-    if (rc != 0) {
-      // the error is in this thread's TLS: take it (and its reference) here
-      void* err = nullptr;
-      api_.error_move_from_raised(&err);
-      if (err != nullptr) {
-        const auto* cell = reinterpret_cast<const FfiErrorCell*>(
-            static_cast<const char*>(err) + sizeof(FfiObjectHeader));
-        error.assign(cell->kind.data, cell->kind.size);
-        error += ": ";
-        error.append(cell->message.data, cell->message.size);
-        api_.object_dec_ref(err);
-      } else {
-        error = "tvm-ffi call failed with code " + std::to_string(rc);
-      }
-    } else if (result.type_index >= kFfiStaticObjectBegin && result.value != 0) {
-      api_.object_dec_ref(reinterpret_cast<void*>(static_cast<uintptr_t>(result.value)));
+    for (auto& c : calls) {
+      error = call(c);
+      if (!error.empty()) break;
     }
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -1,6 +1,7 @@
-// FfiCallThread against fake tvm-ffi C functions: the call runs on its own thread with the
-// arguments given, errors come back as "Kind: message" (and the error object is released),
-// an object result is released, and misuse is refused.
+// FfiCallThread against fake tvm-ffi C functions: a job's calls run in order on its own
+// thread with the arguments given, the first error ends the job and comes back as
+// "Kind: message" (the error object released), an object result is released, and misuse
+// is refused.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -18,11 +19,14 @@ using llmcore::FfiApi;
 using llmcore::FfiCallThread;
 
 // the fakes' shared state (one test at a time)
-std::vector<FfiAny> g_args;
+std::vector<FfiAny> g_args;                  // the last call's
+std::vector<std::vector<FfiAny>> g_calls;    // every call's, in order
 std::thread::id g_call_thread;
 std::atomic<int> g_dec_refs{0};
 void* g_last_dec_ref = nullptr;
-int g_mode = 0;   // 0: ok, 1: raise an error, 2: return an object, 3: block until released
+// 0: ok, 1: raise an error, 2: return an object, 3: block until released, 4: raise on a
+// call whose first argument is the int 2
+int g_mode = 0;
 std::atomic<bool> g_release{false};
 
 // An object as tvm-ffi lays it out: ref count, type index, padding, deleter; then (for an
@@ -43,7 +47,11 @@ FakeObject g_result;
 int fake_call(void*, FfiAny* args, int32_t n, FfiAny* result) {
   g_call_thread = std::this_thread::get_id();
   g_args.assign(args, args + n);
+  g_calls.push_back(g_args);
   if (g_mode == 1) return -1;
+  if (g_mode == 4 && n > 0 && args[0].type_index == llmcore::kFfiInt && args[0].value == 2) {
+    return -1;
+  }
   if (g_mode == 2) {
     g_result.type_index = 70;
     *result = llmcore::ffi_object_arg(&g_result);
@@ -81,6 +89,7 @@ FfiApi fake_api() {
 
 void reset(int mode) {
   g_args.clear();
+  g_calls.clear();
   g_dec_refs = 0;
   g_last_dec_ref = nullptr;
   g_mode = mode;
@@ -89,6 +98,13 @@ void reset(int mode) {
 
 int dummy_func;
 
+std::vector<llmcore::FfiCall> one(std::vector<FfiAny> args) {
+  std::vector<llmcore::FfiCall> calls(1);
+  calls[0].func = &dummy_func;
+  calls[0].args = std::move(args);
+  return calls;
+}
+
 }  // namespace
 
 TEST(FfiCall, PassesArgumentsOnItsOwnThread) {
@@ -96,8 +112,8 @@ TEST(FfiCall, PassesArgumentsOnItsOwnThread) {
   FfiCallThread t(fake_api());
   FakeObject obj;
   obj.type_index = 123;
-  t.start(&dummy_func, {llmcore::ffi_object_arg(&obj), llmcore::ffi_int_arg(-5),
-                        llmcore::ffi_bool_arg(true), FfiAny{}});
+  t.start(one({llmcore::ffi_object_arg(&obj), llmcore::ffi_int_arg(-5),
+               llmcore::ffi_bool_arg(true), FfiAny{}}));
   EXPECT_EQ(t.wait(), "");
   EXPECT_FALSE(t.pending());
   EXPECT_NE(g_call_thread, std::this_thread::get_id());
@@ -117,20 +133,40 @@ TEST(FfiCall, PassesArgumentsOnItsOwnThread) {
 TEST(FfiCall, ErrorComesBackAndIsReleased) {
   reset(1);
   FfiCallThread t(fake_api());
-  t.start(&dummy_func, {});
+  t.start(one({}));
   EXPECT_EQ(t.wait(), "ValueError: bad bitmask");
   EXPECT_EQ(g_dec_refs.load(), 1);
   EXPECT_EQ(g_last_dec_ref, &g_error);
   // the thread serves the next call
   reset(0);
-  t.start(&dummy_func, {llmcore::ffi_int_arg(1)});
+  t.start(one({llmcore::ffi_int_arg(1)}));
   EXPECT_EQ(t.wait(), "");
+}
+
+TEST(FfiCall, CallsRunInOrderAndTheFirstErrorEndsTheJob) {
+  reset(4);
+  FfiCallThread t(fake_api());
+  std::vector<llmcore::FfiCall> calls(3);
+  for (int i = 0; i < 3; ++i) {
+    calls[i].func = &dummy_func;
+    calls[i].args = {llmcore::ffi_int_arg(i + 1)};
+  }
+  t.start(calls);
+  EXPECT_EQ(t.wait(), "ValueError: bad bitmask");   // the second call raised
+  ASSERT_EQ(g_calls.size(), 2u);                      // the third never ran
+  EXPECT_EQ(g_calls[0][0].value, 1u);
+  EXPECT_EQ(g_calls[1][0].value, 2u);
+  reset(0);
+  calls.pop_back();
+  t.start(calls);
+  EXPECT_EQ(t.wait(), "");
+  EXPECT_EQ(g_calls.size(), 2u);
 }
 
 TEST(FfiCall, ObjectResultIsReleased) {
   reset(2);
   FfiCallThread t(fake_api());
-  t.start(&dummy_func, {});
+  t.start(one({}));
   EXPECT_EQ(t.wait(), "");
   EXPECT_EQ(g_dec_refs.load(), 1);
   EXPECT_EQ(g_last_dec_ref, &g_result);
@@ -139,9 +175,9 @@ TEST(FfiCall, ObjectResultIsReleased) {
 TEST(FfiCall, PendingUntilWaitedAndOneCallAtATime) {
   reset(3);
   FfiCallThread t(fake_api());
-  t.start(&dummy_func, {});
+  t.start(one({}));
   EXPECT_TRUE(t.pending());
-  EXPECT_THROW(t.start(&dummy_func, {}), std::logic_error);
+  EXPECT_THROW(t.start(one({})), std::logic_error);
   g_release = true;
   EXPECT_EQ(t.wait(), "");
   EXPECT_THROW(t.wait(), std::logic_error);   // nothing started
@@ -151,7 +187,7 @@ TEST(FfiCall, DestructorWaitsForARunningCall) {
   reset(3);
   {
     FfiCallThread t(fake_api());
-    t.start(&dummy_func, {llmcore::ffi_int_arg(7)});
+    t.start(one({llmcore::ffi_int_arg(7)}));
     std::thread releaser([] {
       std::this_thread::yield();
       g_release = true;
@@ -166,7 +202,9 @@ TEST(FfiCall, RefusesAMissingFunction) {
   api.object_dec_ref = nullptr;
   EXPECT_THROW(FfiCallThread t(api), std::invalid_argument);
   FfiCallThread t(fake_api());
-  EXPECT_THROW(t.start(nullptr, {}), std::invalid_argument);
+  auto calls = one({});
+  calls[0].func = nullptr;
+  EXPECT_THROW(t.start(calls), std::invalid_argument);
 }
 
 TEST(FfiCall, LoadApiNamesALibraryThatIsNotLoaded) {

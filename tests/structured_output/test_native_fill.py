@@ -104,3 +104,61 @@ def test_manager_start_fill_mixes_native_and_inline(tokenizer):
         assert backend._native                         # the xgrammar rows went native
     finally:
         mgr.shutdown()
+
+
+def test_feed_takes_verdicts_from_the_mask_and_accepts_with_the_fill(tokenizer):
+    """feed() on xgrammar: the verdicts read from the mask the tokens were sampled under,
+    and the accepts run natively before the next fill, leave the matchers exactly where
+    accepting in Python leaves them (allowed, refused and stop tokens)."""
+    stop = [tokenizer.eos_token_id]
+    mgr = StructuredOutputManager(StructuredOutputConfig(backend="xgrammar"), lambda: tokenizer,
+                                  49152, stop)
+    try:
+        h = mgr.request_grammar(GuidedDecodingParams(choice=["cat", "dog"], backend="xgrammar"))
+        h.future.result(timeout=120)
+        cat = tokenizer.encode("cat", add_special_tokens=False)
+        fed = [mgr.new_matcher(h) for _ in range(3)]
+        ref = [mgr.new_matcher(h) for _ in range(3)]
+        for m in fed[2:] + ref[2:]:            # the third is complete: EOS is allowed next
+            assert all(v == (True, False) for v in mgr.accept_tokens([m] * len(cat), cat))
+        mask = mgr.fill_bitmask(fed)
+        # allowed "c...", a token the grammar refuses, the stop token when complete
+        refused = tokenizer.encode("zebra", add_special_tokens=False)[0]
+        tokens = [cat[0], refused, stop[0]]
+        allowed = [bool(mask[j].view(np.uint32)[t >> 5] >> (t & 31) & 1)
+                   for j, t in enumerate(tokens)]
+        assert allowed == [True, False, True]
+        got = mgr.feed(fed, tokens, allowed)
+        backend = mgr._backends["xgrammar"]
+        assert len(backend._deferred[0]) == 2   # deferred (the refused token needs none)
+        pending = mgr.start_fill(fed[:2])       # (a terminated matcher has no next mask)
+        assert not backend._deferred[0]
+        filled = pending.result()
+        want = mgr.accept_tokens(ref, tokens)
+        assert got == want == [(True, False), (False, False), (True, True)]
+        assert np.array_equal(filled, mgr.fill_bitmask(ref[:2]))
+        assert fed[2].is_terminated() and ref[2].is_terminated()
+    finally:
+        mgr.shutdown()
+
+
+def test_deferred_accepts_run_before_any_other_use(tokenizer):
+    """Accepts fed but not yet run (no fill started) run before accept_tokens or a sync
+    fill touches the matchers."""
+    mgr = StructuredOutputManager(StructuredOutputConfig(backend="xgrammar"), lambda: tokenizer,
+                                  49152, [tokenizer.eos_token_id])
+    try:
+        h = mgr.request_grammar(GuidedDecodingParams(regex="ab+", backend="xgrammar"))
+        h.future.result(timeout=120)
+        a, b = (tokenizer.encode(x, add_special_tokens=False)[0] for x in ("a", "b"))
+        m = mgr.new_matcher(h)
+        assert mgr.feed([m], [a], [True]) == [(True, False)]
+        # "b" is only allowed after "a": the deferred accept ran first
+        assert mgr.accept_tokens([m], [b]) == [(True, False)]
+        m2 = mgr.new_matcher(h)
+        mgr.feed([m2], [a], [True])
+        ref = mgr.new_matcher(h)
+        mgr.accept_tokens([ref], [a])
+        assert np.array_equal(mgr.fill_bitmask([m2]), mgr.fill_bitmask([ref]))
+    finally:
+        mgr.shutdown()

@@ -48,9 +48,15 @@ FfiAny ffi_object_arg(void* object);
 FfiAny ffi_int_arg(int64_t v);
 FfiAny ffi_bool_arg(bool v);
 
-// One worker thread running one call at a time: start() hands it a call, wait() returns
-// its outcome. The caller keeps the function and every object argument alive until
-// wait() returns.
+// One function call: the function object and its arguments.
+struct FfiCall {
+  void* func = nullptr;
+  std::vector<FfiAny> args;
+};
+
+// One worker thread running one job at a time: start() hands it a few calls, made in order
+// (the first error ends the job), wait() returns the outcome. The caller keeps every
+// function and object argument alive until wait() returns.
 class FfiCallThread {
  public:
   explicit FfiCallThread(FfiApi api);
@@ -58,15 +64,17 @@ class FfiCallThread {
   FfiCallThread(const FfiCallThread&) = delete;
   FfiCallThread& operator=(const FfiCallThread&) = delete;
 
-  // std::logic_error if a started call has not been waited for.
-  void start(void* func, std::vector<FfiAny> args);
-  // Blocks until the started call returns: "" on success, else the error ("Kind: message").
+  // std::logic_error if a started job has not been waited for; std::invalid_argument for
+  // a call without a function.
+  void start(std::vector<FfiCall> calls);
+  // Blocks until the started job ends: "" on success, else the first error ("Kind: message").
   // std::logic_error if nothing was started.
   std::string wait();
   bool pending() const;
 
  private:
   void run();
+  std::string call(FfiCall& c);
 
   FfiApi api_;
   mutable std::mutex mu_;
@@ -75,8 +83,7 @@ class FfiCallThread {
   bool done_ = false;         // the job returned; error_ holds its outcome
   bool waited_ = true;        // wait() took the last outcome
   bool stop_ = false;
-  void* func_ = nullptr;
-  std::vector<FfiAny> args_;
+  std::vector<FfiCall> calls_;
   std::string error_;
   std::thread thread_;
 };

@@ -423,7 +423,7 @@ class EngineCore:
         self._stats.prompt_tokens_total += int(qsl[plan.num_prefill_seqs])
         if not normal:  # only prefill chunks that sample nothing
             if jobs:
-                self._inflight = (pending, [], set(), jobs)
+                self._inflight = (pending, [], set(), jobs, None)
             return
         ph_ids = []
         placeholders = set()
@@ -440,7 +440,9 @@ class EngineCore:
                 placeholders.add(seq.seq_id)
         if ph_ids:
             self.scheduler.append_placeholders(np.asarray(ph_ids, dtype=np.int64))
-        self._inflight = (pending, normal, placeholders, jobs)
+        # (the mask each guided row was sampled under: its grammar's verdicts, next step)
+        self._inflight = (pending, normal, placeholders, jobs,
+                          (g_rows, bitmask) if g_rows else None)
 
     def _fork_pending(self, normal, rows, lens):
         out_normal, out_rows, out_lens = [], [], []
@@ -457,22 +459,30 @@ class EngineCore:
 
     def _accept_inflight(self, inflight) -> Optional[dict]:
         """Feed a launched step's sampled tokens to its sequences' grammars (waits for the
-        tokens): {index in the step: (accepted, terminated)}, which _finish_inflight then
-        reads instead of asking the matchers."""
-        pending, normal, _, _ = inflight
-        matchers, tokens, seq_ids = [], [], []
-        sampled = None
-        for i, (req, seq) in enumerate(normal):
+        tokens): {seq id: (accepted, terminated)}, which _finish_inflight then reads
+        instead of asking the matchers. Each token's bit in the mask it was sampled under
+        goes with it: where that settles the verdict, the accept itself runs with the
+        next mask's fill, off this thread (StructuredOutputManager.feed)."""
+        pending, normal, _, _, mask = inflight
+        if mask is None:
+            return None
+        g_rows, bitmask = mask
+        sampled = pending.get().sampled_token_ids
+        matchers, tokens, seq_ids, mask_rows = [], [], [], []
+        for j, i in enumerate(g_rows):
+            req, seq = normal[i]
             if seq.matcher is None or seq.finished or req.finished:
                 continue
-            if sampled is None:
-                sampled = pending.get().sampled_token_ids
             matchers.append(seq.matcher)
             tokens.append(sampled[i])
             seq_ids.append(seq.seq_id)
+            mask_rows.append(j)
         if not matchers:
             return None
-        return dict(zip(seq_ids, self.grammars.accept_tokens(matchers, tokens)))
+        toks = np.asarray(tokens, dtype=np.int64)
+        words = bitmask.view(np.uint32)[np.asarray(mask_rows), toks >> 5]
+        allowed = ((words >> (toks & 31).astype(np.uint32)) & 1).astype(bool).tolist()
+        return dict(zip(seq_ids, self.grammars.feed(matchers, tokens, allowed)))
 
     @staticmethod
     def _fill_matcher(req: CoreRequest, seq: CoreSeq, verdicts: Optional[dict]):
@@ -488,7 +498,7 @@ class EngineCore:
         """Process a launched step's sampled tokens (waits for them). verdicts: the
         grammars' (accepted, terminated) per sequence id, where _accept_inflight fed them
         already."""
-        pending, normal, placeholders, jobs = inflight
+        pending, normal, placeholders, jobs, _ = inflight
         out = pending.get()
         for job, res in zip(jobs, out.prompt_logprobs):
             batch.prompt_logprobs(job, res, self._sample0(job.request_id))

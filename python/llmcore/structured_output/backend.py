@@ -82,6 +82,15 @@ class StructuredOutputBackend(ABC):
         for m, r in zip(matchers, rows):
             m.fill_bitmask(bitmask, r)
 
+    def defer_accepts(self, matchers: list, tokens: list) -> bool:
+        """Queue accepts of tokens each grammar is known to allow (they were sampled under
+        its exact mask), to run with the next start_fill_batch, before its fill and off
+        the calling thread; False where the backend cannot (the caller accepts now)."""
+        return False
+
+    def flush_accepts(self) -> None:
+        """Run queued accepts now: before any other use of their matchers."""
+
     def start_fill_batch(self, matchers: list, bitmask: np.ndarray, rows: list
                          ) -> Optional["FillJob"]:
         """fill_bitmask_batch, started off the calling thread without the GIL (the caller

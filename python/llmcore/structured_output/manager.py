@@ -150,6 +150,7 @@ class StructuredOutputManager:
         """int32 [len(matchers), width]: row i allows what matchers[i] allows next; a None
         matcher (a sequence that stopped while its row was in flight) allows everything.
         Each backend fills its rows in one batched call, on this thread."""
+        self.flush_accepts()
         bitmask, groups = self._layout(matchers)
         for ms, rows in groups:
             self._backend_of(ms[0]).fill_bitmask_batch(ms, bitmask, rows)
@@ -170,6 +171,9 @@ class StructuredOutputManager:
                     backend.fill_bitmask_batch(ms, bitmask, rows)
                 else:
                     pending.jobs.append(job)
+            # accepts fed to a backend with no rows in this fill: now, before anything else
+            # (a started fill took its own backend's)
+            self.flush_accepts()
         except BaseException:
             pending.wait()
             raise
@@ -191,10 +195,38 @@ class StructuredOutputManager:
                 group[1].append(i)
         return bitmask, list(groups.values())
 
+    def feed(self, matchers: list, tokens: list, allowed: list) -> list:
+        """accept_tokens for tokens sampled under a mask: allowed[i] says whether tokens[i]'s
+        bit was set in the row it was sampled under. A backend whose masks are exact
+        (xgrammar) takes the verdicts from the mask, and its accepts run with the next
+        start_fill, off this thread; other backends accept here."""
+        out = [None] * len(matchers)
+        stop = self._stop_set
+        groups: dict = {}
+        for i, m in enumerate(matchers):
+            groups.setdefault(type(m), []).append(i)
+        for idx in groups.values():
+            ok = [i for i in idx if allowed[i]]
+            if self._backend_of(matchers[idx[0]]).defer_accepts(
+                    [matchers[i] for i in ok], [tokens[i] for i in ok]):
+                for i in idx:
+                    out[i] = (True, tokens[i] in stop) if allowed[i] else (False, False)
+            else:
+                for i, v in zip(idx, self.accept_tokens([matchers[i] for i in idx],
+                                                        [tokens[i] for i in idx])):
+                    out[i] = v
+        return out
+
+    def flush_accepts(self) -> None:
+        """Run every backend's deferred accepts (feed) now."""
+        for backend in list(self._backends.values()):   # (a compile may add one)
+            backend.flush_accepts()
+
     def accept_tokens(self, matchers: list, tokens: list) -> list:
         """Advance each matcher by its sampled token: (accepted, terminated) per matcher. A
         grammar terminates only on accepting a stop token, so only those ask the matcher
         (a call saved per token)."""
+        self.flush_accepts()
         stop = self._stop_set
         out = []
         for m, tok in zip(matchers, tokens):

@@ -51,6 +51,7 @@ class XGrammarBackend(StructuredOutputBackend):
         # the step's rows filled by C++ threads in one call (no Python per row)
         self._batch = xgr.BatchGrammarMatcher(max_threads=max(1, int(fill_threads)))
         self._native = None               # _NativeBatchFill once tried; False: none here
+        self._deferred: tuple = ([], [])  # (xgrammar matchers, tokens) to accept first
 
     def compile(self, spec: GrammarSpec) -> Any:
         c = self._compiler
@@ -76,8 +77,24 @@ class XGrammarBackend(StructuredOutputBackend):
         return XGrammarMatcher(self._xgr.GrammarMatcher(compiled))  # rollback is unlimited
 
     def fill_bitmask_batch(self, matchers: list, bitmask: np.ndarray, rows: list) -> None:
+        self.flush_accepts()
         self._batch.batch_fill_next_token_bitmask([m._m for m in matchers], bitmask,
                                                   [int(r) for r in rows])
+
+    def defer_accepts(self, matchers: list, tokens: list) -> bool:
+        if self._native is None:
+            self._native = _NativeBatchFill.create(self._batch)
+        if not self._native:
+            return False
+        self._deferred[0].extend(m._m for m in matchers)
+        self._deferred[1].extend(tokens)
+        return True
+
+    def flush_accepts(self) -> None:
+        if self._deferred[0]:
+            ms, toks = self._deferred
+            self._deferred = ([], [])
+            self._xgr.BatchGrammarMatcher.batch_accept_token(ms, toks)
 
     def start_fill_batch(self, matchers: list, bitmask: np.ndarray, rows: list
                          ) -> Optional[FillJob]:
@@ -85,7 +102,8 @@ class XGrammarBackend(StructuredOutputBackend):
             self._native = _NativeBatchFill.create(self._batch)
         if not self._native or self._native.pending:
             return None   # no native thread here, or one fill is out already: fill inline
-        return self._native.start([m._m for m in matchers], bitmask, rows)
+        accepts, self._deferred = self._deferred, ([], [])
+        return self._native.start([m._m for m in matchers], bitmask, rows, accepts)
 
 
 class _NativeBatchFill(FillJob):
@@ -95,10 +113,10 @@ class _NativeBatchFill(FillJob):
     a native thread starts at once, and the fill runs while the loop launches the next
     forward and processes the last step's tokens."""
 
-    def __init__(self, batch: Any, func: Any, thread: Any):
+    def __init__(self, batch: Any, fill: Any, accept: Any, thread: Any):
         import tvm_ffi
         self._tvm_ffi = tvm_ffi
-        self._batch, self._func, self._thread = batch, func, thread
+        self._batch, self._fill, self._accept, self._thread = batch, fill, accept, thread
         self._args = None                 # alive until wait(): the thread reads them
 
     @classmethod
@@ -109,27 +127,36 @@ class _NativeBatchFill(FillJob):
             import tvm_ffi
 
             from llmcore import _core
-            info = type(batch._handle).__tvm_ffi_type_info__
-            func = next(m.func for m in info.methods if m.name == "batch_fill_next_token_bitmask")
+            methods = {m.name: m.func for m in type(batch._handle).__tvm_ffi_type_info__.methods}
+            fill = methods["batch_fill_next_token_bitmask"]
+            accept = methods["batch_accept_token"]
             thread = _core.FfiCallThread(tvm_ffi.libinfo.find_libtvm_ffi())
         except Exception as e:  # noqa: BLE001 - any mismatch: the Python call, inline
             logger.info("xgrammar mask fill stays on the step loop's thread (%s: %s)",
                         type(e).__name__, e)
             return False
-        return cls(batch, func, thread)
+        return cls(batch, fill, accept, thread)
 
     @property
     def pending(self) -> bool:
         return self._args is not None
 
-    def start(self, matchers: list, bitmask: np.ndarray, rows: list) -> "_NativeBatchFill":
+    def start(self, matchers: list, bitmask: np.ndarray, rows: list,
+              accepts: tuple = ((), ())) -> "_NativeBatchFill":
+        """Fill bitmask[rows] from matchers (xgrammar's), after accepting accepts' tokens
+        (matchers, tokens) when there are any."""
         ffi = self._tvm_ffi
+        calls = []
+        if accepts[0]:   # (the static batch_accept_token: matchers, tokens, no debug print)
+            calls.append((self._accept, [ffi.convert([m._handle for m in accepts[0]]),
+                                         ffi.convert([int(t) for t in accepts[1]]), False]))
         # (the arguments xgrammar's Python wrapper would pass: its batch object, an array
         # of matchers, the bitmask as a tensor, the row indices, no debug print)
-        args = [self._batch._handle, ffi.convert([m._handle for m in matchers]),
-                ffi.from_dlpack(bitmask), ffi.convert([int(r) for r in rows]), False]
-        self._thread.start(self._func, args)
-        self._args = (args, bitmask)
+        calls.append((self._fill, [self._batch._handle, ffi.convert([m._handle for m in matchers]),
+                                   ffi.from_dlpack(bitmask), ffi.convert([int(r) for r in rows]),
+                                   False]))
+        self._thread.start(calls)
+        self._args = (calls, bitmask)
         return self
 
     def wait(self) -> None:
