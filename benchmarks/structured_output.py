@@ -73,6 +73,7 @@ def timed_generate(llm, ps, params, profile_to: str = "") -> tuple:
     if prof is not None:
         prof.disable()
         import pstats
+        prof.dump_stats(os.path.splitext(profile_to)[0] + ".prof")   # all of it, for pstats
         with open(profile_to, "w") as f:
             f.write(f"{elapsed:.3f} s under cProfile\n")
             for key in ("tottime", "cumulative"):
