@@ -211,9 +211,9 @@ class StructuredOutputManager:
                     [matchers[i] for i in ok], [tokens[i] for i in ok]):
                 for i in idx:
                     out[i] = (True, tokens[i] in stop) if allowed[i] else (False, False)
-            else:
-                for i, v in zip(idx, self.accept_tokens([matchers[i] for i in idx],
-                                                        [tokens[i] for i in idx])):
+            else:   # (no flush: another backend's deferred accepts are other matchers')
+                for i, v in zip(idx, self._accept_now([matchers[i] for i in idx],
+                                                      [tokens[i] for i in idx])):
                     out[i] = v
         return out
 
@@ -227,6 +227,9 @@ class StructuredOutputManager:
         grammar terminates only on accepting a stop token, so only those ask the matcher
         (a call saved per token)."""
         self.flush_accepts()
+        return self._accept_now(matchers, tokens)
+
+    def _accept_now(self, matchers: list, tokens: list) -> list:
         stop = self._stop_set
         out = []
         for m, tok in zip(matchers, tokens):
