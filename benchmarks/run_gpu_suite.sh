@@ -388,9 +388,9 @@ case "$SUITE" in
     step so_real_all 150 python benchmarks/structured_output.py --model /tmp/smollm2.gguf \
       --tokenizer /tmp/sotok --device cuda --dtype bfloat16 --num-prompts 64 --max-tokens 128 \
       --ttft-repeats 3 --output-json "$OUT/so_real_all.json" ;;
-  so1211a)  # the mask's accepts and fill both native (5c565bc), call 1 of 2: tests, the
-    # host-only benchmark and SmolLM2's shapes for this tree and .base (5d121ae, before this
-    # session's guided changes); stages .sotok, .sow_a and .base in /tmp for call 2
+  so1211a)  # the mask's accepts and fill both native (5c565bc), call 1 of 2: tests and the
+    # host-only benchmark for this tree and .base (5d121ae, before this session's guided
+    # changes); stages .sotok, .sow_a and .base in /tmp for call 2
     mkdir -p /tmp/sotok /tmp/gguf && cp .sotok/* /tmp/sotok/ && cp .sow_a/part /tmp/gguf/a
     cp .gpubuild/*.so .base/python/llmcore/ 2>/dev/null; rm -rf /tmp/basepy; cp -r .base/python /tmp/basepy
     kernel_tests guided_tests 150 -x tests/structured_output/test_native_fill.py \
@@ -399,15 +399,6 @@ case "$SUITE" in
       pp=$PYTHONPATH; [ $tree = base ] && pp=/tmp/basepy:/tmp/site
       PYTHONPATH=$pp step guided_host_$tree 60 python benchmarks/bench_guided_host.py \
         --model /tmp/sotok --num-prompts 256 --output-json "$OUT/guided_host_$tree.json"
-    done
-    for rep in 1 2; do
-      for tree in new base; do
-        pp=$PYTHONPATH; [ $tree = base ] && pp=/tmp/basepy:/tmp/site
-        PYTHONPATH=$pp step so_sm_${tree}_on_$rep 60 python benchmarks/structured_output.py \
-          --model /tmp/sotok --load-format dummy --tokenizer /tmp/sotok --device cuda \
-          --dtype bfloat16 --backends xgrammar --num-prompts 64 --max-tokens 128 --ttft-repeats 1 \
-          --guided-decoding-overlap --output-json "$OUT/so_sm_${tree}_on_$rep.json"
-      done
     done ;;
   so1211b)  # call 2 of 2 on the same warm machine: SmolLM2's real weights, xgrammar, this
     # tree and .base interleaved, the channel on (3 each) and off (1 each), then a profile
