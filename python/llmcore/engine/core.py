@@ -39,26 +39,14 @@ import numpy as np
 from llmcore import _core
 from llmcore.config.engine_config import EngineConfig
 from llmcore.config.pooler_config import PoolerConfig, check_task
+from llmcore.engine.core_grammar import GuidedStepsMixin, grammar_manager
 from llmcore.engine.core_state import CoreRequest, CoreSeq, OutputBatch
 from llmcore.engine.core_types import EngineCoreOutputs, EngineCoreRequest, SchedulerStats
 from llmcore.engine.micro_batches import LaunchedStep, MicroBatchQueue
 from llmcore.executor import Executor
 from llmcore.model_runner.step_io import NewSeq, PoolingJob, PromptLogprobJob, StepInput
-from llmcore.structured_output.manager import StructuredOutputManager
 
 logger = logging.getLogger(__name__)
-
-
-def _grammar_manager(config: EngineConfig, eos_token_id: Optional[int]) -> StructuredOutputManager:
-    mc = config.model_config
-
-    def load():  # only when the first guided request arrives, in a compile thread
-        from llmcore.tokenizer.loader import load_tokenizer
-        return load_tokenizer(mc)
-
-    stop = ([eos_token_id] if eos_token_id is not None else []) + list(mc.eos_token_ids or [])
-    return StructuredOutputManager(config.structured_output_config, load, mc.vocab_size,
-                                   list(dict.fromkeys(stop)))
 
 
 def _moves_blocks(plan) -> bool:
@@ -67,7 +55,7 @@ def _moves_blocks(plan) -> bool:
                 or len(plan.blocks_to_copy))
 
 
-class EngineCore:
+class EngineCore(GuidedStepsMixin):
     def __init__(self, config: EngineConfig, eos_token_id: Optional[int] = None,
                  executor_class: Optional[type] = None):
         self.config = config
@@ -113,7 +101,7 @@ class EngineCore:
         self._new_seqs: list = []                  # sampling state the runner has not seen
         self._gone_seqs: list = []                 # sequences the runner can forget
         self._stats = SchedulerStats(num_total_blocks=num_device)
-        self.grammars = _grammar_manager(config, eos_token_id)
+        self.grammars = grammar_manager(config, eos_token_id)
         self._defer_ok = bool(getattr(self.executor, "supports_deferred_sampling", False))
         self._awaiting_grammar: dict[str, CoreRequest] = {}   # compiling, not yet scheduled
         self._num_guided = 0                       # live guided requests: 0 = no mask work
@@ -163,25 +151,6 @@ class EngineCore:
                                    np.asarray(req.prompt_token_ids, dtype=np.int32),
                                    req.arrival_time, req.priority, 0, p.prompt_logprobs is None)
         self._seqs[seq.seq_id] = (req, seq)
-
-    def _admit_compiled(self, batch: OutputBatch) -> None:
-        """Schedule the requests whose grammar is ready; fail those whose grammar failed."""
-        for rid, req in list(self._awaiting_grammar.items()):
-            try:
-                if not self.grammars.ready(req.grammar):
-                    continue
-            except ValueError as e:
-                del self._awaiting_grammar[rid]
-                batch.error(rid, str(e))
-                self._finish_request(req)
-                continue
-            del self._awaiting_grammar[rid]
-            try:
-                self._schedule_request(req)
-            except Exception as e:  # noqa: BLE001 - a backend's matcher failed: this request only
-                logger.exception("request %s: cannot start its grammar matcher", rid)
-                batch.error(rid, f"guided_decoding.{req.grammar.spec.kind}: {e}")
-                self._finish_request(req)
 
     def _add_pooling_request(self, r: EngineCoreRequest) -> None:
         """An embedding request: one sequence, prefilled (in chunks if need be), pooled in the
@@ -457,42 +426,6 @@ class EngineCore:
                 out_lens.append(n)
         return out_normal, np.asarray(out_rows, dtype=np.int64), np.asarray(out_lens, dtype=np.int64)
 
-    def _accept_inflight(self, inflight) -> Optional[dict]:
-        """Feed a launched step's sampled tokens to its sequences' grammars (waits for the
-        tokens): {seq id: (accepted, terminated)}, which _finish_inflight then reads
-        instead of asking the matchers. Each token's bit in the mask it was sampled under
-        goes with it: where that settles the verdict, the accept itself runs with the
-        next mask's fill, off this thread (StructuredOutputManager.feed)."""
-        pending, normal, _, _, mask = inflight
-        if mask is None:
-            return None
-        g_rows, bitmask = mask
-        sampled = pending.get().sampled_token_ids
-        matchers, tokens, seq_ids, mask_rows = [], [], [], []
-        for j, i in enumerate(g_rows):
-            req, seq = normal[i]
-            if seq.matcher is None or seq.finished or req.finished:
-                continue
-            matchers.append(seq.matcher)
-            tokens.append(sampled[i])
-            seq_ids.append(seq.seq_id)
-            mask_rows.append(j)
-        if not matchers:
-            return None
-        toks = np.asarray(tokens, dtype=np.int64)
-        words = bitmask.view(np.uint32)[np.asarray(mask_rows), toks >> 5]
-        allowed = ((words >> (toks & 31).astype(np.uint32)) & 1).astype(bool).tolist()
-        return dict(zip(seq_ids, self.grammars.feed(matchers, tokens, allowed)))
-
-    @staticmethod
-    def _fill_matcher(req: CoreRequest, seq: CoreSeq, verdicts: Optional[dict]):
-        """The matcher whose next mask this row needs; None (allow all) for a sequence that
-        stops on its last token, whose row is discarded."""
-        if seq.finished or req.finished:
-            return None
-        v = verdicts.get(seq.seq_id) if verdicts else None
-        return None if v is not None and (not v[0] or v[1]) else seq.matcher
-
     def _finish_inflight(self, inflight, batch: OutputBatch, verdicts: Optional[dict] = None
                          ) -> None:
         """Process a launched step's sampled tokens (waits for them). verdicts: the
@@ -531,23 +464,6 @@ class EngineCore:
             seq.finished = True
         self._stats.generation_tokens_total += 1
         batch.token(req, seq, tok, lp, top, row, reason, stop_reason)
-
-    def _advance_grammar(self, req: CoreRequest, seq: CoreSeq, tok: int, reason, stop_reason,
-                         verdict: Optional[tuple] = None):
-        """Feed the sampled token to the sequence's matcher (verdict: the (accepted,
-        terminated) of a token fed already): the grammar's end (a stop token accepted)
-        stops the sequence. A token the grammar refuses can only come from a row whose
-        every token was masked (e.g. min_tokens banning the EOS the grammar requires): the
-        sequence stops there."""
-        accepted, terminated = verdict if verdict is not None else \
-            self.grammars.accept_tokens([seq.matcher], [tok])[0]
-        if not accepted:
-            logger.warning("request %s: token %d does not match its grammar; stopping",
-                           req.request_id, tok)
-            return "stop", None
-        if terminated and reason != "stop":
-            return "stop", None
-        return reason, stop_reason
 
     def _check_stop(self, req: CoreRequest, seq: CoreSeq, tok: int):
         """Token-valued stops in vLLM's order (the front end adds stop strings)."""
