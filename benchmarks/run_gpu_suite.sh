@@ -400,6 +400,31 @@ case "$SUITE" in
       PYTHONPATH=$pp step guided_host_$tree 60 python benchmarks/bench_guided_host.py \
         --model /tmp/sotok --num-prompts 256 --output-json "$OUT/guided_host_$tree.json"
     done ;;
+  so1211c)  # one call (device time short): the mask's accepts and fill both native, this
+    # tree vs .base (5d121ae), SmolLM2's shapes (dummy weights): tests, the host-only
+    # benchmark, the channel on (twice each, interleaved) and off, then a profile of each
+    cp .gpubuild/*.so .base/python/llmcore/ 2>/dev/null; rm -rf /tmp/basepy; cp -r .base/python /tmp/basepy
+    kernel_tests guided_tests 150 -x tests/structured_output/test_native_fill.py \
+      $K/test_token_bitmask.py
+    so_sm() {  # so_sm NAME TREE [flags]
+      local name=$1 tree=$2; shift 2
+      local pp=$PYTHONPATH; [ $tree = base ] && pp=/tmp/basepy:/tmp/site
+      PYTHONPATH=$pp step $name 60 python benchmarks/structured_output.py --model .sotok \
+        --load-format dummy --tokenizer .sotok --device cuda --dtype bfloat16 --backends xgrammar \
+        --num-prompts 64 --max-tokens 128 --ttft-repeats 1 "$@" --output-json "$OUT/$name.json"
+    }
+    for tree in new base; do
+      pp=$PYTHONPATH; [ $tree = base ] && pp=/tmp/basepy:/tmp/site
+      PYTHONPATH=$pp step guided_host_$tree 60 python benchmarks/bench_guided_host.py \
+        --model .sotok --num-prompts 256 --output-json "$OUT/guided_host_$tree.json"
+    done
+    for rep in 1 2; do
+      for tree in new base; do so_sm so_sm_${tree}_on_$rep $tree --guided-decoding-overlap; done
+    done
+    for tree in new base; do so_sm so_sm_${tree}_off $tree; done
+    for tree in new base; do
+      so_sm so_sm_${tree}_prof $tree --guided-decoding-overlap --profile-dir "$OUT/prof_$tree"
+    done ;;
   so1211b)  # call 2 of 2 on the same warm machine: SmolLM2's real weights, xgrammar, this
     # tree and .base interleaved, the channel on (3 each) and off (1 each), then a profile
     cat /tmp/gguf/a .sow_b/part > /tmp/smollm2.gguf && ls -la /tmp/smollm2.gguf >> "$OUT/setup.log"
