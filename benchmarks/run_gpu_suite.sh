@@ -425,6 +425,19 @@ case "$SUITE" in
     for tree in new base; do
       so_sm so_sm_${tree}_prof $tree --guided-decoding-overlap --profile-dir "$OUT/prof_$tree"
     done ;;
+  so1211d)  # so1211c cut to the device time left: tests, the host-only benchmark, the channel
+    # on once per tree, then a profile of each (this tree vs .base, SmolLM2's shapes)
+    cp .gpubuild/*.so .base/python/llmcore/ 2>/dev/null; rm -rf /tmp/basepy; cp -r .base/python /tmp/basepy
+    kernel_tests guided_tests 40 -x tests/structured_output/test_native_fill.py
+    for tree in new base; do
+      pp=$PYTHONPATH; [ $tree = base ] && pp=/tmp/basepy:/tmp/site
+      PYTHONPATH=$pp step guided_host_$tree 30 python benchmarks/bench_guided_host.py \
+        --model .sotok --num-prompts 256 --repeats 2 --output-json "$OUT/guided_host_$tree.json"
+      PYTHONPATH=$pp step so_sm_${tree}_prof 45 python benchmarks/structured_output.py --model .sotok \
+        --load-format dummy --tokenizer .sotok --device cuda --dtype bfloat16 --backends xgrammar \
+        --num-prompts 64 --max-tokens 128 --ttft-repeats 1 --guided-decoding-overlap \
+        --profile-dir "$OUT/prof_$tree" --output-json "$OUT/so_sm_${tree}_prof.json"
+    done ;;
   so1211b)  # call 2 of 2 on the same warm machine: SmolLM2's real weights, xgrammar, this
     # tree and .base interleaved, the channel on (3 each) and off (1 each), then a profile
     cat /tmp/gguf/a .sow_b/part > /tmp/smollm2.gguf && ls -la /tmp/smollm2.gguf >> "$OUT/setup.log"
