@@ -165,4 +165,9 @@ class _NativeBatchFill(FillJob):
         err = self._thread.wait()
         self._args = None
         if err:
-            raise RuntimeError(f"xgrammar's mask fill failed: {err}")
+            raise RuntimeError(f"xgrammar's accepts and mask fill (native thread) failed: {err}")
+
+    def __del__(self):
+        # a job still running reads the arguments held here: they go only after it ends
+        if getattr(self, "_args", None) is not None:
+            self._thread.wait()
