@@ -6,6 +6,12 @@ synchronously: a bad spec is a ValueError before anything is queued); its gramma
 in a thread pool while the core keeps stepping other requests. Compiled grammars are cached
 by (backend, spec), so a repeated schema costs nothing. A compile that fails, or is still
 running after `compile_timeout_s`, fails its request with a ValueError naming the field.
+
+Per step (the engine core's pipelined loop): `feed` advances the matchers by the last
+step's tokens, `start_fill` starts the next mask and `PendingMask.result` collects it. For
+xgrammar both run on a native thread, without the GIL, while the loop launches the forward
+(`feed` reads the verdicts from the mask each token was sampled under and defers the
+accepts into the fill's job); the other backends work on the calling thread.
 """
 
 from __future__ import annotations
