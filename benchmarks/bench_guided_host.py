@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_host_step import InstantExecutor, _Done  # noqa: E402
 from report import print_table, write_json  # noqa: E402
 from structured_output import SCHEMA  # noqa: E402  (the same typical schema)
 
@@ -35,35 +36,23 @@ from llmcore.config import EngineArgs  # noqa: E402
 from llmcore.engine.core import EngineCore  # noqa: E402
 from llmcore.engine.frontend import EngineFrontend  # noqa: E402
 from llmcore.engine.llm_engine import served_model_info  # noqa: E402
-from llmcore.executor.base import Executor  # noqa: E402
 from llmcore.model_runner.step_io import ModelRunnerOutput  # noqa: E402
 from llmcore.sampling_params import GuidedDecodingParams, SamplingParams  # noqa: E402
 
 
-class _Done:
-    def __init__(self, out: ModelRunnerOutput):
-        self._out = out
-
-    def get(self) -> ModelRunnerOutput:
-        return self._out
-
-
-class MaskSamplingExecutor(Executor):
-    """Samples at once; a guided row draws a random token its mask allows."""
+class MaskSamplingExecutor(InstantExecutor):
+    """bench_host_step's instant executor, deferring sampling for the grammar mask; a
+    guided row draws a random token its mask allows."""
 
     supports_deferred_sampling = True
 
     launch_s = 0.0                 # busy host time per execute_model (set by _run)
 
     def _init_executor(self) -> None:
+        super()._init_executor()
         self.rng = np.random.default_rng(0)
         self.exec_s = 0.0          # time spent here, left out of the host figures
         self._deferred = None
-
-    def collective_rpc(self, method, args=(), kwargs=None):
-        if method == "determine_num_blocks":
-            return [(1 << 16, 0)]
-        return [None]
 
     def _draw(self, step, bitmask, rows) -> _Done:
         n = len(step.sample_seq_ids)

@@ -388,45 +388,8 @@ case "$SUITE" in
     step so_real_all 150 python benchmarks/structured_output.py --model /tmp/smollm2.gguf \
       --tokenizer /tmp/sotok --device cuda --dtype bfloat16 --num-prompts 64 --max-tokens 128 \
       --ttft-repeats 3 --output-json "$OUT/so_real_all.json" ;;
-  so1211a)  # the mask's accepts and fill both native (5c565bc), call 1 of 2: tests and the
-    # host-only benchmark for this tree and .base (5d121ae, before this session's guided
-    # changes); stages .sotok, .sow_a and .base in /tmp for call 2
-    mkdir -p /tmp/sotok /tmp/gguf && cp .sotok/* /tmp/sotok/ && cp .sow_a/part /tmp/gguf/a
-    cp .gpubuild/*.so .base/python/llmcore/ 2>/dev/null; rm -rf /tmp/basepy; cp -r .base/python /tmp/basepy
-    kernel_tests guided_tests 150 -x tests/structured_output/test_native_fill.py \
-      $K/test_token_bitmask.py
-    for tree in new base; do
-      pp=$PYTHONPATH; [ $tree = base ] && pp=/tmp/basepy:/tmp/site
-      PYTHONPATH=$pp step guided_host_$tree 60 python benchmarks/bench_guided_host.py \
-        --model /tmp/sotok --num-prompts 256 --output-json "$OUT/guided_host_$tree.json"
-    done ;;
-  so1211c)  # one call (device time short): the mask's accepts and fill both native, this
-    # tree vs .base (5d121ae), SmolLM2's shapes (dummy weights): tests, the host-only
-    # benchmark, the channel on (twice each, interleaved) and off, then a profile of each
-    cp .gpubuild/*.so .base/python/llmcore/ 2>/dev/null; rm -rf /tmp/basepy; cp -r .base/python /tmp/basepy
-    kernel_tests guided_tests 150 -x tests/structured_output/test_native_fill.py \
-      $K/test_token_bitmask.py
-    so_sm() {  # so_sm NAME TREE [flags]
-      local name=$1 tree=$2; shift 2
-      local pp=$PYTHONPATH; [ $tree = base ] && pp=/tmp/basepy:/tmp/site
-      PYTHONPATH=$pp step $name 60 python benchmarks/structured_output.py --model .sotok \
-        --load-format dummy --tokenizer .sotok --device cuda --dtype bfloat16 --backends xgrammar \
-        --num-prompts 64 --max-tokens 128 --ttft-repeats 1 "$@" --output-json "$OUT/$name.json"
-    }
-    for tree in new base; do
-      pp=$PYTHONPATH; [ $tree = base ] && pp=/tmp/basepy:/tmp/site
-      PYTHONPATH=$pp step guided_host_$tree 60 python benchmarks/bench_guided_host.py \
-        --model .sotok --num-prompts 256 --output-json "$OUT/guided_host_$tree.json"
-    done
-    for rep in 1 2; do
-      for tree in new base; do so_sm so_sm_${tree}_on_$rep $tree --guided-decoding-overlap; done
-    done
-    for tree in new base; do so_sm so_sm_${tree}_off $tree; done
-    for tree in new base; do
-      so_sm so_sm_${tree}_prof $tree --guided-decoding-overlap --profile-dir "$OUT/prof_$tree"
-    done ;;
-  so1211d)  # so1211c cut to the device time left: tests, the host-only benchmark, the channel
-    # on once per tree, then a profile of each (this tree vs .base, SmolLM2's shapes)
+  so1211d)  # one call: the native accepts + fill against .base (SmolLM2's shapes, dummy
+    # weights): its tests, the host-only benchmark, the channel on with a profile per tree
     cp .gpubuild/*.so .base/python/llmcore/ 2>/dev/null; rm -rf /tmp/basepy; cp -r .base/python /tmp/basepy
     kernel_tests guided_tests 40 -x tests/structured_output/test_native_fill.py
     for tree in new base; do
@@ -438,22 +401,6 @@ case "$SUITE" in
         --num-prompts 64 --max-tokens 128 --ttft-repeats 1 --guided-decoding-overlap \
         --profile-dir "$OUT/prof_$tree" --output-json "$OUT/so_sm_${tree}_prof.json"
     done ;;
-  so1211b)  # call 2 of 2 on the same warm machine: SmolLM2's real weights, xgrammar, this
-    # tree and .base interleaved, the channel on (3 each) and off (1 each), then a profile
-    cat /tmp/gguf/a .sow_b/part > /tmp/smollm2.gguf && ls -la /tmp/smollm2.gguf >> "$OUT/setup.log"
-    so_real() {  # so_real NAME TREE [flags]
-      local name=$1 tree=$2; shift 2
-      local pp=$PYTHONPATH; [ $tree = base ] && pp=/tmp/basepy:/tmp/site
-      PYTHONPATH=$pp step $name 60 python benchmarks/structured_output.py --model /tmp/smollm2.gguf \
-        --tokenizer /tmp/sotok --device cuda --dtype bfloat16 --backends xgrammar --num-prompts 64 \
-        --max-tokens 128 --ttft-repeats 3 "$@" --output-json "$OUT/$name.json"
-    }
-    for rep in 1 2 3; do
-      for tree in new base; do so_real so_real_${tree}_on_$rep $tree --guided-decoding-overlap; done
-    done
-    for tree in new base; do so_real so_real_${tree}_off $tree; done
-    so_real so_real_new_prof new --guided-decoding-overlap --profile-dir "$OUT/prof_new"
-    so_real so_real_base_prof base --guided-decoding-overlap --profile-dir "$OUT/prof_base" ;;
   h200spy)  # H200: rate inf, 1000 prompts, the front-end process's GIL holder sampled with py-spy
     SPY=${SPY:-20} serving "inf 1000" ;;
   *)

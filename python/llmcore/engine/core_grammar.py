@@ -18,7 +18,7 @@ from llmcore.config.engine_config import EngineConfig
 from llmcore.engine.core_state import CoreRequest, CoreSeq, OutputBatch
 from llmcore.structured_output.manager import StructuredOutputManager
 
-logger = logging.getLogger("llmcore.engine.core")
+logger = logging.getLogger(__name__)
 
 
 def grammar_manager(config: EngineConfig, eos_token_id: Optional[int]) -> StructuredOutputManager:

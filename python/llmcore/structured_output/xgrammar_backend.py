@@ -81,10 +81,14 @@ class XGrammarBackend(StructuredOutputBackend):
         self._batch.batch_fill_next_token_bitmask([m._m for m in matchers], bitmask,
                                                   [int(r) for r in rows])
 
-    def defer_accepts(self, matchers: list, tokens: list) -> bool:
+    def _native_fill(self):
+        """The native fill, made on first use; False where there is none."""
         if self._native is None:
             self._native = _NativeBatchFill.create(self._batch)
-        if not self._native:
+        return self._native
+
+    def defer_accepts(self, matchers: list, tokens: list) -> bool:
+        if not self._native_fill():
             return False
         self._deferred[0].extend(m._m for m in matchers)
         self._deferred[1].extend(tokens)
@@ -98,12 +102,11 @@ class XGrammarBackend(StructuredOutputBackend):
 
     def start_fill_batch(self, matchers: list, bitmask: np.ndarray, rows: list
                          ) -> Optional[FillJob]:
-        if self._native is None:
-            self._native = _NativeBatchFill.create(self._batch)
-        if not self._native or self._native.pending:
+        native = self._native_fill()
+        if not native or native.pending:
             return None   # no native thread here, or one fill is out already: fill inline
         accepts, self._deferred = self._deferred, ([], [])
-        return self._native.start([m._m for m in matchers], bitmask, rows, accepts)
+        return native.start([m._m for m in matchers], bitmask, rows, accepts)
 
 
 class _NativeBatchFill(FillJob):
