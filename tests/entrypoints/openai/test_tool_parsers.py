@@ -94,6 +94,8 @@ MALFORMED = [
     ("llama3_json", "JSON that is not a call", '{"city": "Paris", "population": 2100000}'),
     ("llama3_json", "a dict with a name", '{"name": "Alice", "age": 30}'),
     ("llama3_json", "code after the tag", "<|python_tag|>print(get_time())"),
+    # hypothesis found it: the key's invalid escape (\{) raised JSONDecodeError
+    ("llama3_json", "invalid escape in a key", '{"get_time\\{": 1}'),
     ("mistral", "not an array", '[TOOL_CALLS] {"name": "get_time", "arguments": {}}'),
     ("mistral", "trailing comma", '[TOOL_CALLS][{"name": "get_time", "arguments": {}}, ]'),
     ("pythonic", "positional arguments", '[get_time("UTC")]'),

@@ -133,7 +133,10 @@ def scan_call_object(text: str, i: int) -> tuple[PartialCall, Optional[int]]:
         key_end = scan_string(text, j)
         if key_end is None:
             return call, None
-        key = json.loads(text[j:key_end])
+        try:
+            key = json.loads(text[j:key_end])
+        except ValueError:   # e.g. an invalid escape such as \{
+            raise Malformed("invalid JSON key") from None
         j = skip_ws(text, key_end)
         if j >= n:
             return call, None
