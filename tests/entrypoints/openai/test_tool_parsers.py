@@ -98,6 +98,8 @@ MALFORMED = [
     ("llama3_json", "invalid escape in a key", '{"get_time\\{": 1}'),
     ("mistral", "not an array", '[TOOL_CALLS] {"name": "get_time", "arguments": {}}'),
     ("mistral", "trailing comma", '[TOOL_CALLS][{"name": "get_time", "arguments": {}}, ]'),
+    # hypothesis found it: streamed, the empty list vanished from the content
+    ("mistral", "an empty call list", "[TOOL_CALLS][], then text"),
     ("pythonic", "positional arguments", '[get_time("UTC")]'),
     ("pythonic", "not a literal", "[get_time(timezone=__import__('os').system('touch "
      "/tmp/llmcore-pwned'))]"),
@@ -179,6 +181,24 @@ def test_malformed_is_plain_content(name, label, text):
             assert label in ("missing brace", "cut short", "trailing comma", "list not closed",
                              "arguments not an object")
     assert not os.path.exists("/tmp/llmcore-pwned")
+
+
+_CALL = '{"name": "get_time", "arguments": {"timezone": "UTC"}}'
+
+
+@pytest.mark.parametrize("text", [_CALL + "<|python_tag|>" + _CALL + "=</tool_call>",
+                                  _CALL + _CALL + "<|python_tag|>" + _CALL])
+def test_llama3_tag_after_leading_calls_streams_as_unary(text):
+    """Hypothesis found these: output that starts with a call and has a <|python_tag|>
+    later was parsed from the tag unary but from the start when streamed (the first call
+    announced before the tag came)."""
+    unary = _parser("llama3_json").extract_tool_calls(text)
+    assert [c.name for c in unary.tool_calls] == ["get_time"]
+    assert unary.content.startswith("<|python_tag|>") or unary.content.startswith(_CALL)
+    for cuts in _cuttings(text):
+        content, calls, _ = _stream(_parser("llama3_json"), text, cuts)
+        assert content == unary.content
+        assert [(n, a) for _, n, a in calls] == [(c.name, c.arguments) for c in unary.tool_calls]
 
 
 def test_ids():

@@ -18,6 +18,9 @@ class Llama3JsonToolParser(ToolParser):
     def scan(self, text: str) -> Scan:
         n = len(text)
         k = text.find(PYTHON_TAG)
+        j = skip_ws(text, 0)
+        if k > j and text[j] == "{":
+            k = -1   # calls from the start: a later tag is text after them, as it streamed
         if k >= 0:
             content, pos = text[:k], k + len(PYTHON_TAG)
         else:

@@ -33,6 +33,9 @@ class MistralToolParser(ToolParser):
             calls, end = scan_call_array(text, j)
         except Malformed:
             return Scan(content, [], malformed=True)
+        if end is not None and not calls:
+            # "[TOOL_CALLS][]" calls nothing: the text stays content, as it does unary
+            return Scan(content, [], malformed=True)
         if end is not None:
             content += text[end:]
         return Scan(content, calls)
